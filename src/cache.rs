@@ -1,0 +1,110 @@
+//! The content cache: decompressed layers and layer indexes keyed by diff_id (so a layer shared
+//! by several images is stored once), decompressed whole archives, and verification stamps.
+//!
+//! Layout under the cache root:
+//! ```text
+//! layers/<alg>/<hex>.tar     decompressed layer, verified against its diff_id when written
+//! index/<alg>/<hex>.idx      binary layer index with a trailing checksum (layer::codec)
+//! archives/<key>.tar         decompressed whole-archive, key = hash of the source fingerprint
+//! verified/<key>             empty stamp: this (file, offset, len, mtime) hashed to its digest
+//! ```
+//! Every write goes to a temporary file in the same directory and is renamed into place, so a
+//! reader never sees a partial entry. Dependencies: error, image::digest.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Context, Result};
+use crate::image::digest::{Algorithm, Digest};
+
+/// Handle on the cache directory.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// A cache rooted at `root` (created on first write).
+    pub fn new(root: PathBuf) -> Cache {
+        Cache { root }
+    }
+
+    /// The default root: `/var/cache/rimgfs` for root, else `$XDG_CACHE_HOME/rimgfs` (or
+    /// `~/.cache/rimgfs`).
+    pub fn default_root() -> PathBuf {
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/cache/rimgfs");
+        }
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("rimgfs");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+        PathBuf::from(home).join(".cache/rimgfs")
+    }
+
+    /// The cache root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the decompressed tar of a layer lives.
+    pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(diff_id.algorithm_name()).join(format!("{}.tar", diff_id.hex()))
+    }
+
+    /// Where the index of a layer lives.
+    pub fn index_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("index").join(diff_id.algorithm_name()).join(format!("{}.idx", diff_id.hex()))
+    }
+
+    /// Where a decompressed whole archive lives, for a source fingerprint.
+    pub fn archive_path(&self, fingerprint: &str) -> PathBuf {
+        let key = Digest::of_bytes(Algorithm::Sha256, fingerprint.as_bytes());
+        self.root.join("archives").join(format!("{}.tar", key.hex()))
+    }
+
+    /// Whether a stamp says the blob with this fingerprint was already verified as `digest`.
+    pub fn is_verified(&self, fingerprint: &str, digest: &Digest) -> bool {
+        self.stamp_path(fingerprint, digest).is_file()
+    }
+
+    /// Records that the blob with this fingerprint hashed to `digest`.
+    pub fn mark_verified(&self, fingerprint: &str, digest: &Digest) -> Result<()> {
+        self.write_atomic(&self.stamp_path(fingerprint, digest), |_| Ok(()))
+    }
+
+    fn stamp_path(&self, fingerprint: &str, digest: &Digest) -> PathBuf {
+        let key = Digest::of_bytes(Algorithm::Sha256, format!("{fingerprint}\0{digest}").as_bytes());
+        self.root.join("verified").join(key.hex())
+    }
+
+    /// Writes `dest` atomically: `fill` writes into a temporary file beside it, which is
+    /// synced and renamed over `dest` only if `fill` succeeds.
+    pub fn write_atomic(
+        &self,
+        dest: &Path,
+        fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+    ) -> Result<()> {
+        let dir = dest.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).ctx("create directory", dir)?;
+        let tmp = dir.join(format!(
+            ".tmp.{}.{}",
+            std::process::id(),
+            dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ));
+        let result = (|| {
+            let f = File::create(&tmp).ctx("create", &tmp)?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            fill(&mut w)?;
+            w.flush().ctx("write", &tmp)?;
+            let f = w.into_inner().map_err(|e| e.into_error()).ctx("write", &tmp)?;
+            f.sync_all().ctx("sync", &tmp)?;
+            fs::rename(&tmp, dest).ctx("rename", dest)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}

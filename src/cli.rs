@@ -1,0 +1,283 @@
+//! Command line: clap types, and their conversion into validated configurations.
+//!
+//! The doc comments are the `--help` text. `MountArgs::to_config` is the one place where
+//! mount options are checked, so it is unit-tested. Dependencies: clap, image, error.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::image::config::Platform;
+use crate::image::{ImageSpec, OpenOptions, parse_selector};
+
+/// Mount a container image as its merged filesystem.
+#[derive(Debug, Parser)]
+#[command(name = "rimgfs", version, about, long_about = None)]
+pub struct Cli {
+    /// More output on stderr: -v info, -vv debug (every FUSE request), -vvv trace.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount IMAGE's merged root filesystem on MOUNTPOINT (read-only).
+    Mount {
+        /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N].
+        image: String,
+        /// An existing directory to mount on.
+        mountpoint: PathBuf,
+        /// Image selection.
+        #[command(flatten)]
+        select: ImageArgs,
+        /// Mount options.
+        #[command(flatten)]
+        mount: MountArgs,
+    },
+    /// Unmount a rimgfs mount (also one whose daemon died).
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Detach now and clean up when no longer busy.
+        #[arg(short, long)]
+        lazy: bool,
+    },
+    /// Show an image's references, platform, config, layers and history.
+    Inspect {
+        /// The image.
+        image: String,
+        /// Image selection.
+        #[command(flatten)]
+        select: ImageArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a directory of the merged image without mounting it.
+    Ls {
+        /// The image.
+        image: String,
+        /// Path inside the image.
+        #[arg(default_value = "/")]
+        path: String,
+        /// Image selection.
+        #[command(flatten)]
+        select: ImageArgs,
+        /// Long format: mode, links, owner, group, size, mtime, name, link target.
+        #[arg(short, long)]
+        long: bool,
+        /// List subdirectories recursively (full paths).
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// With -l, also show the layer that provides each entry.
+        #[arg(long)]
+        layers: bool,
+        /// Show the image as it was after layer N (0 = bottom).
+        #[arg(long, value_name = "N")]
+        layer: Option<usize>,
+    },
+    /// Write a file of the merged image to stdout (symlinks are followed inside the image).
+    Cat {
+        /// The image.
+        image: String,
+        /// Path inside the image.
+        path: String,
+        /// Image selection.
+        #[command(flatten)]
+        select: ImageArgs,
+        /// Show the image as it was after layer N (0 = bottom).
+        #[arg(long, value_name = "N")]
+        layer: Option<usize>,
+    },
+}
+
+/// Options that choose an image and where its cache lives.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ImageArgs {
+    /// Image to use from a multi-image source: a reference (busybox:latest) or @N.
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+    /// Platform to pick from a multi-platform index: os/arch[/variant] (default: the host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Cache directory (default: /var/cache/rimgfs for root, else $XDG_CACHE_HOME/rimgfs).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Mount options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct MountArgs {
+    /// Mount options, comma-separated: ro, suid, dev, allow_other, allow_root,
+    /// default_permissions, nodefault_permissions, exec, noexec, atime, noatime.
+    #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Stay in the foreground (default: return once mounted, serving in the background).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount read-only (the same as -o ro).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Show the image as it was after layer N (0 = bottom).
+    #[arg(long, value_name = "N")]
+    pub layer: Option<usize>,
+    /// Threads serving requests (default: 2 per CPU, at least 4).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// A validated image selection.
+#[derive(Debug, Clone)]
+pub struct ImageConfig {
+    /// The parsed image argument.
+    pub spec: ImageSpec,
+    /// Selection options.
+    pub open: OpenOptions,
+    /// The cache.
+    pub cache: Cache,
+}
+
+impl ImageArgs {
+    /// Validates the image argument and selection options.
+    pub fn to_config(&self, image: &str) -> Result<ImageConfig> {
+        let spec = ImageSpec::parse(image)?;
+        let selector = self.reference.as_deref().map(parse_selector).transpose()?;
+        let platform = match &self.platform {
+            Some(p) => Some(Platform::parse(p).ok_or_else(|| {
+                Error::Usage(format!("--platform {p:?}: expected os/arch[/variant]"))
+            })?),
+            None => None,
+        };
+        let cache = Cache::new(self.cache_dir.clone().unwrap_or_else(Cache::default_root));
+        Ok(ImageConfig { spec, open: OpenOptions { selector, platform }, cache })
+    }
+}
+
+/// Validated mount options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Honour setuid/setgid bits.
+    pub suid: bool,
+    /// Allow device nodes to be opened.
+    pub dev: bool,
+    /// Allow execution.
+    pub exec: bool,
+    /// Update access times (never stored; only passed to the kernel).
+    pub atime: bool,
+    /// Let the kernel check permissions against the image's modes.
+    pub default_permissions: bool,
+    /// Let other users access the mount.
+    pub allow_other: bool,
+    /// Let root access the mount.
+    pub allow_root: bool,
+    /// Read-only.
+    pub read_only: bool,
+    /// Stay in the foreground.
+    pub foreground: bool,
+    /// Show layers 0..=N only.
+    pub layer: Option<usize>,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+impl MountArgs {
+    /// Parses `-o` lists and flags into [`MountOptions`]; safe defaults for untrusted
+    /// images: nosuid, nodev, default_permissions.
+    pub fn to_config(&self) -> Result<MountOptions> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut o = MountOptions {
+            suid: false,
+            dev: false,
+            exec: true,
+            atime: false,
+            default_permissions: true,
+            allow_other: false,
+            allow_root: false,
+            // No writable upper layer exists yet, so every mount is read-only.
+            read_only: true,
+            foreground: self.foreground,
+            layer: self.layer,
+            threads: self.threads.unwrap_or((2 * cpus).max(4)),
+        };
+        if o.threads == 0 {
+            return Err(Error::Usage("--threads must be at least 1".into()));
+        }
+        for opt in self.options.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+            match opt {
+                "ro" => o.read_only = true,
+                "rw" => return Err(Error::Usage("rw: writable mounts are not supported yet".into())),
+                "suid" => o.suid = true,
+                "nosuid" => o.suid = false,
+                "dev" => o.dev = true,
+                "nodev" => o.dev = false,
+                "exec" => o.exec = true,
+                "noexec" => o.exec = false,
+                "atime" => o.atime = true,
+                "noatime" => o.atime = false,
+                "default_permissions" => o.default_permissions = true,
+                "nodefault_permissions" => o.default_permissions = false,
+                "allow_other" => o.allow_other = true,
+                "allow_root" => o.allow_root = true,
+                other => return Err(Error::Usage(format!("unknown mount option {other:?}"))),
+            }
+        }
+        if o.allow_other && o.allow_root {
+            return Err(Error::Usage("allow_other and allow_root are mutually exclusive".into()));
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(opts: &[&str]) -> MountArgs {
+        MountArgs { options: opts.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn mount_options_defaults_are_safe() {
+        let o = args(&[]).to_config().unwrap();
+        assert!(!o.suid && !o.dev && o.default_permissions && !o.allow_other);
+    }
+
+    #[test]
+    fn mount_options_table() {
+        let o = args(&["suid,dev", "allow_other,ro"]).to_config().unwrap();
+        assert!(o.suid && o.dev && o.allow_other && o.read_only);
+        let o = args(&["nodefault_permissions,noexec"]).to_config().unwrap();
+        assert!(!o.default_permissions && !o.exec);
+        assert!(matches!(args(&["bogus"]).to_config(), Err(Error::Usage(_))));
+        assert!(matches!(args(&["allow_other,allow_root"]).to_config(), Err(Error::Usage(_))));
+    }
+
+    #[test]
+    fn image_args_validate_platform_and_ref() {
+        let a = ImageArgs { platform: Some("linux".into()), ..Default::default() };
+        assert!(matches!(a.to_config("x.tar"), Err(Error::Usage(_))));
+        let a = ImageArgs { reference: Some("@2".into()), ..Default::default() };
+        let c = a.to_config("x.tar").unwrap();
+        assert_eq!(c.open.selector, Some(crate::image::Selector::Index(2)));
+    }
+
+    #[test]
+    fn cli_parses_mount() {
+        let cli = Cli::try_parse_from(["rimgfs", "-vv", "mount", "img.tar", "/mnt", "-o", "ro", "-f"]).unwrap();
+        assert_eq!(cli.verbose, 2);
+        match cli.cmd {
+            Command::Mount { image, mountpoint, mount, .. } => {
+                assert_eq!(image, "img.tar");
+                assert_eq!(mountpoint, PathBuf::from("/mnt"));
+                assert!(mount.foreground);
+            }
+            other => panic!("parsed {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Errors of the setup path (image, layer, tree, mount, CLI).
+//!
+//! The request path (FUSE operations) uses `nix::errno::Errno` instead; see `overlay.rs`.
+//! Every variant carries enough context to print a one-line message that names the file and
+//! the problem. Dependencies: std, thiserror.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Result alias for the setup path.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A setup-path error. `Display` is a lower-case phrase without a trailing period.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a named file failed.
+    #[error("{path}: {op}: {source}")]
+    Io {
+        /// What was being done ("open", "read", ...).
+        op: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A blob or layer does not hash to the digest it is known by.
+    #[error("{path}: digest mismatch for {what}: expected {expected}, found {found}")]
+    DigestMismatch {
+        /// The archive or directory holding the blob.
+        path: PathBuf,
+        /// Which blob ("blob sha256:..", "layer 2 diff_id").
+        what: String,
+        /// The digest it should have.
+        expected: String,
+        /// The digest it has.
+        found: String,
+    },
+    /// A blob is not the size its descriptor says.
+    #[error("{path}: size mismatch for {what}: expected {expected} bytes, found {found}")]
+    SizeMismatch {
+        /// The archive or directory holding the blob.
+        path: PathBuf,
+        /// Which blob.
+        what: String,
+        /// Size from the descriptor.
+        expected: u64,
+        /// Actual size.
+        found: u64,
+    },
+    /// A blob named by a manifest or index is not in the image.
+    #[error("{path}: missing blob {digest}")]
+    MissingBlob {
+        /// The archive or directory.
+        path: PathBuf,
+        /// The digest (or member name) looked for.
+        digest: String,
+    },
+    /// A digest string is not of the form `algorithm:hex`.
+    #[error("invalid digest {0:?}")]
+    BadDigest(String),
+    /// A manifest, index or config could not be understood.
+    #[error("{path}: {reason}")]
+    BadImage {
+        /// The file or archive concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A layer tar could not be read or holds something rimgfs refuses.
+    #[error("{path}: layer {layer}: {reason}")]
+    BadLayer {
+        /// The archive or blob file holding the layer.
+        path: PathBuf,
+        /// Layer position, bottom first, with its digest.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The reference given does not name an image in the archive.
+    #[error("{path}: {reason}")]
+    UnknownRef {
+        /// The archive.
+        path: PathBuf,
+        /// What was asked for and what exists.
+        reason: String,
+    },
+    /// A path inside the merged image does not exist or is of the wrong type.
+    #[error("{path}: {reason}")]
+    NotFound {
+        /// The path within the image.
+        path: String,
+        /// What went wrong.
+        reason: &'static str,
+    },
+    /// The mount could not be set up.
+    #[error("{path}: {reason}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Bad command-line usage (exit status 2).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// Shorthand for a [`Error::BadImage`].
+    pub fn bad_image(path: &Path, reason: impl Into<String>) -> Self {
+        Error::BadImage { path: path.to_path_buf(), reason: reason.into() }
+    }
+
+    /// The process exit status this error maps to (see EXIT STATUS in `rimgfs.1`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Adds file context to `io::Result`s: `.ctx("open", &path)?`.
+pub trait Context<T> {
+    /// Wraps the error in [`Error::Io`] with the operation and path.
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, io::Error> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io { op, path: path.to_path_buf(), source })
+    }
+}
+
+/// Formats an error with all its causes: `a: b: c`, skipping a cause whose text the
+/// outer message already contains (thiserror variants often print their source).
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}

@@ -1,0 +1,332 @@
+//! The thing an image lives in: a directory (OCI layout) or a tar archive (docker-save,
+//! oci-archive), the latter possibly gzip- or zstd-compressed as a whole.
+//!
+//! A tar is scanned once for its member names and data offsets, so every blob can then be
+//! read in place by `(file, offset, len)` without extracting anything. Dependencies: error,
+//! cache, tar.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::cache::Cache;
+use crate::error::{Context, Error, Result};
+
+/// Largest manifest, index or config rimgfs reads into memory; real ones are a few KiB.
+const MAX_METADATA_SIZE: u64 = 64 << 20;
+/// How many symlink hops a member name may take (test_link-style archives use one).
+const MAX_MEMBER_LINKS: usize = 16;
+
+/// A byte range of a host file that holds one blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobLoc {
+    /// The host file.
+    pub file: PathBuf,
+    /// Where the blob starts in it.
+    pub offset: u64,
+    /// The blob's length.
+    pub len: u64,
+}
+
+impl BlobLoc {
+    /// Reads the first bytes of the blob (for magic-number sniffing).
+    pub fn head(&self, n: usize) -> Result<Vec<u8>> {
+        let f = File::open(&self.file).ctx("open", &self.file)?;
+        let mut buf = vec![0u8; n.min(self.len as usize)];
+        let mut got = 0;
+        while got < buf.len() {
+            let k = f.read_at(&mut buf[got..], self.offset + got as u64).ctx("read", &self.file)?;
+            if k == 0 {
+                break;
+            }
+            got += k;
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// A reader over exactly the blob's bytes.
+    pub fn reader(&self) -> Result<io::Take<BufReader<File>>> {
+        let mut f = File::open(&self.file).ctx("open", &self.file)?;
+        f.seek(SeekFrom::Start(self.offset)).ctx("seek", &self.file)?;
+        Ok(BufReader::with_capacity(1 << 20, f).take(self.len))
+    }
+}
+
+/// One member of a tar archive.
+#[derive(Clone, Debug)]
+struct Member {
+    offset: u64,
+    size: u64,
+    /// Target of a symlink or hard-link member, already made relative to the archive root.
+    link: Option<String>,
+}
+
+/// A directory or an (uncompressed view of an) archive holding an image.
+#[derive(Debug)]
+pub struct Container {
+    /// The path the user gave; used in every error message.
+    pub path: PathBuf,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Dir,
+    Tar { file: PathBuf, members: HashMap<String, Member> },
+}
+
+/// Compression of a stream, by magic number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain bytes.
+    None,
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// zstd (`28 b5 2f fd`).
+    Zstd,
+}
+
+impl Compression {
+    /// Recognises gzip and zstd magic numbers.
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    /// Wraps a reader in the matching decoder.
+    pub fn decoder<'a, R: Read + 'a>(self, r: R) -> io::Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(r),
+            // MultiGzDecoder: concatenated gzip members are one valid stream (pigz, some tools).
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+        })
+    }
+}
+
+impl Container {
+    /// Opens a directory or archive; a compressed archive is decompressed once into the cache.
+    pub fn open(path: &Path, cache: &Cache) -> Result<Container> {
+        let meta = std::fs::metadata(path).ctx("open", path)?;
+        if meta.is_dir() {
+            return Ok(Container { path: path.to_path_buf(), kind: Kind::Dir });
+        }
+        let head = BlobLoc { file: path.to_path_buf(), offset: 0, len: meta.len() }.head(8)?;
+        let file = match Compression::sniff(&head) {
+            Compression::None => path.to_path_buf(),
+            c => decompress_archive(path, &meta, c, cache)?,
+        };
+        let members = scan_tar(&file).map_err(|e| match e {
+            Error::Io { source, .. } => Error::bad_image(path, format!("not a tar archive: {source}")),
+            e => e,
+        })?;
+        Ok(Container { path: path.to_path_buf(), kind: Kind::Tar { file, members } })
+    }
+
+    /// True for a directory (OCI layout).
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, Kind::Dir)
+    }
+
+    /// Whether a member or file exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    /// Locates a member (following member symlinks) or a file of the directory.
+    pub fn find(&self, name: &str) -> Option<BlobLoc> {
+        let name = clean_member_name(name)?;
+        match &self.kind {
+            Kind::Dir => {
+                let p = self.path.join(&name);
+                // A layout's blobs must be files inside it: no symlinks out of the layout.
+                let meta = std::fs::symlink_metadata(&p).ok()?;
+                meta.is_file().then(|| BlobLoc { file: p, offset: 0, len: meta.len() })
+            }
+            Kind::Tar { file, members } => {
+                let mut cur = name;
+                for _ in 0..MAX_MEMBER_LINKS {
+                    let m = members.get(&cur)?;
+                    match &m.link {
+                        Some(t) => cur = t.clone(),
+                        None => {
+                            return Some(BlobLoc {
+                                file: file.clone(),
+                                offset: m.offset,
+                                len: m.size,
+                            });
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Like [`Container::find`], but a missing member is an error naming it.
+    pub fn get(&self, name: &str) -> Result<BlobLoc> {
+        self.find(name)
+            .ok_or_else(|| Error::MissingBlob { path: self.path.clone(), digest: name.to_string() })
+    }
+
+    /// Reads a small member (manifest, index, config) whole.
+    pub fn read_small(&self, name: &str) -> Result<Vec<u8>> {
+        let loc = self.get(name)?;
+        if loc.len > MAX_METADATA_SIZE {
+            return Err(Error::bad_image(&self.path, format!("{name}: too large ({} bytes)", loc.len)));
+        }
+        let mut buf = Vec::with_capacity(loc.len as usize);
+        loc.reader()?.read_to_end(&mut buf).ctx("read", &self.path)?;
+        if (buf.len() as u64) != loc.len {
+            return Err(Error::bad_image(&self.path, format!("{name}: truncated")));
+        }
+        Ok(buf)
+    }
+
+    /// A stable fingerprint of the host file(s) behind a blob, for cache keys: path, device,
+    /// inode, size and mtime, so a replaced or rewritten archive never matches an old entry.
+    pub fn fingerprint(loc: &BlobLoc) -> Result<String> {
+        let m = std::fs::metadata(&loc.file).ctx("stat", &loc.file)?;
+        let canon = std::fs::canonicalize(&loc.file).ctx("resolve", &loc.file)?;
+        Ok(format!(
+            "{}\0{}\0{}\0{}\0{}.{}\0{}\0{}",
+            canon.display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            loc.offset,
+            loc.len
+        ))
+    }
+}
+
+/// Normalises a member name the way tar writers vary it (`./x`, `/x`, `a//b`); `None` for a
+/// name that climbs out with `..`.
+fn clean_member_name(name: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Lists the members of a tar with their data offsets, reading only headers (seeking over
+/// data), so a large archive is scanned in milliseconds.
+fn scan_tar(file: &Path) -> Result<HashMap<String, Member>> {
+    let f = File::open(file).ctx("open", file)?;
+    let len = f.metadata().ctx("stat", file)?.len();
+    let mut ar = tar::Archive::new(BufReader::new(f));
+    let mut members = HashMap::new();
+    let mut count = 0usize;
+    for entry in ar.entries_with_seek().ctx("read", file)? {
+        let entry = entry.ctx("read", file)?;
+        count += 1;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Some(name) = clean_member_name(&raw) else { continue };
+        let offset = entry.raw_file_position();
+        let size = entry.size();
+        if offset.saturating_add(size) > len {
+            return Err(Error::Io {
+                op: "read",
+                path: file.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("archive is truncated (member {name})"),
+                ),
+            });
+        }
+        let et = entry.header().entry_type();
+        let link = if et.is_symlink() || et.is_hard_link() {
+            entry.link_name_bytes().and_then(|t| {
+                let t = String::from_utf8_lossy(&t).into_owned();
+                // Symlink targets are relative to the member's directory; hard-link targets
+                // are relative to the archive root.
+                let joined = if et.is_symlink() && !t.starts_with('/') {
+                    match name.rsplit_once('/') {
+                        Some((dir, _)) => format!("{dir}/{t}"),
+                        None => t,
+                    }
+                } else {
+                    t
+                };
+                clean_member_name(&joined)
+            })
+        } else {
+            None
+        };
+        members.insert(name, Member { offset, size, link });
+    }
+    if count == 0 {
+        return Err(Error::Io {
+            op: "read",
+            path: file.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "empty archive"),
+        });
+    }
+    Ok(members)
+}
+
+/// Decompresses a whole-archive `.tar.gz`/`.tar.zst` into the cache once, keyed by the
+/// archive's fingerprint; later opens reuse it.
+fn decompress_archive(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    c: Compression,
+    cache: &Cache,
+) -> Result<PathBuf> {
+    let loc = BlobLoc { file: path.to_path_buf(), offset: 0, len: meta.len() };
+    let key = Container::fingerprint(&loc)?;
+    let dest = cache.archive_path(&key);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    cache.write_atomic(&dest, |out| {
+        let mut dec = c.decoder(loc.reader()?).ctx("decompress", path)?;
+        io::copy(&mut dec, out).map_err(|e| Error::bad_image(path, format!("corrupt {c:?} stream: {e}")))?;
+        Ok(())
+    })?;
+    Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names_are_normalised() {
+        let cases = [
+            ("./manifest.json", Some("manifest.json")),
+            ("/blobs//sha256/ab", Some("blobs/sha256/ab")),
+            ("a/../b", Some("b")),
+            ("../x", None),
+            ("abc/./layer.tar", Some("abc/layer.tar")),
+        ];
+        for (input, want) in cases {
+            assert_eq!(clean_member_name(input).as_deref(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn compression_sniff() {
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(Compression::sniff(b"usta"), Compression::None);
+        assert_eq!(Compression::sniff(&[]), Compression::None);
+    }
+}

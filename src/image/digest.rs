@@ -1,0 +1,227 @@
+//! Content digests (`sha256:<hex>`, `sha512:<hex>`): parsing and streaming verification.
+//!
+//! A digest is validated before any path is built from it, so a hostile manifest cannot name
+//! `../../etc/passwd` as a blob. Dependencies: error, sha2.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use sha2::{Digest as _, Sha256, Sha512};
+
+use crate::error::{Error, Result};
+
+/// A validated content digest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+/// The hash algorithms rimgfs verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// SHA-256, 64 hex digits.
+    Sha256,
+    /// SHA-512, 128 hex digits.
+    Sha512,
+}
+
+impl Digest {
+    /// Parses `algorithm:hex`; only lower-case hex of the algorithm's exact length is valid
+    /// (image-spec descriptor.md, "Digests").
+    pub fn parse(s: &str) -> Result<Digest> {
+        let (alg, hex) = s.split_once(':').ok_or_else(|| Error::BadDigest(s.to_string()))?;
+        let len = match alg {
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => return Err(Error::BadDigest(s.to_string())),
+        };
+        let hex_ok = hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex_ok {
+            return Err(Error::BadDigest(s.to_string()));
+        }
+        Ok(Digest(s.to_string()))
+    }
+
+    /// Digest of a sha256 hex string (as found in legacy archive file names).
+    pub fn sha256_hex(hex: &str) -> Result<Digest> {
+        Digest::parse(&format!("sha256:{hex}"))
+    }
+
+    /// The algorithm part.
+    pub fn algorithm(&self) -> Algorithm {
+        if self.0.starts_with("sha512:") { Algorithm::Sha512 } else { Algorithm::Sha256 }
+    }
+
+    /// The algorithm name ("sha256").
+    pub fn algorithm_name(&self) -> &str {
+        self.0.split_once(':').map_or("", |(a, _)| a)
+    }
+
+    /// The hex part; safe to use as a file name.
+    pub fn hex(&self) -> &str {
+        self.0.split_once(':').map_or("", |(_, h)| h)
+    }
+
+    /// The whole `algorithm:hex` string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The relative blob path in an OCI layout: `blobs/<alg>/<hex>`.
+    pub fn blob_path(&self) -> String {
+        format!("blobs/{}/{}", self.algorithm_name(), self.hex())
+    }
+
+    /// Digest of a byte slice.
+    pub fn of_bytes(alg: Algorithm, data: &[u8]) -> Digest {
+        let mut h = Hasher::new(alg);
+        h.update(data);
+        h.finish()
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An incremental hasher for either algorithm.
+#[derive(Clone)]
+pub enum Hasher {
+    /// SHA-256 state.
+    Sha256(Sha256),
+    /// SHA-512 state.
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    /// A fresh hasher.
+    pub fn new(alg: Algorithm) -> Hasher {
+        match alg {
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
+        }
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    /// The digest of everything fed so far.
+    pub fn finish(self) -> Digest {
+        let (alg, bytes): (&str, Vec<u8>) = match self {
+            Hasher::Sha256(h) => ("sha256", h.finalize().to_vec()),
+            Hasher::Sha512(h) => ("sha512", h.finalize().to_vec()),
+        };
+        let mut s = String::with_capacity(alg.len() + 1 + bytes.len() * 2);
+        s.push_str(alg);
+        s.push(':');
+        for b in bytes {
+            s.push_str(&format!("{b:02x}"));
+        }
+        Digest(s)
+    }
+}
+
+/// A reader that hashes and counts what passes through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Option<Hasher>,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wraps `inner`; `alg` of `None` only counts.
+    pub fn new(inner: R, alg: Option<Algorithm>) -> Self {
+        HashingReader { inner, hasher: alg.map(Hasher::new), count: 0 }
+    }
+
+    /// Reads the rest of the stream so the digest covers all of it (tar readers stop at the
+    /// end-of-archive marker, which may be followed by padding that is part of the blob).
+    pub fn drain(&mut self) -> io::Result<()> {
+        io::copy(self, &mut io::sink()).map(|_| ())
+    }
+
+    /// Bytes read so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The digest (if hashing) and the byte count.
+    pub fn finish(self) -> (Option<Digest>, u64) {
+        (self.hasher.map(Hasher::finish), self.count)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// A reader that copies everything it reads into a writer (decompressed layer → cache file).
+pub struct TeeReader<R, W> {
+    inner: R,
+    out: W,
+}
+
+impl<R: Read, W: Write> TeeReader<R, W> {
+    /// Wraps `inner`, copying into `out`.
+    pub fn new(inner: R, out: W) -> Self {
+        TeeReader { inner, out }
+    }
+
+    /// Gives back the writer.
+    pub fn into_writer(self) -> W {
+        self.out
+    }
+}
+
+impl<R: Read, W: Write> Read for TeeReader<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_parse_table() {
+        let good = format!("sha256:{}", "a".repeat(64));
+        let cases: &[(&str, bool)] = &[
+            (&good, true),
+            ("sha256:abc", false),
+            ("sha256:../../etc/passwd", false),
+            ("md5:0123", false),
+            ("sha256", false),
+            (&format!("sha256:{}", "A".repeat(64)), false),
+            (&format!("sha512:{}", "0".repeat(128)), true),
+            (&format!("sha256:{}/", "a".repeat(63)), false),
+        ];
+        for (s, ok) in cases {
+            assert_eq!(Digest::parse(s).is_ok(), *ok, "{s}");
+        }
+    }
+
+    #[test]
+    fn digest_of_empty() {
+        let d = Digest::of_bytes(Algorithm::Sha256, b"");
+        assert_eq!(
+            d.as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(d.blob_path(), format!("blobs/sha256/{}", d.hex()));
+    }
+}

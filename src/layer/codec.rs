@@ -1,0 +1,224 @@
+//! The on-disk form of a layer index in the cache.
+//!
+//! `MAGIC`, then the body, then the SHA-256 of the body. A file that is short, has another
+//! magic (an older format) or fails the checksum decodes to `None` and is rebuilt; it is never
+//! served. The body also records the identity of the cached content file the offsets point
+//! into, so an index is never used with a content file that was replaced.
+//! Dependencies: entry, digest.
+
+use super::LayerIndex;
+use super::entry::{EntryKind, LayerEntry, Meta};
+use crate::image::digest::{Algorithm, Digest};
+
+/// Format tag; bump the digit when the body layout changes.
+const MAGIC: &[u8; 8] = b"RIMGIX01";
+const SHA256_LEN: usize = 32;
+
+/// Identity of the content file an index belongs to (size, inode, mtime).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Length in bytes.
+    pub size: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// mtime, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(m: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp { size: m.len(), ino: m.ino(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() }
+    }
+}
+
+/// Serialises an index with the stamp of its content file.
+pub fn encode(index: &LayerIndex, stamp: FileStamp) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64 + index.entries.len() * 64);
+    b.extend_from_slice(MAGIC);
+    put_u64(&mut b, index.tar_size);
+    put_u64(&mut b, stamp.size);
+    put_u64(&mut b, stamp.ino);
+    put_u64(&mut b, stamp.mtime_ns as u64);
+    put_u64(&mut b, index.entries.len() as u64);
+    for e in &index.entries {
+        put_bytes(&mut b, &e.path);
+        put_u32(&mut b, e.meta.mode);
+        put_u32(&mut b, e.meta.uid);
+        put_u32(&mut b, e.meta.gid);
+        put_u64(&mut b, e.meta.mtime as u64);
+        put_u32(&mut b, e.meta.mtime_nsec);
+        match &e.kind {
+            EntryKind::Dir => b.push(0),
+            EntryKind::File { offset, size } => {
+                b.push(1);
+                put_u64(&mut b, *offset);
+                put_u64(&mut b, *size);
+            }
+            EntryKind::Symlink(t) => {
+                b.push(2);
+                put_bytes(&mut b, t);
+            }
+            EntryKind::HardLink(t) => {
+                b.push(3);
+                put_bytes(&mut b, t);
+            }
+            EntryKind::CharDev { major, minor } => {
+                b.push(4);
+                put_u32(&mut b, *major);
+                put_u32(&mut b, *minor);
+            }
+            EntryKind::BlockDev { major, minor } => {
+                b.push(5);
+                put_u32(&mut b, *major);
+                put_u32(&mut b, *minor);
+            }
+            EntryKind::Fifo => b.push(6),
+        }
+        put_u32(&mut b, e.xattrs.len() as u32);
+        for (k, v) in &e.xattrs {
+            put_bytes(&mut b, k);
+            put_bytes(&mut b, v);
+        }
+    }
+    let sum = Digest::of_bytes(Algorithm::Sha256, &b[MAGIC.len()..]);
+    b.extend_from_slice(&hex_to_bytes(sum.hex()));
+    b
+}
+
+/// Parses what [`encode`] wrote; `None` if anything is off.
+pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
+    let body_end = data.len().checked_sub(SHA256_LEN)?;
+    if body_end < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        return None;
+    }
+    let sum = Digest::of_bytes(Algorithm::Sha256, &data[MAGIC.len()..body_end]);
+    if hex_to_bytes(sum.hex()) != data[body_end..] {
+        return None;
+    }
+    let mut r = Cursor { data: &data[MAGIC.len()..body_end] };
+    let tar_size = r.u64()?;
+    let stamp = FileStamp { size: r.u64()?, ino: r.u64()?, mtime_ns: r.u64()? as i64 };
+    let n = r.u64()?;
+    // Each entry takes at least 30 bytes; a count beyond that is corruption, not a reason to
+    // reserve gigabytes.
+    let mut entries = Vec::with_capacity((n as usize).min(r.data.len() / 30));
+    for _ in 0..n {
+        let path = r.bytes()?.into();
+        let meta = Meta {
+            mode: r.u32()?,
+            uid: r.u32()?,
+            gid: r.u32()?,
+            mtime: r.u64()? as i64,
+            mtime_nsec: r.u32()?,
+        };
+        let kind = match r.u8()? {
+            0 => EntryKind::Dir,
+            1 => EntryKind::File { offset: r.u64()?, size: r.u64()? },
+            2 => EntryKind::Symlink(r.bytes()?.into()),
+            3 => EntryKind::HardLink(r.bytes()?.into()),
+            4 => EntryKind::CharDev { major: r.u32()?, minor: r.u32()? },
+            5 => EntryKind::BlockDev { major: r.u32()?, minor: r.u32()? },
+            6 => EntryKind::Fifo,
+            _ => return None,
+        };
+        let nx = r.u32()?;
+        let mut xattrs = Vec::with_capacity((nx as usize).min(64));
+        for _ in 0..nx {
+            xattrs.push((r.bytes()?.into(), r.bytes()?.into()));
+        }
+        entries.push(LayerEntry { path, meta, kind, xattrs });
+    }
+    if !r.data.is_empty() {
+        return None;
+    }
+    Some((LayerIndex { entries, tar_size }, stamp))
+}
+
+fn hex_to_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
+    put_u32(b, v.len() as u32);
+    b.extend_from_slice(v);
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.data.len() < n {
+            return None;
+        }
+        let (h, t) = self.data.split_at(n);
+        self.data = t;
+        Some(h)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LayerIndex {
+        let m = Meta { mode: 0o4755, uid: 1, gid: 2, mtime: -5, mtime_nsec: 7 };
+        let e = |path: &[u8], kind| LayerEntry { path: path.into(), meta: m, kind, xattrs: vec![] };
+        let mut entries = vec![
+            e(b"", EntryKind::Dir),
+            e(b"a", EntryKind::File { offset: 512, size: 3 }),
+            e(b"l", EntryKind::Symlink(b"../x"[..].into())),
+            e(b"h", EntryKind::HardLink(b"a"[..].into())),
+            e(b"c", EntryKind::CharDev { major: 1, minor: 3 }),
+            e(b"b", EntryKind::BlockDev { major: 8, minor: 0 }),
+            e(b"p", EntryKind::Fifo),
+        ];
+        entries[1].xattrs.push((b"user.k"[..].into(), b""[..].into()));
+        LayerIndex { entries, tar_size: 4096 }
+    }
+
+    #[test]
+    fn codec_round_trip() {
+        let stamp = FileStamp { size: 4096, ino: 9, mtime_ns: -1 };
+        let enc = encode(&sample(), stamp);
+        assert_eq!(decode(&enc), Some((sample(), stamp)));
+    }
+
+    #[test]
+    fn codec_rejects_damage() {
+        let enc = encode(&sample(), FileStamp::default());
+        for cut in [0, 7, 8, enc.len() / 2, enc.len() - 1] {
+            assert!(decode(&enc[..cut]).is_none(), "truncated at {cut}");
+        }
+        let mut flipped = enc.clone();
+        flipped[20] ^= 1;
+        assert!(decode(&flipped).is_none());
+        let mut magic = enc;
+        magic[7] = b'0';
+        assert!(decode(&magic).is_none());
+    }
+}

@@ -1,0 +1,230 @@
+//! Making a layer ready to serve: index it (or load its cached index) and verify it.
+//!
+//! - Uncompressed layers are served in place from the archive or blob file; the first time a
+//!   given file is used its digest is checked and a stamp keyed by the file's identity is
+//!   left in the cache, so a warm mount reads no layer bytes at all.
+//! - Compressed layers are decompressed once into the cache (keyed by diff_id, shared between
+//!   images), hashing the compressed stream (blob digest) and the tar (diff_id) in the same pass
+//!   that builds the index; the file is renamed into place only once both digests match.
+//!
+//! Dependencies: error, cache, image (LayerRef, BlobLoc, digest), layer, codec.
+
+use std::io::{self, IsTerminal};
+use std::path::Path;
+
+use super::codec::{self, FileStamp};
+use super::{LayerIndex, build_index};
+use crate::cache::Cache;
+use crate::error::{Context, Error, Result};
+use crate::image::LayerRef;
+use crate::image::container::{BlobLoc, Compression, Container};
+use crate::image::digest::{Digest, HashingReader, TeeReader};
+
+/// Layers smaller than this are indexed without a progress bar.
+const PROGRESS_MIN_BYTES: u64 = 32 << 20;
+
+/// A layer ready to serve: its index and the file range its offsets point into.
+#[derive(Debug)]
+pub struct PreparedLayer {
+    /// The entries.
+    pub index: LayerIndex,
+    /// The uncompressed tar's bytes (archive member, blob file or cache file).
+    pub data: BlobLoc,
+}
+
+/// Indexes and verifies a layer, using the cache when it can.
+pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<PreparedLayer> {
+    let bad = |reason: String| Error::BadLayer {
+        path: image_path.to_path_buf(),
+        layer: layer.describe(),
+        reason,
+    };
+    let index_path = cache.index_path(&layer.diff_id);
+    let cached = std::fs::read(&index_path).ok().and_then(|d| codec::decode(&d));
+    match layer.compression {
+        Compression::None => {
+            let fingerprint = Container::fingerprint(&layer.blob)?;
+            if let Some((index, _)) = cached {
+                if index.tar_size == layer.blob.len {
+                    if !cache.is_verified(&fingerprint, &layer.diff_id) {
+                        verify_in_place(layer, image_path)?;
+                        cache.mark_verified(&fingerprint, &layer.diff_id)?;
+                    }
+                    return Ok(PreparedLayer { index, data: layer.blob.clone() });
+                }
+            }
+            let index = index_in_place(layer, image_path).map_err(|e| match e {
+                IndexFail::Layer(r) => bad(r),
+                IndexFail::Other(e) => e,
+            })?;
+            cache.write_atomic(&index_path, |w| {
+                io::Write::write_all(w, &codec::encode(&index, FileStamp::default())).ctx("write", &index_path)
+            })?;
+            cache.mark_verified(&fingerprint, &layer.diff_id)?;
+            Ok(PreparedLayer { index, data: layer.blob.clone() })
+        }
+        c => {
+            let content = cache.layer_path(&layer.diff_id);
+            if let Some((index, stamp)) = cached {
+                let current = std::fs::metadata(&content).ok().map(|m| FileStamp::of(&m));
+                if current == Some(stamp) && stamp.size == index.tar_size {
+                    return Ok(PreparedLayer { index, data: whole_file(&content, stamp.size) });
+                }
+                log::info!("layer {}: cache entry is stale or damaged; rebuilding", layer.describe());
+            }
+            let mut index = None;
+            cache.write_atomic(&content, |out| {
+                index = Some(decompress_and_index(layer, c, out, image_path).map_err(|e| match e {
+                    IndexFail::Layer(r) => bad(r),
+                    IndexFail::Other(e) => e,
+                })?);
+                Ok(())
+            })?;
+            let index = index.ok_or_else(|| bad("indexing produced nothing".into()))?;
+            let stamp = FileStamp::of(&std::fs::metadata(&content).ctx("stat", &content)?);
+            cache.write_atomic(&index_path, |w| {
+                io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &index_path)
+            })?;
+            Ok(PreparedLayer { index, data: whole_file(&content, stamp.size) })
+        }
+    }
+}
+
+fn whole_file(path: &Path, len: u64) -> BlobLoc {
+    BlobLoc { file: path.to_path_buf(), offset: 0, len }
+}
+
+/// A failure while reading a layer: about the layer's contents, or about something else
+/// (the cache, the host) that already has its own context.
+enum IndexFail {
+    Layer(String),
+    Other(Error),
+}
+
+impl From<Error> for IndexFail {
+    fn from(e: Error) -> Self {
+        IndexFail::Other(e)
+    }
+}
+
+/// A progress bar on stderr for big layers, hidden when stderr is not a terminal.
+fn progress(layer: &LayerRef) -> indicatif::ProgressBar {
+    if layer.blob.len < PROGRESS_MIN_BYTES || !io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(layer.blob.len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "indexing layer {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(layer.index.to_string());
+    pb
+}
+
+/// Indexes an uncompressed layer where it lies, verifying its diff_id in the same pass.
+fn index_in_place(layer: &LayerRef, image_path: &Path) -> Result<LayerIndex, IndexFail> {
+    let pb = progress(layer);
+    let mut hr = HashingReader::new(pb.wrap_read(layer.blob.reader()?), Some(layer.diff_id.algorithm()));
+    let mut index = build_index(&mut hr).map_err(IndexFail::Layer)?;
+    hr.drain().ctx("read", image_path)?;
+    pb.finish_and_clear();
+    let (found, len) = hr.finish();
+    check_len(layer, len, image_path)?;
+    check_digest(&layer.diff_id, found, "diff_id", layer, image_path)?;
+    if let Some(bd) = &layer.blob_digest {
+        if bd.algorithm() == layer.diff_id.algorithm() && bd != &layer.diff_id {
+            return Err(IndexFail::Other(mismatch(layer, image_path, "blob", bd, &layer.diff_id)));
+        }
+    }
+    index.tar_size = len;
+    Ok(index)
+}
+
+/// Re-hashes an uncompressed layer whose index is cached but whose file is new to the cache.
+fn verify_in_place(layer: &LayerRef, image_path: &Path) -> Result<()> {
+    let pb = progress(layer);
+    let mut hr = HashingReader::new(pb.wrap_read(layer.blob.reader()?), Some(layer.diff_id.algorithm()));
+    hr.drain().ctx("read", image_path)?;
+    pb.finish_and_clear();
+    let (found, _) = hr.finish();
+    match check_digest(&layer.diff_id, found, "diff_id", layer, image_path) {
+        Ok(()) => Ok(()),
+        Err(IndexFail::Other(e)) => Err(e),
+        Err(IndexFail::Layer(r)) => Err(Error::BadLayer {
+            path: image_path.to_path_buf(),
+            layer: layer.describe(),
+            reason: r,
+        }),
+    }
+}
+
+/// Decompresses a layer into `out` while indexing it and checking both digests.
+fn decompress_and_index(
+    layer: &LayerRef,
+    c: Compression,
+    out: &mut impl io::Write,
+    image_path: &Path,
+) -> Result<LayerIndex, IndexFail> {
+    let pb = progress(layer);
+    let corrupt = |e: io::Error| IndexFail::Layer(format!("corrupt {c:?} stream: {e}"));
+    let blob_alg = layer.blob_digest.as_ref().map(Digest::algorithm);
+    let mut compressed = HashingReader::new(pb.wrap_read(layer.blob.reader()?), blob_alg);
+    let (mut index, found_diff, len) = {
+        let dec = c.decoder(&mut compressed).map_err(corrupt)?;
+        let mut tar = HashingReader::new(TeeReader::new(dec, &mut *out), Some(layer.diff_id.algorithm()));
+        let index = build_index(&mut tar).map_err(IndexFail::Layer)?;
+        // Read the decoder to its end, so truncation after the tar's end marker is caught.
+        tar.drain().map_err(corrupt)?;
+        let (found, len) = tar.finish();
+        (index, found, len)
+    };
+    compressed.drain().ctx("read", image_path)?;
+    pb.finish_and_clear();
+    let (found_blob, blob_len) = compressed.finish();
+    check_len(layer, blob_len, image_path)?;
+    if let Some(bd) = &layer.blob_digest {
+        check_digest(bd, found_blob, "blob", layer, image_path)?;
+    }
+    check_digest(&layer.diff_id, found_diff, "diff_id", layer, image_path)?;
+    index.tar_size = len;
+    Ok(index)
+}
+
+fn check_len(layer: &LayerRef, len: u64, image_path: &Path) -> Result<(), IndexFail> {
+    if len != layer.blob.len {
+        return Err(IndexFail::Other(Error::SizeMismatch {
+            path: image_path.to_path_buf(),
+            what: format!("layer {}", layer.describe()),
+            expected: layer.blob.len,
+            found: len,
+        }));
+    }
+    Ok(())
+}
+
+fn check_digest(
+    want: &Digest,
+    found: Option<Digest>,
+    what: &str,
+    layer: &LayerRef,
+    image_path: &Path,
+) -> Result<(), IndexFail> {
+    match found {
+        Some(f) if &f == want => Ok(()),
+        Some(f) => Err(IndexFail::Other(mismatch(layer, image_path, what, want, &f))),
+        None => Ok(()),
+    }
+}
+
+fn mismatch(layer: &LayerRef, image_path: &Path, what: &str, want: &Digest, found: &Digest) -> Error {
+    Error::DigestMismatch {
+        path: image_path.to_path_buf(),
+        what: format!("layer {} {what}", layer.describe()),
+        expected: want.to_string(),
+        found: found.to_string(),
+    }
+}

@@ -1,0 +1,21 @@
+//! The `rimgfs` command: parse, set the log level, run, map the outcome to an exit status.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match rimgfs::cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are not errors; clap prints them and picks the status.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    rimgfs::logger::init(cli.verbose);
+    match rimgfs::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => rimgfs::report(&e),
+    }
+}

@@ -1,0 +1,228 @@
+//! Mounting and unmounting: mount-point checks, the background daemon, signals.
+//!
+//! `rimgfs mount` prepares everything in the calling process (so errors and the progress bar
+//! reach the user's terminal), then forks. The child mounts, and reports over a pipe either
+//! `ok` once the kernel handshake is done (the mount is then usable) or the error; the parent
+//! exits with that outcome. SIGINT, SIGTERM and SIGHUP make the daemon unmount and exit.
+//! Dependencies: overlay, fuse, cli, sys, error, nix, fuser.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::cli::MountOptions;
+use crate::error::{Error, Result};
+use crate::fuse::Fuse;
+use crate::overlay::Overlay;
+use crate::sys::{Forked, fork_single_threaded};
+
+/// Message the daemon sends when the mount is ready.
+const READY: &[u8] = b"ok";
+
+/// Checks that `mnt` is a directory that is not already a mount point, and returns its
+/// absolute path.
+pub fn check_mountpoint(mnt: &Path) -> Result<PathBuf> {
+    let err = |reason: &str| Error::Mount { path: mnt.to_path_buf(), reason: reason.to_string() };
+    let meta = match std::fs::metadata(mnt) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(err("mount point does not exist"));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(err("mount point is busy: a dead mount is still there; run rimgfs umount on it"));
+        }
+        Err(e) => return Err(err(&format!("mount point is not usable: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Err(err("mount point is not a directory"));
+    }
+    let abs = std::fs::canonicalize(mnt).map_err(|e| err(&format!("cannot resolve: {e}")))?;
+    if is_mountpoint(&abs) {
+        return Err(err("mount point is busy: something is already mounted there"));
+    }
+    Ok(abs)
+}
+
+/// Whether `abs` is listed in `/proc/self/mountinfo` as a mount point.
+pub fn is_mountpoint(abs: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = escape_mountinfo(&abs.to_string_lossy());
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn escape_mountinfo(p: &str) -> String {
+    let mut s = String::with_capacity(p.len());
+    for c in p.chars() {
+        match c {
+            ' ' => s.push_str("\\040"),
+            '\t' => s.push_str("\\011"),
+            '\n' => s.push_str("\\012"),
+            '\\' => s.push_str("\\134"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Mounts `ov` on `mnt` (already checked) and serves it; in the background unless
+/// `opts.foreground`.
+pub fn mount(ov: Overlay, mnt: &Path, opts: &MountOptions, verbose: bool) -> Result<()> {
+    if opts.foreground {
+        return serve(ov, mnt, opts, None);
+    }
+    let err = |reason: String| Error::Mount { path: mnt.to_path_buf(), reason };
+    if crate::sys::thread_count().is_some_and(|n| n > 1) {
+        return Err(err("internal error: cannot start the daemon from a multi-threaded process".into()));
+    }
+    let (rx, tx) = nix::unistd::pipe().map_err(|e| err(format!("pipe: {e}")))?;
+    match fork_single_threaded().map_err(|e| err(format!("fork: {e}")))? {
+        Forked::Parent(_) => {
+            drop(tx);
+            let mut msg = Vec::new();
+            let _ = std::fs::File::from(rx).read_to_end(&mut msg);
+            if msg == READY {
+                Ok(())
+            } else if msg.is_empty() {
+                Err(err("the daemon exited before the mount was ready".into()))
+            } else {
+                Err(err(String::from_utf8_lossy(&msg).into_owned()))
+            }
+        }
+        Forked::Child => {
+            drop(rx);
+            let _ = nix::unistd::setsid();
+            detach_stdio(verbose);
+            let code = match serve(ov, mnt, opts, Some(tx)) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Points stdin and stdout (and stderr unless logging) at /dev/null, so the daemon holds no
+/// terminal. They are replaced, not closed: fuser insists its /dev/fuse fd is above 2.
+fn detach_stdio(keep_stderr: bool) {
+    let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else {
+        return;
+    };
+    let mut targets = vec![libc::STDIN_FILENO, libc::STDOUT_FILENO];
+    if !keep_stderr {
+        targets.push(libc::STDERR_FILENO);
+    }
+    for fd in targets {
+        let _ = crate::sys::redirect_fd(&null, fd);
+    }
+}
+
+/// Mounts and runs the session until unmounted or signalled.
+fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -> Result<()> {
+    // Block the signals before any thread starts, so every thread inherits the mask and only
+    // the signal thread below receives them.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    let _ = sigs.thread_block();
+    let report = |ready: Option<OwnedFd>, msg: &[u8]| {
+        if let Some(fd) = ready {
+            let _ = std::fs::File::from(fd).write_all(msg);
+        }
+    };
+    let mut session = match fuser::Session::new(Fuse::new(ov), mnt, &fuser_config(opts)) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("mount failed: {e}");
+            report(ready, msg.as_bytes());
+            return Err(Error::Mount { path: mnt.to_path_buf(), reason: msg });
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    let shown = mnt.display().to_string();
+    std::thread::spawn(move || {
+        if let Ok(sig) = sigs.wait() {
+            log::info!("{sig}: unmounting {shown}");
+            if let Err(e) = unmounter.unmount() {
+                log::warn!("unmounting {shown}: {e}");
+            }
+        }
+    });
+    report(ready, READY);
+    session.run().map_err(|e| Error::Mount { path: mnt.to_path_buf(), reason: format!("session: {e}") })
+}
+
+fn fuser_config(opts: &MountOptions) -> fuser::Config {
+    use fuser::MountOption as M;
+    let mut mo = vec![M::FSName("rimgfs".into()), M::Subtype("rimgfs".into())];
+    mo.push(if opts.read_only { M::RO } else { M::RW });
+    mo.push(if opts.suid { M::Suid } else { M::NoSuid });
+    mo.push(if opts.dev { M::Dev } else { M::NoDev });
+    mo.push(if opts.exec { M::Exec } else { M::NoExec });
+    mo.push(if opts.atime { M::Atime } else { M::NoAtime });
+    if opts.default_permissions {
+        mo.push(M::DefaultPermissions);
+    }
+    let mut c = fuser::Config::default();
+    c.mount_options = mo;
+    c.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else if opts.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    c.n_threads = Some(opts.threads);
+    c.clone_fd = true;
+    c
+}
+
+/// Unmounts `mnt`: umount2(2) as root, else `fusermount3 -u`. Works on a mount whose daemon
+/// died (the kernel then answers ENOTCONN to everything but unmount).
+pub fn umount(mnt: &Path, lazy: bool) -> Result<()> {
+    let err = |reason: String| Error::Mount { path: mnt.to_path_buf(), reason };
+    if nix::unistd::geteuid().is_root() {
+        let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
+        return nix::mount::umount2(mnt, flags).map_err(|e| match e {
+            nix::errno::Errno::EINVAL => err("not a mount point".into()),
+            nix::errno::Errno::ENOENT => err("does not exist".into()),
+            nix::errno::Errno::EBUSY => err("busy: files are open on it (use --lazy to detach)".into()),
+            e => err(format!("umount: {e}")),
+        });
+    }
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg(mnt).output().map_err(|e| err(format!("fusermount3: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        Err(err(msg.trim().trim_start_matches("fusermount3: ").to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escaping() {
+        assert_eq!(escape_mountinfo("/a b\\c"), "/a\\040b\\134c");
+    }
+
+    #[test]
+    fn check_mountpoint_errors() {
+        let e = check_mountpoint(Path::new("/nonexistent/rimgfs/x")).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        let e = check_mountpoint(Path::new("/etc/hostname")).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        let e = check_mountpoint(Path::new("/proc")).unwrap_err().to_string();
+        assert!(e.contains("busy"), "{e}");
+    }
+}

@@ -1,0 +1,96 @@
+//! From an image argument to a merged tree: open the source, prepare (index, verify, cache)
+//! each layer, apply them. Used by `mount`, `ls`, `cat` and `inspect`.
+//! Dependencies: image, layer::prepare, tree, cache, error.
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::image::{self, Image, ImageSpec, OpenOptions};
+use crate::layer::prepare::{PreparedLayer, prepare};
+use crate::tree::LowerTree;
+
+/// An opened image with its prepared layers.
+#[derive(Debug)]
+pub struct Stack {
+    /// The image.
+    pub image: Image,
+    /// Its layers, bottom first (only up to `--layer N` when given).
+    pub layers: Vec<PreparedLayer>,
+}
+
+impl Stack {
+    /// Opens the image and prepares layers `0..=upto` (all when `None`).
+    pub fn open(
+        spec: &ImageSpec,
+        opts: &OpenOptions,
+        cache: &Cache,
+        upto: Option<usize>,
+    ) -> Result<Stack> {
+        let image = image::open(spec, opts, cache)?;
+        let count = match upto {
+            Some(n) if n >= image.layers.len() => {
+                return Err(Error::Usage(format!(
+                    "--layer {n}: the image has {} layers (0 to {})",
+                    image.layers.len(),
+                    image.layers.len().saturating_sub(1)
+                )));
+            }
+            Some(n) => n + 1,
+            None => image.layers.len(),
+        };
+        let layers = prepare_all(&image, count, cache)?;
+        Ok(Stack { image, layers })
+    }
+
+    /// Builds the merged tree of the prepared layers.
+    pub fn tree(&self) -> Result<LowerTree> {
+        LowerTree::build(&self.layers).map_err(|e| Error::BadLayer {
+            path: self.image.container.path.clone(),
+            layer: self.image.layers.get(e.layer).map_or_else(|| e.layer.to_string(), |l| l.describe()),
+            reason: e.reason,
+        })
+    }
+
+    /// `"<index> <digest>"` for each layer, the answer of the provenance xattr.
+    pub fn layer_labels(&self) -> Vec<String> {
+        self.image.layers.iter().map(|l| format!("{} {}", l.index, l.digest())).collect()
+    }
+}
+
+/// Prepares the first `count` layers, several at a time: indexing is CPU-bound (hashing,
+/// decompressing) and layers are independent.
+fn prepare_all(image: &Image, count: usize, cache: &Cache) -> Result<Vec<PreparedLayer>> {
+    let path = &image.container.path;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count.max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<Result<PreparedLayer>>> = (0..count).map(|_| None).collect();
+    let results = std::sync::Mutex::new(&mut slots);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let r = prepare(&image.layers[i], path, cache);
+                    if let Ok(mut slots) = results.lock() {
+                        slots[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|| {
+                Err(Error::BadLayer {
+                    path: path.clone(),
+                    layer: i.to_string(),
+                    reason: "indexing did not finish".into(),
+                })
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,392 @@
+//! The merged lower tree: every layer applied bottom to top by the rules of the OCI
+//! image-spec, `layer.md` (<https://github.com/opencontainers/image-spec/blob/main/layer.md>).
+//!
+//! Per layer, in two passes:
+//! 1. whiteouts: `.wh..wh..opq` empties its directory of lower children and `.wh.NAME` removes
+//!    `NAME`, wherever they stand in the tar, and before anything else of the layer, so a
+//!    whiteout never hides an entry of its own layer;
+//! 2. entries in tar order: a directory over a directory replaces its attributes and keeps its
+//!    children; anything else replaces the old path (a file over a directory drops the whole
+//!    subtree); missing parents are created (0755, root, mtime 0, as Docker's extraction does);
+//!    hard links name the node their target names at that point, in this layer or a lower one;
+//!    of duplicate entries the last wins; the root takes its attributes from a `./` entry.
+//!
+//! Building uses a mutable arena; `freeze` then renumbers the reachable nodes breadth first
+//! (deterministic inode numbers) into the immutable [`LowerTree`], which needs no locks.
+//! Dependencies: layer (index, entry, whiteout), image::container (BlobLoc).
+
+pub mod node;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::image::container::BlobLoc;
+use crate::layer::entry::{EntryKind, LayerEntry, Meta, Xattr, split_parent};
+use crate::layer::prepare::PreparedLayer;
+use crate::layer::whiteout::{Class, classify};
+use node::{DataRef, DirEntry, Node, NodeId, NodeKind};
+
+/// Attributes of a directory no layer describes (the root without a `./` entry, implicit
+/// parents): what Docker and umoci create.
+const IMPLICIT_DIR_MODE: u32 = 0o755;
+
+/// A layer-rule violation: which layer, and what.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TreeError {
+    /// Layer index, bottom = 0.
+    pub layer: usize,
+    /// The problem, naming the path.
+    pub reason: String,
+}
+
+/// The merged, immutable view of a layer stack.
+#[derive(Debug)]
+pub struct LowerTree {
+    nodes: Vec<Node>,
+    entries: Vec<DirEntry>,
+    /// The data file of each layer, for `DataRef::layer`.
+    pub data_files: Vec<BlobLoc>,
+    /// Sum of regular file sizes (each inode once).
+    pub total_bytes: u64,
+}
+
+impl LowerTree {
+    /// Applies `layers` bottom to top.
+    pub fn build(layers: &[PreparedLayer]) -> Result<LowerTree, TreeError> {
+        let mut b = Builder::new();
+        for (i, l) in layers.iter().enumerate() {
+            let layer = u16::try_from(i)
+                .map_err(|_| TreeError { layer: i, reason: "too many layers".into() })?;
+            b.apply(layer, &l.index.entries, l.data.offset)
+                .map_err(|reason| TreeError { layer: i, reason })?;
+        }
+        let mut tree = b.freeze();
+        tree.data_files = layers.iter().map(|l| l.data.clone()).collect();
+        Ok(tree)
+    }
+
+    /// An empty tree (just a root directory).
+    pub fn empty() -> LowerTree {
+        Builder::new().freeze()
+    }
+
+    /// The root directory.
+    pub const ROOT: NodeId = NodeId(0);
+
+    /// Number of nodes (inodes).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Never true: there is always a root.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A node; `None` for an id not of this tree.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(id.0 as usize)
+    }
+
+    /// The children of a directory, sorted by name (empty for non-directories).
+    pub fn children(&self, dir: NodeId) -> &[DirEntry] {
+        match self.node(dir).map(|n| &n.kind) {
+            Some(NodeKind::Dir { first, len }) => {
+                &self.entries[*first as usize..(*first + *len) as usize]
+            }
+            _ => &[],
+        }
+    }
+
+    /// Looks a name up in a directory.
+    pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        let kids = self.children(dir);
+        kids.binary_search_by(|e| (*e.name).cmp(name)).ok().map(|i| kids[i].node)
+    }
+
+    /// Resolves a path relative to the root without following symlinks (`""` is the root).
+    pub fn resolve(&self, path: &[u8]) -> Option<NodeId> {
+        let mut cur = Self::ROOT;
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+            cur = self.lookup(cur, comp)?;
+        }
+        Some(cur)
+    }
+
+    /// Number of directory entries, counting every name of a hard link.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len() + 1
+    }
+
+    /// Visits every path depth first in name order: `(path, node)`, the root as `""`.
+    pub fn walk(&self, mut f: impl FnMut(&[u8], NodeId)) {
+        let mut path = Vec::new();
+        f(&path, Self::ROOT);
+        self.walk_dir(Self::ROOT, &mut path, &mut f);
+    }
+
+    fn walk_dir(&self, dir: NodeId, path: &mut Vec<u8>, f: &mut impl FnMut(&[u8], NodeId)) {
+        for e in self.children(dir) {
+            let len = path.len();
+            if len > 0 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&e.name);
+            f(path, e.node);
+            if self.node(e.node).is_some_and(Node::is_dir) {
+                self.walk_dir(e.node, path, f);
+            }
+            path.truncate(len);
+        }
+    }
+}
+
+/// A node while layers are being applied.
+struct BNode {
+    meta: Meta,
+    layer: u16,
+    kind: BKind,
+    xattrs: Vec<Xattr>,
+}
+
+enum BKind {
+    Dir(BTreeMap<Box<[u8]>, usize>),
+    Leaf(NodeKind),
+}
+
+struct Builder {
+    nodes: Vec<BNode>,
+}
+
+impl Builder {
+    fn new() -> Builder {
+        Builder { nodes: vec![implicit_dir(0)] }
+    }
+
+    fn children_mut(&mut self, dir: usize) -> Option<&mut BTreeMap<Box<[u8]>, usize>> {
+        match &mut self.nodes[dir].kind {
+            BKind::Dir(c) => Some(c),
+            BKind::Leaf(_) => None,
+        }
+    }
+
+    fn child(&self, dir: usize, name: &[u8]) -> Option<usize> {
+        match &self.nodes[dir].kind {
+            BKind::Dir(c) => c.get(name).copied(),
+            BKind::Leaf(_) => None,
+        }
+    }
+
+    fn is_dir(&self, n: usize) -> bool {
+        matches!(self.nodes[n].kind, BKind::Dir(_))
+    }
+
+    /// Walks to the directory at `path`, creating missing components as implicit directories
+    /// of `layer`. `Ok(None)` when a component exists but is not a directory.
+    fn ensure_dir(&mut self, path: &[u8], layer: u16) -> Option<usize> {
+        let mut cur = 0;
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            cur = match self.child(cur, comp) {
+                Some(n) if self.is_dir(n) => n,
+                Some(_) => return None,
+                None => {
+                    let n = self.push(implicit_dir(layer));
+                    self.children_mut(cur)?.insert(comp.into(), n);
+                    n
+                }
+            };
+        }
+        Some(cur)
+    }
+
+    fn lookup_path(&self, path: &[u8]) -> Option<usize> {
+        let mut cur = 0;
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            cur = self.child(cur, comp)?;
+        }
+        Some(cur)
+    }
+
+    fn push(&mut self, n: BNode) -> usize {
+        self.nodes.push(n);
+        self.nodes.len() - 1
+    }
+
+    fn apply(&mut self, layer: u16, entries: &[LayerEntry], base: u64) -> Result<(), String> {
+        // Pass 1: whiteouts and opaque markers, which only ever hide lower layers' entries.
+        for e in entries {
+            let Some((parent, name)) = split_parent(&e.path) else { continue };
+            let class = classify(name);
+            if matches!(class, Class::Normal | Class::Ignored) {
+                continue;
+            }
+            // Under a non-directory there is nothing to hide.
+            let Some(dir) = self.ensure_dir(parent, layer) else { continue };
+            let Some(kids) = self.children_mut(dir) else { continue };
+            match class {
+                Class::Opaque => kids.clear(),
+                Class::Whiteout(target) => {
+                    kids.remove(target);
+                }
+                Class::Normal | Class::Ignored => {}
+            }
+        }
+        // Pass 2: everything else, in archive order.
+        for e in entries {
+            let shown = || String::from_utf8_lossy(&e.path).into_owned();
+            let Some((parent, name)) = split_parent(&e.path) else {
+                // The root's own entry: only a directory can describe it.
+                if e.kind == EntryKind::Dir {
+                    let root = &mut self.nodes[0];
+                    root.meta = e.meta;
+                    root.xattrs = sorted_xattrs(&e.xattrs);
+                    root.layer = layer;
+                }
+                continue;
+            };
+            if classify(name) != Class::Normal {
+                continue;
+            }
+            let dir = self
+                .ensure_dir(parent, layer)
+                .ok_or_else(|| format!("{}: a parent is not a directory", shown()))?;
+            let existing = self.child(dir, name);
+            let node = match &e.kind {
+                EntryKind::Dir => {
+                    if let Some(n) = existing.filter(|&n| self.is_dir(n)) {
+                        let node = &mut self.nodes[n];
+                        node.meta = e.meta;
+                        node.xattrs = sorted_xattrs(&e.xattrs);
+                        node.layer = layer;
+                        continue;
+                    }
+                    self.push(BNode {
+                        meta: e.meta,
+                        layer,
+                        kind: BKind::Dir(BTreeMap::new()),
+                        xattrs: sorted_xattrs(&e.xattrs),
+                    })
+                }
+                EntryKind::HardLink(target) => {
+                    let shown_t = String::from_utf8_lossy(target);
+                    let t = self
+                        .lookup_path(target)
+                        .ok_or_else(|| format!("{}: hard link to missing {shown_t}", shown()))?;
+                    if self.is_dir(t) {
+                        return Err(format!("{}: hard link to directory {shown_t}", shown()));
+                    }
+                    t
+                }
+                other => {
+                    let kind = match other {
+                        EntryKind::File { offset, size } => NodeKind::File(DataRef {
+                            layer,
+                            offset: base + offset,
+                            size: *size,
+                        }),
+                        EntryKind::Symlink(t) => NodeKind::Symlink(t.clone()),
+                        EntryKind::CharDev { major, minor } => {
+                            NodeKind::CharDev { major: *major, minor: *minor }
+                        }
+                        EntryKind::BlockDev { major, minor } => {
+                            NodeKind::BlockDev { major: *major, minor: *minor }
+                        }
+                        EntryKind::Fifo => NodeKind::Fifo,
+                        EntryKind::Dir | EntryKind::HardLink(_) => continue,
+                    };
+                    self.push(BNode {
+                        meta: e.meta,
+                        layer,
+                        kind: BKind::Leaf(kind),
+                        xattrs: sorted_xattrs(&e.xattrs),
+                    })
+                }
+            };
+            if let Some(kids) = self.children_mut(dir) {
+                kids.insert(name.into(), node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Renumbers reachable nodes breadth first and lays children out contiguously.
+    fn freeze(mut self) -> LowerTree {
+        let mut new_id: HashMap<usize, u32> = HashMap::new();
+        let mut order: Vec<usize> = vec![0];
+        new_id.insert(0, 0);
+        let mut entries: Vec<DirEntry> = Vec::new();
+        let mut ranges: HashMap<usize, (u32, u32)> = HashMap::new();
+        let mut nlink: Vec<u32> = vec![2];
+        let mut parent: Vec<u32> = vec![0];
+        let mut queue = VecDeque::from([0usize]);
+        while let Some(d) = queue.pop_front() {
+            let BKind::Dir(kids) = std::mem::replace(&mut self.nodes[d].kind, BKind::Dir(BTreeMap::new())) else {
+                continue;
+            };
+            let first = entries.len() as u32;
+            let new_id_d = new_id[&d];
+            let mut subdirs = 0;
+            for (name, child) in kids {
+                let id = *new_id.entry(child).or_insert_with(|| {
+                    order.push(child);
+                    nlink.push(0);
+                    parent.push(new_id_d);
+                    if matches!(self.nodes[child].kind, BKind::Dir(_)) {
+                        queue.push_back(child);
+                    }
+                    (order.len() - 1) as u32
+                });
+                if matches!(self.nodes[child].kind, BKind::Dir(_)) {
+                    subdirs += 1;
+                    nlink[id as usize] = 2;
+                } else {
+                    nlink[id as usize] += 1;
+                }
+                entries.push(DirEntry { name, node: NodeId(id) });
+            }
+            let id = new_id[&d] as usize;
+            nlink[id] = 2 + subdirs;
+            ranges.insert(d, (first, entries.len() as u32 - first));
+        }
+        // Directories were emptied above; their kind is rebuilt from `ranges`.
+        let mut total_bytes = 0;
+        let mut nodes = Vec::with_capacity(order.len());
+        for (i, &old) in order.iter().enumerate() {
+            let b = &mut self.nodes[old];
+            let kind = match std::mem::replace(&mut b.kind, BKind::Dir(BTreeMap::new())) {
+                BKind::Dir(_) => {
+                    let (first, len) = ranges.get(&old).copied().unwrap_or((0, 0));
+                    NodeKind::Dir { first, len }
+                }
+                BKind::Leaf(k) => k,
+            };
+            total_bytes += kind.size() * u64::from(matches!(kind, NodeKind::File(_)));
+            nodes.push(Node {
+                meta: b.meta,
+                layer: b.layer,
+                nlink: nlink[i],
+                parent: NodeId(parent[i]),
+                kind,
+                xattrs: std::mem::take(&mut b.xattrs).into_boxed_slice(),
+            });
+        }
+        LowerTree { nodes, entries, data_files: Vec::new(), total_bytes }
+    }
+}
+
+fn implicit_dir(layer: u16) -> BNode {
+    BNode {
+        meta: Meta { mode: IMPLICIT_DIR_MODE, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0 },
+        layer,
+        kind: BKind::Dir(BTreeMap::new()),
+        xattrs: Vec::new(),
+    }
+}
+
+/// Sorted by name, last value of a repeated name winning (as setxattr in archive order would).
+fn sorted_xattrs(x: &[Xattr]) -> Vec<Xattr> {
+    let mut m: BTreeMap<&[u8], &[u8]> = BTreeMap::new();
+    for (k, v) in x {
+        m.insert(k, v);
+    }
+    m.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+}

@@ -1,0 +1,135 @@
+//! Nodes of the merged lower tree, as plain data.
+//!
+//! One arena holds every node; a directory's children are a contiguous, name-sorted run of
+//! `DirEntry`s in a second arena, so lookup is a binary search and readdir a slice. A hard
+//! link is two `DirEntry`s naming one `NodeId`, so both names share an inode number and
+//! `nlink`. Only directories carry children (the kind says so), and nothing here is mutable
+//! after the tree is built. Dependencies: layer::entry.
+
+use crate::layer::entry::{Meta, Xattr};
+
+/// Index of a node in the tree's arena; the root is `NodeId(0)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+/// Where a regular file's bytes are: `size` bytes at `offset` of the layer's data file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRef {
+    /// The layer (index into `LowerTree::data_files`).
+    pub layer: u16,
+    /// Absolute offset in that file.
+    pub offset: u64,
+    /// Length.
+    pub size: u64,
+}
+
+/// What a node is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A directory whose children are `entries[first..first + len]`.
+    Dir {
+        /// First child in the entry arena.
+        first: u32,
+        /// Number of children.
+        len: u32,
+    },
+    /// A regular file.
+    File(DataRef),
+    /// A symbolic link and its target.
+    Symlink(Box<[u8]>),
+    /// A character device.
+    CharDev {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device.
+    BlockDev {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A named pipe.
+    Fifo,
+}
+
+impl NodeKind {
+    /// The `S_IFMT` bits of this kind.
+    pub fn file_type_bits(&self) -> u32 {
+        match self {
+            NodeKind::Dir { .. } => libc::S_IFDIR,
+            NodeKind::File(_) => libc::S_IFREG,
+            NodeKind::Symlink(_) => libc::S_IFLNK,
+            NodeKind::CharDev { .. } => libc::S_IFCHR,
+            NodeKind::BlockDev { .. } => libc::S_IFBLK,
+            NodeKind::Fifo => libc::S_IFIFO,
+        }
+    }
+
+    /// Apparent size: bytes of a file, length of a symlink target, 0 otherwise (directories
+    /// report a size computed by the tree).
+    pub fn size(&self) -> u64 {
+        match self {
+            NodeKind::File(d) => d.size,
+            NodeKind::Symlink(t) => t.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// The device number for `st_rdev`.
+    pub fn rdev(&self) -> u64 {
+        match *self {
+            NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => {
+                libc::makedev(major, minor)
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// One inode of the lower tree.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Mode bits, owner, mtime.
+    pub meta: Meta,
+    /// The layer that provided this node (bottom = 0).
+    pub layer: u16,
+    /// Link count: names for non-directories, `2 + subdirectories` for directories.
+    pub nlink: u32,
+    /// The parent directory (for `..`); the root is its own parent; for a hard-linked
+    /// non-directory, the directory of its first name.
+    pub parent: NodeId,
+    /// Type and payload.
+    pub kind: NodeKind,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Box<[Xattr]>,
+}
+
+impl Node {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir { .. })
+    }
+
+    /// Full `st_mode`. Symlinks are always 0777 on Linux, whatever the tar header says.
+    pub fn mode(&self) -> u32 {
+        let perm = if matches!(self.kind, NodeKind::Symlink(_)) { 0o777 } else { self.meta.mode & 0o7777 };
+        self.kind.file_type_bits() | perm
+    }
+
+    /// An extended attribute's value.
+    pub fn xattr(&self, name: &[u8]) -> Option<&[u8]> {
+        self.xattrs.iter().find(|(k, _)| &**k == name).map(|(_, v)| &**v)
+    }
+}
+
+/// A name in a directory.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// The name (one path component, any bytes but `/` and NUL).
+    pub name: Box<[u8]>,
+    /// The node it names.
+    pub node: NodeId,
+}
