@@ -5,12 +5,15 @@
 //! entries and attributes are cached by the kernel for a long time and file pages are kept
 //! (`FOPEN_KEEP_CACHE`, `FOPEN_CACHE_DIR`). Dependencies: overlay, fuser.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    AccessFlags, BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyXattr, Request,
@@ -29,12 +32,50 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// The filesystem handed to fuser.
 pub struct Fuse {
     ov: Overlay,
+    /// Whether passthrough may be tried: the kernel offered it and no backing open has been
+    /// refused (it needs CAP_SYS_ADMIN).
+    passthrough: AtomicBool,
+    /// Backing ids of inodes open in passthrough mode, with their open counts: the kernel
+    /// wants one id per inode for as long as any handle is open.
+    backing: Mutex<HashMap<u64, (BackingId, u32)>>,
 }
 
 impl Fuse {
     /// Wraps an overlay.
     pub fn new(ov: Overlay) -> Fuse {
-        Fuse { ov }
+        Fuse { ov, passthrough: AtomicBool::new(false), backing: Mutex::new(HashMap::new()) }
+    }
+
+    /// Opens `ino` in passthrough mode if it qualifies; gives the reply back otherwise.
+    fn open_passthrough(&self, ino: u64, reply: ReplyOpen) -> Option<ReplyOpen> {
+        if !self.passthrough.load(Ordering::Relaxed) || !self.ov.wants_passthrough(ino) {
+            return Some(reply);
+        }
+        let Ok(mut map) = self.backing.lock() else { return Some(reply) };
+        if let Some((id, count)) = map.get_mut(&ino) {
+            *count += 1;
+            reply.opened_passthrough(FileHandle(ino), FopenFlags::empty(), id);
+            return None;
+        }
+        let file = match self.ov.backing_file(ino) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("passthrough for inode {ino} unavailable ({e}); serving by reads");
+                return Some(reply);
+            }
+        };
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                reply.opened_passthrough(FileHandle(ino), FopenFlags::empty(), &id);
+                map.insert(ino, (id, 1));
+                None
+            }
+            Err(e) => {
+                log::info!("kernel passthrough refused ({e}); reads go through the daemon");
+                self.passthrough.store(false, Ordering::Relaxed);
+                Some(reply)
+            }
+        }
     }
 }
 
@@ -109,6 +150,11 @@ impl Filesystem for Fuse {
             let _ = config.add_capabilities(cap);
         }
         let _ = config.set_max_readahead(MAX_READAHEAD);
+        // Depth 1: backing files live on a plain filesystem (the cache), and this mount may
+        // itself be stacked under overlayfs.
+        let pt = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough.store(pt, Ordering::Relaxed);
         Ok(())
     }
 
@@ -139,9 +185,38 @@ impl Filesystem for Fuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={}, flags={:#o})", ino.0, flags.0);
         match self.ov.open(ino.0, flags.0) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) => {
+                if let Some(reply) = self.open_passthrough(ino.0, reply) {
+                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        debug!("release(ino={}, fh={})", ino.0, fh.0);
+        // A passthrough handle carries its inode as fh; the last release drops the backing id.
+        if fh.0 != 0 {
+            if let Ok(mut map) = self.backing.lock() {
+                if let Some((_, count)) = map.get_mut(&ino.0) {
+                    *count -= 1;
+                    if *count == 0 {
+                        map.remove(&ino.0);
+                    }
+                }
+            }
+        }
+        reply.ok();
     }
 
     fn read(

@@ -37,7 +37,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let mnt = mount::check_mountpoint(&mountpoint)?;
             let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, opts.layer)?;
             let tree = Arc::new(stack.tree()?);
-            let ov = overlay::Overlay::new(tree, stack.layer_labels());
+            let keys = stack.image.layers.iter().map(|l| l.diff_id.hex().to_string()).collect();
+            let store = overlay::PassthroughStore { dir: img.cache.root().join("files"), layer_keys: keys };
+            let ov = overlay::Overlay::new(tree, stack.layer_labels()).with_passthrough(store);
             drop(stack);
             mount::mount(ov, &mnt, &opts, cli.verbose > 0)
         }

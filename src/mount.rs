@@ -74,8 +74,14 @@ pub fn mount(ov: Overlay, mnt: &Path, opts: &MountOptions, verbose: bool) -> Res
         return serve(ov, mnt, opts, None);
     }
     let err = |reason: String| Error::Mount { path: mnt.to_path_buf(), reason };
-    if crate::sys::thread_count().is_some_and(|n| n > 1) {
-        return Err(err("internal error: cannot start the daemon from a multi-threaded process".into()));
+    // Indexing threads are joined by now, but the kernel may count an exiting thread for a
+    // moment after its join returns; fork only once this process is single-threaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while crate::sys::thread_count().is_some_and(|n| n > 1) {
+        if std::time::Instant::now() > deadline {
+            return Err(err("internal error: cannot start the daemon from a multi-threaded process".into()));
+        }
+        std::thread::yield_now();
     }
     let (rx, tx) = nix::unistd::pipe().map_err(|e| err(format!("pipe: {e}")))?;
     match fork_single_threaded().map_err(|e| err(format!("fork: {e}")))? {

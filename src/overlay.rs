@@ -31,6 +31,10 @@ pub const BLOCK_SIZE: u32 = 4096;
 pub const MAX_NAME_LEN: u32 = 255;
 /// Layer files kept open at once; images rarely have more layers than this.
 const OPEN_LAYER_FILES: usize = 128;
+/// Files at least this big are read through kernel passthrough from a copy of their own in
+/// the cache: one copy on first open buys native read speed afterwards. Smaller files are
+/// served from the layer by offset, where the copy would cost more than it saves.
+pub const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
 
 /// Attributes of an inode, in host terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,12 +89,23 @@ pub struct StatFs {
     pub ffree: u64,
 }
 
+/// Where big files get a file of their own for kernel passthrough:
+/// `<dir>/<layer key>/<offset>`, the key being the layer's diff_id hex.
+#[derive(Clone, Debug)]
+pub struct PassthroughStore {
+    /// The directory (in the cache).
+    pub dir: std::path::PathBuf,
+    /// One key per layer.
+    pub layer_keys: Vec<String>,
+}
+
 /// The merged filesystem.
 pub struct Overlay {
     tree: Arc<LowerTree>,
     /// `"<index> <digest>"` per layer, for the provenance attribute.
     layer_labels: Vec<String>,
     files: Mutex<lru::LruCache<u16, Arc<File>>>,
+    passthrough: Option<PassthroughStore>,
 }
 
 /// `ino` of a node.
@@ -102,7 +117,57 @@ impl Overlay {
     /// A view of `tree`.
     pub fn new(tree: Arc<LowerTree>, layer_labels: Vec<String>) -> Overlay {
         let cap = NonZeroUsize::new(OPEN_LAYER_FILES).unwrap_or(NonZeroUsize::MIN);
-        Overlay { tree, layer_labels, files: Mutex::new(lru::LruCache::new(cap)) }
+        Overlay { tree, layer_labels, files: Mutex::new(lru::LruCache::new(cap)), passthrough: None }
+    }
+
+    /// Enables backing files for passthrough reads of big files.
+    pub fn with_passthrough(mut self, store: PassthroughStore) -> Overlay {
+        self.passthrough = Some(store);
+        self
+    }
+
+    /// Whether `ino` should be opened in passthrough mode. The answer depends only on the
+    /// inode, as the kernel requires every open of an inode to use the same mode.
+    pub fn wants_passthrough(&self, ino: u64) -> bool {
+        self.passthrough.is_some()
+            && self.node(ino).is_ok_and(|(_, n)| n.kind.size() >= PASSTHROUGH_MIN_SIZE && matches!(n.kind, NodeKind::File(_)))
+    }
+
+    /// A file holding exactly the bytes of `ino`, made on first use by copying its range out
+    /// of the layer (`copy_file_range`, a reflink where the filesystem can), into a
+    /// temporary name that is renamed into place, so a partial copy is never used.
+    pub fn backing_file(&self, ino: u64) -> OpResult<File> {
+        let (_, n) = self.node(ino)?;
+        let (NodeKind::File(d), Some(store)) = (&n.kind, &self.passthrough) else {
+            return Err(Errno::EINVAL);
+        };
+        let key = store.layer_keys.get(usize::from(d.layer)).ok_or(Errno::EIO)?;
+        let dir = store.dir.join(key);
+        let path = dir.join(d.offset.to_string());
+        if let Ok(f) = File::open(&path) {
+            if f.metadata().is_ok_and(|m| m.len() == d.size) {
+                return Ok(f);
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io_errno(&e, "create passthrough dir"))?;
+        let tmp = dir.join(format!(".tmp.{}.{}", std::process::id(), d.offset));
+        let copy = || -> std::io::Result<()> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut src = File::open(&self.tree.data_files.get(usize::from(d.layer)).ok_or(std::io::ErrorKind::NotFound)?.file)?;
+            src.seek(SeekFrom::Start(d.offset))?;
+            let mut out = File::create(&tmp)?;
+            // std::io::copy uses copy_file_range for file-to-file copies.
+            let n = std::io::copy(&mut src.take(d.size), &mut out)?;
+            if n != d.size {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = copy() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_errno(&e, "copy file for passthrough"));
+        }
+        File::open(&path).map_err(|e| io_errno(&e, "open passthrough file"))
     }
 
     /// The tree being served.

@@ -17,6 +17,12 @@ use crate::error::{Error, Result};
 /// Indexes nest (Docker 25 and containerd exports do it once); more than this is a loop.
 const MAX_INDEX_DEPTH: usize = 8;
 
+/// Config media types of container images (OCI and Docker).
+const IMAGE_CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
 const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 const ANN_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
@@ -38,6 +44,16 @@ pub(super) fn open(
     let chosen = super::select(&path, cands, selector, platform)?;
     let (manifest_digest, manifest) = resolve(&container, &chosen.target, platform, 0)?;
 
+    // Artifacts (Helm charts, signatures, SBOMs) use OCI manifests too; their config type
+    // says they are not container images.
+    if let Some(mt) = manifest.config.media_type.as_deref() {
+        if !IMAGE_CONFIG_TYPES.contains(&mt) {
+            return Err(Error::bad_image(
+                &path,
+                format!("{manifest_digest}: not a container image (config media type {mt})"),
+            ));
+        }
+    }
     let config_digest = Digest::parse(&manifest.config.digest)?;
     let config_bytes = read_blob(&container, &manifest.config)?;
     let (config, config_raw) = super::parse_config(&path, &config_bytes)?;
