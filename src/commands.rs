@@ -151,7 +151,7 @@ pub fn ls(stack: &Stack, tree: &LowerTree, path: &str, o: LsOptions, out: &mut d
             for e in tree.children(dir) {
                 let mut p = dir_path.clone();
                 p.push(b'/');
-                p.extend_from_slice(&e.name);
+                p.extend_from_slice(tree.name(e));
                 let n = node(e.node)?;
                 print(&mut buf, &p, n);
                 if n.is_dir() {
@@ -162,7 +162,7 @@ pub fn ls(stack: &Stack, tree: &LowerTree, path: &str, o: LsOptions, out: &mut d
         }
     } else {
         for e in tree.children(id) {
-            print(&mut buf, &e.name, node(e.node)?);
+            print(&mut buf, tree.name(e), node(e.node)?);
         }
     }
     out.write_all(&buf).map_err(|e| Error::Io { op: "write", path: "stdout".into(), source: e })

@@ -37,6 +37,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let mnt = mount::check_mountpoint(&mountpoint)?;
             let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, opts.layer)?;
             let tree = Arc::new(stack.tree()?);
+            log::info!(
+                "merged tree: {} entries, {} inodes, {} bytes of tree data ({} per entry)",
+                tree.entry_count(),
+                tree.len(),
+                tree.heap_bytes(),
+                tree.heap_bytes() / tree.entry_count().max(1)
+            );
             let keys = stack.image.layers.iter().map(|l| l.diff_id.hex().to_string()).collect();
             let store = overlay::PassthroughStore { dir: img.cache.root().join("files"), layer_keys: keys };
             let ov = overlay::Overlay::new(tree, stack.layer_labels()).with_passthrough(store);

@@ -134,6 +134,7 @@ fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -
         sigs.add(s);
     }
     let _ = sigs.thread_block();
+    crate::sys::tune_allocator();
     let report = |ready: Option<OwnedFd>, msg: &[u8]| {
         if let Some(fd) = ready {
             let _ = std::fs::File::from(fd).write_all(msg);

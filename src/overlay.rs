@@ -323,7 +323,7 @@ impl Overlay {
                 ino: ino_of(e.node),
                 next: i as u64 + 3,
                 file_type: child.kind.file_type_bits(),
-                name: e.name.clone(),
+                name: self.tree.name(e).into(),
             });
         }
         Ok(out)

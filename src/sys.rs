@@ -46,3 +46,18 @@ pub fn redirect_fd(file: &std::fs::File, target: i32) -> io::Result<()> {
     let r = unsafe { libc::dup2(file.as_raw_fd(), target) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
+
+/// Keeps the daemon's resident memory to what it uses: returns memory freed after indexing to
+/// the kernel, and pins glibc's mmap threshold so the large per-thread FUSE request buffers
+/// are always fresh, lazily-touched mappings (glibc's dynamic threshold would otherwise move
+/// them onto the heap after the first one is freed, where calloc must zero every page).
+pub fn tune_allocator() {
+    /// Allocations from this size on get their own mapping.
+    const MMAP_THRESHOLD: i32 = 1 << 20;
+    // SAFETY: mallopt and malloc_trim only adjust glibc allocator state; they are safe to call
+    // at any time from any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::malloc_trim(0);
+    }
+}

@@ -293,7 +293,15 @@ fn decompress_archive(
     let loc = BlobLoc { file: path.to_path_buf(), offset: 0, len: meta.len() };
     let key = Container::fingerprint(&loc)?;
     let dest = cache.archive_path(&key);
-    if dest.is_file() {
+    // A stamp of the decompressed file (size, inode, mtime) is kept beside it, so a cache
+    // entry damaged or rewritten since is decompressed again instead of being trusted.
+    let stamp_path = dest.with_extension("stamp");
+    let stamp_of = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some(format!("{} {} {}.{}", m.len(), m.ino(), m.mtime(), m.mtime_nsec()).into_bytes())
+    };
+    let stamp_ok = |s: Vec<u8>| std::fs::read(&stamp_path).is_ok_and(|have| have == s);
+    if dest.is_file() && stamp_of(&dest).is_some_and(stamp_ok) {
         return Ok(dest);
     }
     cache.write_atomic(&dest, |out| {
@@ -301,6 +309,8 @@ fn decompress_archive(
         io::copy(&mut dec, out).map_err(|e| Error::bad_image(path, format!("corrupt {c:?} stream: {e}")))?;
         Ok(())
     })?;
+    let stamp = stamp_of(&dest).unwrap_or_default();
+    cache.write_atomic(&stamp_path, |w| io::Write::write_all(w, &stamp).ctx("write", &stamp_path))?;
     Ok(dest)
 }
 

@@ -73,8 +73,16 @@ impl ImageSpec {
         if rest.is_empty() {
             return Err(Error::Usage(format!("{arg}: no image path given")));
         }
+        // `img.tar:busybox:latest`: the reference may hold colons itself, so the first
+        // prefix that exists as a path is the image.
+        let existing = rest
+            .match_indices(':')
+            .map(|(i, _)| (&rest[..i], &rest[i + 1..]))
+            .find(|(p, sel)| !p.is_empty() && !sel.is_empty() && Path::new(p).exists());
         let (path, selector) = if Path::new(rest).exists() {
             (rest, None)
+        } else if let Some((p, sel)) = existing {
+            (p, Some(parse_selector(sel)?))
         } else {
             match rest.rsplit_once(':') {
                 Some((p, sel)) if !p.is_empty() && !sel.contains('/') => {
@@ -238,11 +246,12 @@ pub(crate) fn select<T>(
         None => {}
     }
     if cands.len() > 1 && cands.iter().all(|c| c.platform.is_some()) {
+        let all = listing(&cands);
         cands.retain(|c| c.platform.as_ref().is_some_and(|p| platform.matches(p)));
         if cands.is_empty() {
             return Err(Error::UnknownRef {
                 path: path.to_path_buf(),
-                reason: format!("no image for platform {platform}"),
+                reason: format!("no image for platform {platform}; choose with --platform: {all}"),
             });
         }
     }

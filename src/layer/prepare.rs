@@ -90,6 +90,17 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
     }
 }
 
+/// Labels a decoder's errors, so a damaged compressed stream is reported as such and not as
+/// a bad tar by the tar reader it surfaces through.
+struct DecodeErrors<R>(R, Compression);
+
+impl<R: io::Read> io::Read for DecodeErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let c = self.1;
+        self.0.read(buf).map_err(|e| io::Error::new(e.kind(), format!("corrupt {c:?} stream: {e}")))
+    }
+}
+
 fn whole_file(path: &Path, len: u64) -> BlobLoc {
     BlobLoc { file: path.to_path_buf(), offset: 0, len }
 }
@@ -174,11 +185,11 @@ fn decompress_and_index(
     let blob_alg = layer.blob_digest.as_ref().map(Digest::algorithm);
     let mut compressed = HashingReader::new(pb.wrap_read(layer.blob.reader()?), blob_alg);
     let (mut index, found_diff, len) = {
-        let dec = c.decoder(&mut compressed).map_err(corrupt)?;
+        let dec = DecodeErrors(c.decoder(&mut compressed).map_err(corrupt)?, c);
         let mut tar = HashingReader::new(TeeReader::new(dec, &mut *out), Some(layer.diff_id.algorithm()));
         let index = build_index(&mut tar).map_err(IndexFail::Layer)?;
         // Read the decoder to its end, so truncation after the tar's end marker is caught.
-        tar.drain().map_err(corrupt)?;
+        tar.drain().map_err(|e| IndexFail::Layer(e.to_string()))?;
         let (found, len) = tar.finish();
         (index, found, len)
     };

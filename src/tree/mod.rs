@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::image::container::BlobLoc;
 use crate::layer::entry::{EntryKind, LayerEntry, Meta, Xattr, split_parent};
 use crate::layer::prepare::PreparedLayer;
-use crate::layer::whiteout::{Class, classify};
+use crate::layer::whiteout::{Class, META_PREFIX, classify};
 use node::{DataRef, DirEntry, Node, NodeId, NodeKind};
 
 /// Attributes of a directory no layer describes (the root without a `./` entry, implicit
@@ -43,6 +43,7 @@ pub struct TreeError {
 pub struct LowerTree {
     nodes: Vec<Node>,
     entries: Vec<DirEntry>,
+    names: Vec<u8>,
     /// The data file of each layer, for `DataRef::layer`.
     pub data_files: Vec<BlobLoc>,
     /// Sum of regular file sizes (each inode once).
@@ -97,10 +98,16 @@ impl LowerTree {
         }
     }
 
+    /// The name of a directory entry.
+    pub fn name(&self, e: &DirEntry) -> &[u8] {
+        let start = e.name_start as usize;
+        self.names.get(start..start + e.name_len as usize).unwrap_or_default()
+    }
+
     /// Looks a name up in a directory.
     pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
         let kids = self.children(dir);
-        kids.binary_search_by(|e| (*e.name).cmp(name)).ok().map(|i| kids[i].node)
+        kids.binary_search_by(|e| self.name(e).cmp(name)).ok().map(|i| kids[i].node)
     }
 
     /// Resolves a path relative to the root without following symlinks (`""` is the root).
@@ -110,6 +117,26 @@ impl LowerTree {
             cur = self.lookup(cur, comp)?;
         }
         Some(cur)
+    }
+
+    /// Bytes of heap the tree holds: nodes, directory entries, names, symlink targets and
+    /// xattrs (what a mount costs per entry, without the allocator's own overhead).
+    pub fn heap_bytes(&self) -> usize {
+        let extra: usize = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let target = match &n.kind {
+                    NodeKind::Symlink(t) => t.len(),
+                    _ => 0,
+                };
+                target + n.xattrs.iter().map(|(k, v)| 32 + k.len() + v.len()).sum::<usize>()
+            })
+            .sum();
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.entries.capacity() * std::mem::size_of::<DirEntry>()
+            + self.names.capacity()
+            + extra
     }
 
     /// Number of directory entries, counting every name of a hard link.
@@ -130,7 +157,7 @@ impl LowerTree {
             if len > 0 {
                 path.push(b'/');
             }
-            path.extend_from_slice(&e.name);
+            path.extend_from_slice(self.name(e));
             f(path, e.node);
             if self.node(e.node).is_some_and(Node::is_dir) {
                 self.walk_dir(e.node, path, f);
@@ -216,7 +243,7 @@ impl Builder {
         for e in entries {
             let Some((parent, name)) = split_parent(&e.path) else { continue };
             let class = classify(name);
-            if matches!(class, Class::Normal | Class::Ignored) {
+            if matches!(class, Class::Normal | Class::Ignored) || in_aufs_meta(parent) {
                 continue;
             }
             // Under a non-directory there is nothing to hide.
@@ -243,7 +270,7 @@ impl Builder {
                 }
                 continue;
             };
-            if classify(name) != Class::Normal {
+            if classify(name) != Class::Normal || in_aufs_meta(parent) {
                 continue;
             }
             let dir = self
@@ -314,6 +341,7 @@ impl Builder {
         let mut order: Vec<usize> = vec![0];
         new_id.insert(0, 0);
         let mut entries: Vec<DirEntry> = Vec::new();
+        let mut names: Vec<u8> = Vec::new();
         let mut ranges: HashMap<usize, (u32, u32)> = HashMap::new();
         let mut nlink: Vec<u32> = vec![2];
         let mut parent: Vec<u32> = vec![0];
@@ -341,7 +369,12 @@ impl Builder {
                 } else {
                     nlink[id as usize] += 1;
                 }
-                entries.push(DirEntry { name, node: NodeId(id) });
+                entries.push(DirEntry {
+                    name_start: names.len() as u32,
+                    name_len: name.len() as u32,
+                    node: NodeId(id),
+                });
+                names.extend_from_slice(&name);
             }
             let id = new_id[&d] as usize;
             nlink[id] = 2 + subdirs;
@@ -369,8 +402,16 @@ impl Builder {
                 xattrs: std::mem::take(&mut b.xattrs).into_boxed_slice(),
             });
         }
-        LowerTree { nodes, entries, data_files: Vec::new(), total_bytes }
+        names.shrink_to_fit();
+        LowerTree { nodes, entries, names, data_files: Vec::new(), total_bytes }
     }
+}
+
+/// Whether a parent path lies inside AUFS metadata (`.wh..wh.plnk/...`): like the
+/// metadata entry itself, everything under it is not part of the image (Docker's
+/// `UnpackLayer` skips the whole subtree).
+fn in_aufs_meta(parent: &[u8]) -> bool {
+    parent.split(|&b| b == b'/').any(|c| c.starts_with(META_PREFIX))
 }
 
 fn implicit_dir(layer: u16) -> BNode {

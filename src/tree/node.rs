@@ -125,11 +125,15 @@ impl Node {
     }
 }
 
-/// A name in a directory.
-#[derive(Clone, Debug)]
+/// A name in a directory. The name's bytes live in the tree's name arena (one allocation
+/// for all names: no per-name allocation overhead or heap fragmentation); get them with
+/// `LowerTree::name`.
+#[derive(Clone, Copy, Debug)]
 pub struct DirEntry {
-    /// The name (one path component, any bytes but `/` and NUL).
-    pub name: Box<[u8]>,
+    /// Start of the name in the arena.
+    pub name_start: u32,
+    /// Length of the name (one path component, any bytes but `/` and NUL).
+    pub name_len: u32,
     /// The node it names.
     pub node: NodeId,
 }
