@@ -50,18 +50,26 @@ impl Cache {
 
     /// Where the decompressed tar of a layer lives.
     pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
-        self.root.join("layers").join(diff_id.algorithm_name()).join(format!("{}.tar", diff_id.hex()))
+        self.root
+            .join("layers")
+            .join(diff_id.algorithm_name())
+            .join(format!("{}.tar", diff_id.hex()))
     }
 
     /// Where the index of a layer lives.
     pub fn index_path(&self, diff_id: &Digest) -> PathBuf {
-        self.root.join("index").join(diff_id.algorithm_name()).join(format!("{}.idx", diff_id.hex()))
+        self.root
+            .join("index")
+            .join(diff_id.algorithm_name())
+            .join(format!("{}.idx", diff_id.hex()))
     }
 
     /// Where a decompressed whole archive lives, for a source fingerprint.
     pub fn archive_path(&self, fingerprint: &str) -> PathBuf {
         let key = Digest::of_bytes(Algorithm::Sha256, fingerprint.as_bytes());
-        self.root.join("archives").join(format!("{}.tar", key.hex()))
+        self.root
+            .join("archives")
+            .join(format!("{}.tar", key.hex()))
     }
 
     /// Whether a stamp says the blob with this fingerprint was already verified as `digest`.
@@ -75,7 +83,10 @@ impl Cache {
     }
 
     fn stamp_path(&self, fingerprint: &str, digest: &Digest) -> PathBuf {
-        let key = Digest::of_bytes(Algorithm::Sha256, format!("{fingerprint}\0{digest}").as_bytes());
+        let key = Digest::of_bytes(
+            Algorithm::Sha256,
+            format!("{fingerprint}\0{digest}").as_bytes(),
+        );
         self.root.join("verified").join(key.hex())
     }
 
@@ -91,14 +102,19 @@ impl Cache {
         let tmp = dir.join(format!(
             ".tmp.{}.{}",
             std::process::id(),
-            dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            dest.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ));
         let result = (|| {
             let f = File::create(&tmp).ctx("create", &tmp)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             fill(&mut w)?;
             w.flush().ctx("write", &tmp)?;
-            let f = w.into_inner().map_err(|e| e.into_error()).ctx("write", &tmp)?;
+            let f = w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .ctx("write", &tmp)?;
             f.sync_all().ctx("sync", &tmp)?;
             fs::rename(&tmp, dest).ctx("rename", dest)
         })();

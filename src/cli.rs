@@ -155,7 +155,11 @@ impl ImageArgs {
             None => None,
         };
         let cache = Cache::new(self.cache_dir.clone().unwrap_or_else(Cache::default_root));
-        Ok(ImageConfig { spec, open: OpenOptions { selector, platform }, cache })
+        Ok(ImageConfig {
+            spec,
+            open: OpenOptions { selector, platform },
+            cache,
+        })
     }
 }
 
@@ -208,10 +212,19 @@ impl MountArgs {
         if o.threads == 0 {
             return Err(Error::Usage("--threads must be at least 1".into()));
         }
-        for opt in self.options.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+        for opt in self
+            .options
+            .iter()
+            .flat_map(|s| s.split(','))
+            .filter(|s| !s.is_empty())
+        {
             match opt {
                 "ro" => o.read_only = true,
-                "rw" => return Err(Error::Usage("rw: writable mounts are not supported yet".into())),
+                "rw" => {
+                    return Err(Error::Usage(
+                        "rw: writable mounts are not supported yet".into(),
+                    ));
+                }
                 "suid" => o.suid = true,
                 "nosuid" => o.suid = false,
                 "dev" => o.dev = true,
@@ -228,7 +241,9 @@ impl MountArgs {
             }
         }
         if o.allow_other && o.allow_root {
-            return Err(Error::Usage("allow_other and allow_root are mutually exclusive".into()));
+            return Err(Error::Usage(
+                "allow_other and allow_root are mutually exclusive".into(),
+            ));
         }
         Ok(o)
     }
@@ -239,7 +254,10 @@ mod tests {
     use super::*;
 
     fn args(opts: &[&str]) -> MountArgs {
-        MountArgs { options: opts.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        MountArgs {
+            options: opts.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -255,24 +273,41 @@ mod tests {
         let o = args(&["nodefault_permissions,noexec"]).to_config().unwrap();
         assert!(!o.default_permissions && !o.exec);
         assert!(matches!(args(&["bogus"]).to_config(), Err(Error::Usage(_))));
-        assert!(matches!(args(&["allow_other,allow_root"]).to_config(), Err(Error::Usage(_))));
+        assert!(matches!(
+            args(&["allow_other,allow_root"]).to_config(),
+            Err(Error::Usage(_))
+        ));
     }
 
     #[test]
     fn image_args_validate_platform_and_ref() {
-        let a = ImageArgs { platform: Some("linux".into()), ..Default::default() };
+        let a = ImageArgs {
+            platform: Some("linux".into()),
+            ..Default::default()
+        };
         assert!(matches!(a.to_config("x.tar"), Err(Error::Usage(_))));
-        let a = ImageArgs { reference: Some("@2".into()), ..Default::default() };
+        let a = ImageArgs {
+            reference: Some("@2".into()),
+            ..Default::default()
+        };
         let c = a.to_config("x.tar").unwrap();
         assert_eq!(c.open.selector, Some(crate::image::Selector::Index(2)));
     }
 
     #[test]
     fn cli_parses_mount() {
-        let cli = Cli::try_parse_from(["rimgfs", "-vv", "mount", "img.tar", "/mnt", "-o", "ro", "-f"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "rimgfs", "-vv", "mount", "img.tar", "/mnt", "-o", "ro", "-f",
+        ])
+        .unwrap();
         assert_eq!(cli.verbose, 2);
         match cli.cmd {
-            Command::Mount { image, mountpoint, mount, .. } => {
+            Command::Mount {
+                image,
+                mountpoint,
+                mount,
+                ..
+            } => {
                 assert_eq!(image, "img.tar");
                 assert_eq!(mountpoint, PathBuf::from("/mnt"));
                 assert!(mount.foreground);

@@ -49,7 +49,11 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
         }
         p
     };
-    let stdout_err = |e| Error::Io { op: "write", path: "stdout".into(), source: e };
+    let stdout_err = |e| Error::Io {
+        op: "write",
+        path: "stdout".into(),
+        source: e,
+    };
     if json_out {
         let v = json!({
             "source": img.container.path.display().to_string(),
@@ -80,9 +84,14 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
         line(&mut w, "Created:", c);
     }
     if let Some(rc) = &cfg.config {
-        let join = |v: &Option<Vec<String>>| v.as_ref().map(|v| format!("{v:?}")).unwrap_or_default();
+        let join =
+            |v: &Option<Vec<String>>| v.as_ref().map(|v| format!("{v:?}")).unwrap_or_default();
         line(&mut w, "User:", rc.user.as_deref().unwrap_or(""));
-        line(&mut w, "WorkingDir:", rc.working_dir.as_deref().unwrap_or(""));
+        line(
+            &mut w,
+            "WorkingDir:",
+            rc.working_dir.as_deref().unwrap_or(""),
+        );
         line(&mut w, "Entrypoint:", &join(&rc.entrypoint));
         line(&mut w, "Cmd:", &join(&rc.cmd));
         for e in rc.env.iter().flatten() {
@@ -96,13 +105,21 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
     for l in &layers {
         w.push_str(&format!(
             "{:<6} {:<72} {:<12} {:<11} {:<13} {}\n",
-            l["index"], l["digest"].as_str().unwrap_or(""), l["compression"].as_str().unwrap_or(""),
-            l["size"], l["uncompressed_size"], l["entries"]
+            l["index"],
+            l["digest"].as_str().unwrap_or(""),
+            l["compression"].as_str().unwrap_or(""),
+            l["size"],
+            l["uncompressed_size"],
+            l["entries"]
         ));
     }
     w.push_str("\nHISTORY (oldest first)\n");
     for h in &cfg.history {
-        let empty = if h.empty_layer == Some(true) { "  (no layer)" } else { "" };
+        let empty = if h.empty_layer == Some(true) {
+            "  (no layer)"
+        } else {
+            ""
+        };
         w.push_str(&format!(
             "{:<25} {}{empty}\n",
             h.created.as_deref().unwrap_or("-"),
@@ -124,15 +141,35 @@ pub struct LsOptions {
 }
 
 /// `rimgfs ls`.
-pub fn ls(stack: &Stack, tree: &LowerTree, path: &str, o: LsOptions, out: &mut dyn Write) -> Result<()> {
-    let id = tree.resolve(path.as_bytes()).ok_or(Error::NotFound { path: path.into(), reason: "no such file or directory" })?;
+pub fn ls(
+    stack: &Stack,
+    tree: &LowerTree,
+    path: &str,
+    o: LsOptions,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let id = tree.resolve(path.as_bytes()).ok_or(Error::NotFound {
+        path: path.into(),
+        reason: "no such file or directory",
+    })?;
     let labels = stack.layer_labels();
     let mut buf = Vec::new();
-    let node = |id: NodeId| tree.node(id).ok_or(Error::NotFound { path: path.into(), reason: "bad node" });
+    let node = |id: NodeId| {
+        tree.node(id).ok_or(Error::NotFound {
+            path: path.into(),
+            reason: "bad node",
+        })
+    };
     let base = path.trim_end_matches('/').to_string();
     let print = |buf: &mut Vec<u8>, name: &[u8], n: &Node| {
         if o.long {
-            buf.extend_from_slice(long_line(n, o.layers.then(|| labels.get(usize::from(n.layer))).flatten()).as_bytes());
+            buf.extend_from_slice(
+                long_line(
+                    n,
+                    o.layers.then(|| labels.get(usize::from(n.layer))).flatten(),
+                )
+                .as_bytes(),
+            );
         }
         buf.extend_from_slice(name);
         if let (true, NodeKind::Symlink(t)) = (o.long, &n.kind) {
@@ -165,7 +202,11 @@ pub fn ls(stack: &Stack, tree: &LowerTree, path: &str, o: LsOptions, out: &mut d
             print(&mut buf, tree.name(e), node(e.node)?);
         }
     }
-    out.write_all(&buf).map_err(|e| Error::Io { op: "write", path: "stdout".into(), source: e })
+    out.write_all(&buf).map_err(|e| Error::Io {
+        op: "write",
+        path: "stdout".into(),
+        source: e,
+    })
 }
 
 fn long_line(n: &Node, layer: Option<&String>) -> String {
@@ -205,12 +246,23 @@ fn long_line(n: &Node, layer: Option<&String>) -> String {
         ref k => k.size().to_string(),
     };
     let layer = layer.map(|l| format!(" [{l}]")).unwrap_or_default();
-    format!("{t}{perms} {:>3} {:>5} {:>5} {:>10} {:>11}{layer} ", n.nlink, n.meta.uid, n.meta.gid, size, n.meta.mtime)
+    format!(
+        "{t}{perms} {:>3} {:>5} {:>5} {:>10} {:>11}{layer} ",
+        n.nlink, n.meta.uid, n.meta.gid, size, n.meta.mtime
+    )
 }
 
 /// `rimgfs cat`: follows symlinks inside the image (never onto the host).
-pub fn cat(stack: &Stack, tree: std::sync::Arc<LowerTree>, path: &str, out: &mut dyn Write) -> Result<()> {
-    let not_found = |reason| Error::NotFound { path: path.into(), reason };
+pub fn cat(
+    stack: &Stack,
+    tree: std::sync::Arc<LowerTree>,
+    path: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let not_found = |reason| Error::NotFound {
+        path: path.into(),
+        reason,
+    };
     let id = resolve_following(&tree, path.as_bytes()).ok_or(not_found("no such file"))?;
     let n = tree.node(id).ok_or(not_found("no such file"))?;
     let size = match n.kind {
@@ -225,12 +277,17 @@ pub fn cat(stack: &Stack, tree: std::sync::Arc<LowerTree>, path: &str, out: &mut
     while off < size {
         let data = ov.read(ino, off, CHUNK).map_err(|e| Error::NotFound {
             path: path.into(),
-            reason: if e == nix::errno::Errno::EIO { "layer data unreadable" } else { "read failed" },
+            reason: if e == nix::errno::Errno::EIO {
+                "layer data unreadable"
+            } else {
+                "read failed"
+            },
         })?;
         if data.is_empty() {
             break;
         }
-        out.write_all(&data).ctx("write", std::path::Path::new("stdout"))?;
+        out.write_all(&data)
+            .ctx("write", std::path::Path::new("stdout"))?;
         off += data.len() as u64;
     }
     Ok(())
@@ -273,5 +330,9 @@ fn resolve_following(tree: &LowerTree, path: &[u8]) -> Option<NodeId> {
 }
 
 fn split_rev(p: &[u8]) -> Vec<Vec<u8>> {
-    p.split(|&b| b == b'/').filter(|c| !c.is_empty()).rev().map(<[u8]>::to_vec).collect()
+    p.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(<[u8]>::to_vec)
+        .collect()
 }

@@ -109,7 +109,10 @@ pub enum Error {
 impl Error {
     /// Shorthand for a [`Error::BadImage`].
     pub fn bad_image(path: &Path, reason: impl Into<String>) -> Self {
-        Error::BadImage { path: path.to_path_buf(), reason: reason.into() }
+        Error::BadImage {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
 
     /// The process exit status this error maps to (see EXIT STATUS in `rimgfs.1`).
@@ -129,7 +132,11 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, io::Error> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Io { op, path: path.to_path_buf(), source })
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 

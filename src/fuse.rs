@@ -7,15 +7,15 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    AccessFlags, BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyXattr, Request,
 };
 use log::debug;
@@ -43,7 +43,11 @@ pub struct Fuse {
 impl Fuse {
     /// Wraps an overlay.
     pub fn new(ov: Overlay) -> Fuse {
-        Fuse { ov, passthrough: AtomicBool::new(false), backing: Mutex::new(HashMap::new()) }
+        Fuse {
+            ov,
+            passthrough: AtomicBool::new(false),
+            backing: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Opens `ino` in passthrough mode if it qualifies; gives the reply back otherwise.
@@ -51,7 +55,9 @@ impl Fuse {
         if !self.passthrough.load(Ordering::Relaxed) || !self.ov.wants_passthrough(ino) {
             return Some(reply);
         }
-        let Ok(mut map) = self.backing.lock() else { return Some(reply) };
+        let Ok(mut map) = self.backing.lock() else {
+            return Some(reply);
+        };
         if let Some((id, count)) = map.get_mut(&ino) {
             *count += 1;
             reply.opened_passthrough(FileHandle(ino), FopenFlags::empty(), id);
@@ -87,7 +93,8 @@ fn time(secs: i64, nsec: u32) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs as u64, nsec)
     } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            + Duration::from_nanos(u64::from(nsec))
     }
 }
 
@@ -240,7 +247,10 @@ impl Filesystem for Fuse {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!("opendir(ino={})", ino.0);
         match self.ov.opendir(ino.0) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -257,7 +267,12 @@ impl Filesystem for Fuse {
         match self.ov.readdir(ino.0, offset) {
             Ok(list) => {
                 for l in list {
-                    if reply.add(INodeNo(l.ino), l.next, file_type(l.file_type), OsStr::from_bytes(&l.name)) {
+                    if reply.add(
+                        INodeNo(l.ino),
+                        l.next,
+                        file_type(l.file_type),
+                        OsStr::from_bytes(&l.name),
+                    ) {
                         break;
                     }
                 }
@@ -284,7 +299,14 @@ impl Filesystem for Fuse {
                         Err(e) => return reply.error(errno(e)),
                     };
                     let name = OsStr::from_bytes(&l.name);
-                    if reply.add(INodeNo(l.ino), l.next, name, &TTL, &file_attr(&attr), Generation(0)) {
+                    if reply.add(
+                        INodeNo(l.ino),
+                        l.next,
+                        name,
+                        &TTL,
+                        &file_attr(&attr),
+                        Generation(0),
+                    ) {
                         break;
                     }
                 }
@@ -297,11 +319,24 @@ impl Filesystem for Fuse {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         debug!("statfs()");
         let s = self.ov.statfs();
-        reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, BLOCK_SIZE, MAX_NAME_LEN, BLOCK_SIZE);
+        reply.statfs(
+            s.blocks,
+            s.bfree,
+            s.bavail,
+            s.files,
+            s.ffree,
+            BLOCK_SIZE,
+            MAX_NAME_LEN,
+            BLOCK_SIZE,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        debug!("getxattr(ino={}, name={:?}, size={size})", ino.0, show(name));
+        debug!(
+            "getxattr(ino={}, name={:?}, size={size})",
+            ino.0,
+            show(name)
+        );
         reply_xattr(self.ov.getxattr(ino.0, name.as_bytes()), size, reply);
     }
 

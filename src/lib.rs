@@ -8,18 +8,18 @@
 //! Nothing below `fuse` knows fuser types, so the logic is tested without a kernel.
 
 pub mod cache;
+pub mod cli;
+pub mod commands;
 pub mod error;
+pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod logger;
-pub mod tree;
-pub mod cli;
-pub mod commands;
-pub mod fuse;
 pub mod mount;
 pub mod overlay;
 pub mod stack;
 pub mod sys;
+pub mod tree;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,7 +31,12 @@ use error::Error;
 pub fn run(cli: Cli) -> Result<(), Error> {
     let stdout = &mut std::io::stdout().lock();
     match cli.cmd {
-        Command::Mount { image, mountpoint, select, mount } => {
+        Command::Mount {
+            image,
+            mountpoint,
+            select,
+            mount,
+        } => {
             let img = select.to_config(&image)?;
             let opts = mount.to_config()?;
             let mnt = mount::check_mountpoint(&mountpoint)?;
@@ -44,26 +49,55 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 tree.heap_bytes(),
                 tree.heap_bytes() / tree.entry_count().max(1)
             );
-            let keys = stack.image.layers.iter().map(|l| l.diff_id.hex().to_string()).collect();
-            let store = overlay::PassthroughStore { dir: img.cache.root().join("files"), layer_keys: keys };
+            let keys = stack
+                .image
+                .layers
+                .iter()
+                .map(|l| l.diff_id.hex().to_string())
+                .collect();
+            let store = overlay::PassthroughStore {
+                dir: img.cache.root().join("files"),
+                layer_keys: keys,
+            };
             let ov = overlay::Overlay::new(tree, stack.layer_labels()).with_passthrough(store);
             drop(stack);
             mount::mount(ov, &mnt, &opts, cli.verbose > 0)
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
-        Command::Inspect { image, select, json } => {
+        Command::Inspect {
+            image,
+            select,
+            json,
+        } => {
             let img = select.to_config(&image)?;
             let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, None)?;
             commands::inspect(&stack, json, stdout)
         }
-        Command::Ls { image, path, select, long, recursive, layers, layer } => {
+        Command::Ls {
+            image,
+            path,
+            select,
+            long,
+            recursive,
+            layers,
+            layer,
+        } => {
             let img = select.to_config(&image)?;
             let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, layer)?;
             let tree = stack.tree()?;
-            let o = commands::LsOptions { long, recursive, layers };
+            let o = commands::LsOptions {
+                long,
+                recursive,
+                layers,
+            };
             commands::ls(&stack, &tree, &path, o, stdout)
         }
-        Command::Cat { image, path, select, layer } => {
+        Command::Cat {
+            image,
+            path,
+            select,
+            layer,
+        } => {
             let img = select.to_config(&image)?;
             let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, layer)?;
             let tree = Arc::new(stack.tree()?);

@@ -17,10 +17,11 @@ impl Log for Logger {
     fn log(&self, record: &Record<'_>) {
         // fuser logs every unimplemented or failing kernel request at warn; those are
         // expected traffic for a filesystem, so they only show from -vv on.
-        if record.target().starts_with("fuser") && record.level() > Level::Error {
-            if log::max_level() < LevelFilter::Debug {
-                return;
-            }
+        if record.target().starts_with("fuser")
+            && record.level() > Level::Error
+            && log::max_level() < LevelFilter::Debug
+        {
+            return;
         }
         let level = match record.level() {
             Level::Error => "error",
@@ -29,7 +30,11 @@ impl Log for Logger {
             Level::Debug => "debug",
             Level::Trace => "trace",
         };
-        let _ = writeln!(std::io::stderr().lock(), "rimgfs: {level}: {}", record.args());
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "rimgfs: {level}: {}",
+            record.args()
+        );
     }
 
     fn flush(&self) {}

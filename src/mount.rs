@@ -24,14 +24,19 @@ const READY: &[u8] = b"ok";
 /// Checks that `mnt` is a directory that is not already a mount point, and returns its
 /// absolute path.
 pub fn check_mountpoint(mnt: &Path) -> Result<PathBuf> {
-    let err = |reason: &str| Error::Mount { path: mnt.to_path_buf(), reason: reason.to_string() };
+    let err = |reason: &str| Error::Mount {
+        path: mnt.to_path_buf(),
+        reason: reason.to_string(),
+    };
     let meta = match std::fs::metadata(mnt) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(err("mount point does not exist"));
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(err("mount point is busy: a dead mount is still there; run rimgfs umount on it"));
+            return Err(err(
+                "mount point is busy: a dead mount is still there; run rimgfs umount on it",
+            ));
         }
         Err(e) => return Err(err(&format!("mount point is not usable: {e}"))),
     };
@@ -40,16 +45,21 @@ pub fn check_mountpoint(mnt: &Path) -> Result<PathBuf> {
     }
     let abs = std::fs::canonicalize(mnt).map_err(|e| err(&format!("cannot resolve: {e}")))?;
     if is_mountpoint(&abs) {
-        return Err(err("mount point is busy: something is already mounted there"));
+        return Err(err(
+            "mount point is busy: something is already mounted there",
+        ));
     }
     Ok(abs)
 }
 
 /// Whether `abs` is listed in `/proc/self/mountinfo` as a mount point.
 pub fn is_mountpoint(abs: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = escape_mountinfo(&abs.to_string_lossy());
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -73,13 +83,18 @@ pub fn mount(ov: Overlay, mnt: &Path, opts: &MountOptions, verbose: bool) -> Res
     if opts.foreground {
         return serve(ov, mnt, opts, None);
     }
-    let err = |reason: String| Error::Mount { path: mnt.to_path_buf(), reason };
+    let err = |reason: String| Error::Mount {
+        path: mnt.to_path_buf(),
+        reason,
+    };
     // Indexing threads are joined by now, but the kernel may count an exiting thread for a
     // moment after its join returns; fork only once this process is single-threaded.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while crate::sys::thread_count().is_some_and(|n| n > 1) {
         if std::time::Instant::now() > deadline {
-            return Err(err("internal error: cannot start the daemon from a multi-threaded process".into()));
+            return Err(err(
+                "internal error: cannot start the daemon from a multi-threaded process".into(),
+            ));
         }
         std::thread::yield_now();
     }
@@ -113,7 +128,11 @@ pub fn mount(ov: Overlay, mnt: &Path, opts: &MountOptions, verbose: bool) -> Res
 /// Points stdin and stdout (and stderr unless logging) at /dev/null, so the daemon holds no
 /// terminal. They are replaced, not closed: fuser insists its /dev/fuse fd is above 2.
 fn detach_stdio(keep_stderr: bool) {
-    let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
         return;
     };
     let mut targets = vec![libc::STDIN_FILENO, libc::STDOUT_FILENO];
@@ -140,26 +159,66 @@ fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -
             let _ = std::fs::File::from(fd).write_all(msg);
         }
     };
-    let mut session = match fuser::Session::new(Fuse::new(ov), mnt, &fuser_config(opts)) {
+    let config = fuser_config(opts);
+    // Root mounts with mount(2); anyone else through the setuid fusermount3, which also works
+    // where /dev/fuse is not world-accessible.
+    let privileged = nix::unistd::geteuid().is_root();
+    let session = if privileged {
+        fuser::Session::new(Fuse::new(ov), mnt, &config)
+    } else {
+        crate::sys::fusermount(mnt, &fusermount_options(opts))
+            .and_then(|fd| fuser::Session::from_fd(Fuse::new(ov), fd, config.acl, config.clone()))
+    };
+    let mut session = match session {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("mount failed: {e}");
             report(ready, msg.as_bytes());
-            return Err(Error::Mount { path: mnt.to_path_buf(), reason: msg });
+            return Err(Error::Mount {
+                path: mnt.to_path_buf(),
+                reason: msg,
+            });
         }
     };
     let mut unmounter = session.unmount_callable();
-    let shown = mnt.display().to_string();
+    let target = mnt.to_path_buf();
     std::thread::spawn(move || {
         if let Ok(sig) = sigs.wait() {
-            log::info!("{sig}: unmounting {shown}");
-            if let Err(e) = unmounter.unmount() {
-                log::warn!("unmounting {shown}: {e}");
+            log::info!("{sig}: unmounting {}", target.display());
+            let r = if privileged {
+                unmounter.unmount()
+            } else {
+                crate::sys::fuse_unmount(&target, false)
+            };
+            if let Err(e) = r {
+                log::warn!("unmounting {}: {e}", target.display());
             }
         }
     });
     report(ready, READY);
-    session.run().map_err(|e| Error::Mount { path: mnt.to_path_buf(), reason: format!("session: {e}") })
+    session.run().map_err(|e| Error::Mount {
+        path: mnt.to_path_buf(),
+        reason: format!("session: {e}"),
+    })
+}
+
+/// The `-o` list for fusermount3 (which adds user_id, group_id and rootmode itself).
+fn fusermount_options(opts: &MountOptions) -> String {
+    let mut o = vec!["fsname=rimgfs", "subtype=rimgfs"];
+    o.push(if opts.read_only { "ro" } else { "rw" });
+    o.push(if opts.suid { "suid" } else { "nosuid" });
+    o.push(if opts.dev { "dev" } else { "nodev" });
+    o.push(if opts.exec { "exec" } else { "noexec" });
+    o.push(if opts.atime { "atime" } else { "noatime" });
+    if opts.default_permissions {
+        o.push("default_permissions");
+    }
+    if opts.allow_other {
+        o.push("allow_other");
+    } else if opts.allow_root {
+        o.push("allow_root");
+    }
+    o.join(",")
 }
 
 fn fuser_config(opts: &MountOptions) -> fuser::Config {
@@ -190,28 +249,26 @@ fn fuser_config(opts: &MountOptions) -> fuser::Config {
 /// Unmounts `mnt`: umount2(2) as root, else `fusermount3 -u`. Works on a mount whose daemon
 /// died (the kernel then answers ENOTCONN to everything but unmount).
 pub fn umount(mnt: &Path, lazy: bool) -> Result<()> {
-    let err = |reason: String| Error::Mount { path: mnt.to_path_buf(), reason };
+    let err = |reason: String| Error::Mount {
+        path: mnt.to_path_buf(),
+        reason,
+    };
     if nix::unistd::geteuid().is_root() {
-        let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
+        let flags = if lazy {
+            nix::mount::MntFlags::MNT_DETACH
+        } else {
+            nix::mount::MntFlags::empty()
+        };
         return nix::mount::umount2(mnt, flags).map_err(|e| match e {
             nix::errno::Errno::EINVAL => err("not a mount point".into()),
             nix::errno::Errno::ENOENT => err("does not exist".into()),
-            nix::errno::Errno::EBUSY => err("busy: files are open on it (use --lazy to detach)".into()),
+            nix::errno::Errno::EBUSY => {
+                err("busy: files are open on it (use --lazy to detach)".into())
+            }
             e => err(format!("umount: {e}")),
         });
     }
-    let mut cmd = std::process::Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    let out = cmd.arg(mnt).output().map_err(|e| err(format!("fusermount3: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let msg = String::from_utf8_lossy(&out.stderr);
-        Err(err(msg.trim().trim_start_matches("fusermount3: ").to_string()))
-    }
+    crate::sys::fuse_unmount(mnt, lazy).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -225,11 +282,17 @@ mod tests {
 
     #[test]
     fn check_mountpoint_errors() {
-        let e = check_mountpoint(Path::new("/nonexistent/rimgfs/x")).unwrap_err().to_string();
+        let e = check_mountpoint(Path::new("/nonexistent/rimgfs/x"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
-        let e = check_mountpoint(Path::new("/etc/hostname")).unwrap_err().to_string();
+        let e = check_mountpoint(Path::new("/etc/hostname"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a directory"), "{e}");
-        let e = check_mountpoint(Path::new("/proc")).unwrap_err().to_string();
+        let e = check_mountpoint(Path::new("/proc"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("busy"), "{e}");
     }
 }

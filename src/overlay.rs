@@ -117,7 +117,12 @@ impl Overlay {
     /// A view of `tree`.
     pub fn new(tree: Arc<LowerTree>, layer_labels: Vec<String>) -> Overlay {
         let cap = NonZeroUsize::new(OPEN_LAYER_FILES).unwrap_or(NonZeroUsize::MIN);
-        Overlay { tree, layer_labels, files: Mutex::new(lru::LruCache::new(cap)), passthrough: None }
+        Overlay {
+            tree,
+            layer_labels,
+            files: Mutex::new(lru::LruCache::new(cap)),
+            passthrough: None,
+        }
     }
 
     /// Enables backing files for passthrough reads of big files.
@@ -130,7 +135,9 @@ impl Overlay {
     /// inode, as the kernel requires every open of an inode to use the same mode.
     pub fn wants_passthrough(&self, ino: u64) -> bool {
         self.passthrough.is_some()
-            && self.node(ino).is_ok_and(|(_, n)| n.kind.size() >= PASSTHROUGH_MIN_SIZE && matches!(n.kind, NodeKind::File(_)))
+            && self.node(ino).is_ok_and(|(_, n)| {
+                n.kind.size() >= PASSTHROUGH_MIN_SIZE && matches!(n.kind, NodeKind::File(_))
+            })
     }
 
     /// A file holding exactly the bytes of `ino`, made on first use by copying its range out
@@ -141,7 +148,10 @@ impl Overlay {
         let (NodeKind::File(d), Some(store)) = (&n.kind, &self.passthrough) else {
             return Err(Errno::EINVAL);
         };
-        let key = store.layer_keys.get(usize::from(d.layer)).ok_or(Errno::EIO)?;
+        let key = store
+            .layer_keys
+            .get(usize::from(d.layer))
+            .ok_or(Errno::EIO)?;
         let dir = store.dir.join(key);
         let path = dir.join(d.offset.to_string());
         if let Ok(f) = File::open(&path) {
@@ -153,7 +163,14 @@ impl Overlay {
         let tmp = dir.join(format!(".tmp.{}.{}", std::process::id(), d.offset));
         let copy = || -> std::io::Result<()> {
             use std::io::{Read, Seek, SeekFrom};
-            let mut src = File::open(&self.tree.data_files.get(usize::from(d.layer)).ok_or(std::io::ErrorKind::NotFound)?.file)?;
+            let mut src = File::open(
+                &self
+                    .tree
+                    .data_files
+                    .get(usize::from(d.layer))
+                    .ok_or(std::io::ErrorKind::NotFound)?
+                    .file,
+            )?;
             src.seek(SeekFrom::Start(d.offset))?;
             let mut out = File::create(&tmp)?;
             // std::io::copy uses copy_file_range for file-to-file copies.
@@ -176,7 +193,10 @@ impl Overlay {
     }
 
     fn node(&self, ino: u64) -> OpResult<(NodeId, &Node)> {
-        let id = ino.checked_sub(1).and_then(|i| u32::try_from(i).ok()).map(NodeId);
+        let id = ino
+            .checked_sub(1)
+            .and_then(|i| u32::try_from(i).ok())
+            .map(NodeId);
         match id.and_then(|id| self.tree.node(id).map(|n| (id, n))) {
             Some(x) => Ok(x),
             None => {
@@ -252,7 +272,11 @@ impl Overlay {
 
     /// Checks that an inode is a directory that can be listed.
     pub fn opendir(&self, ino: u64) -> OpResult<()> {
-        if self.node(ino)?.1.is_dir() { Ok(()) } else { Err(Errno::ENOTDIR) }
+        if self.node(ino)?.1.is_dir() {
+            Ok(())
+        } else {
+            Err(Errno::ENOTDIR)
+        }
     }
 
     /// Reads up to `size` bytes at `offset`.
@@ -273,7 +297,10 @@ impl Overlay {
         while got < len {
             match file.read_at(&mut buf[got..], data.offset + offset + got as u64) {
                 Ok(0) => {
-                    log::error!("layer {} data file is shorter than its index says", data.layer);
+                    log::error!(
+                        "layer {} data file is shorter than its index says",
+                        data.layer
+                    );
                     return Err(Errno::EIO);
                 }
                 Ok(k) => got += k,
@@ -288,12 +315,19 @@ impl Overlay {
         if let Some(f) = self.files.lock().map_err(|_| Errno::EIO)?.get(&d.layer) {
             return Ok(f.clone());
         }
-        let loc = self.tree.data_files.get(usize::from(d.layer)).ok_or_else(|| {
-            log::error!("no data file for layer {}", d.layer);
-            Errno::EIO
-        })?;
+        let loc = self
+            .tree
+            .data_files
+            .get(usize::from(d.layer))
+            .ok_or_else(|| {
+                log::error!("no data file for layer {}", d.layer);
+                Errno::EIO
+            })?;
         let f = Arc::new(File::open(&loc.file).map_err(|e| io_errno(&e, "open layer data"))?);
-        self.files.lock().map_err(|_| Errno::EIO)?.put(d.layer, f.clone());
+        self.files
+            .lock()
+            .map_err(|_| Errno::EIO)?
+            .put(d.layer, f.clone());
         Ok(f)
     }
 
@@ -338,7 +372,10 @@ impl Overlay {
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> OpResult<Vec<u8>> {
         let (_, n) = self.node(ino)?;
         if name == PROVENANCE_XATTR {
-            let label = self.layer_labels.get(usize::from(n.layer)).ok_or(Errno::ENODATA)?;
+            let label = self
+                .layer_labels
+                .get(usize::from(n.layer))
+                .ok_or(Errno::ENODATA)?;
             return Ok(label.as_bytes().to_vec());
         }
         n.xattr(name).map(<[u8]>::to_vec).ok_or(Errno::ENODATA)
@@ -363,7 +400,9 @@ impl Overlay {
         if mask & libc::W_OK != 0 {
             return Err(Errno::EROFS);
         }
-        if mask == libc::F_OK || uid == 0 && (mask & libc::X_OK == 0 || n.meta.mode & 0o111 != 0 || n.is_dir()) {
+        if mask == libc::F_OK
+            || uid == 0 && (mask & libc::X_OK == 0 || n.meta.mode & 0o111 != 0 || n.is_dir())
+        {
             return Ok(());
         }
         let bits = if uid == n.meta.uid {
@@ -374,7 +413,11 @@ impl Overlay {
             n.meta.mode & 7
         };
         let want = (mask & 7) as u32;
-        if bits & want == want { Ok(()) } else { Err(Errno::EACCES) }
+        if bits & want == want {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
     }
 
     /// Filesystem statistics: the image's size and inode count, nothing free.

@@ -45,14 +45,22 @@ impl Stack {
     pub fn tree(&self) -> Result<LowerTree> {
         LowerTree::build(&self.layers).map_err(|e| Error::BadLayer {
             path: self.image.container.path.clone(),
-            layer: self.image.layers.get(e.layer).map_or_else(|| e.layer.to_string(), |l| l.describe()),
+            layer: self
+                .image
+                .layers
+                .get(e.layer)
+                .map_or_else(|| e.layer.to_string(), |l| l.describe()),
             reason: e.reason,
         })
     }
 
     /// `"<index> <digest>"` for each layer, the answer of the provenance xattr.
     pub fn layer_labels(&self) -> Vec<String> {
-        self.image.layers.iter().map(|l| format!("{} {}", l.index, l.digest())).collect()
+        self.image
+            .layers
+            .iter()
+            .map(|l| format!("{} {}", l.index, l.digest()))
+            .collect()
     }
 }
 
@@ -60,7 +68,9 @@ impl Stack {
 /// decompressing) and layers are independent.
 fn prepare_all(image: &Image, count: usize, cache: &Cache) -> Result<Vec<PreparedLayer>> {
     let path = &image.container.path;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count.max(1));
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(count.max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut slots: Vec<Option<Result<PreparedLayer>>> = (0..count).map(|_| None).collect();
     let results = std::sync::Mutex::new(&mut slots);

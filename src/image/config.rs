@@ -60,7 +60,11 @@ impl Platform {
         if it.next().is_some() {
             return None;
         }
-        Some(Platform { os, architecture, variant })
+        Some(Platform {
+            os,
+            architecture,
+            variant,
+        })
     }
 
     /// The platform this program runs on, in OCI names.
@@ -73,7 +77,11 @@ impl Platform {
             other => other,
         };
         let variant = (architecture == "arm64").then(|| "v8".to_string());
-        Platform { os: "linux".into(), architecture: architecture.into(), variant }
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant,
+        }
     }
 
     /// Whether `self` (wanted) accepts `other` (offered). A missing variant on either side
@@ -247,7 +255,11 @@ mod tests {
         assert!(Platform::parse("a/b/c/d").is_none());
         let plain = Platform::parse("linux/arm64").unwrap();
         assert!(plain.matches(&p));
-        assert!(!Platform::parse("linux/arm/v7").unwrap().matches(&Platform::parse("linux/arm/v6").unwrap()));
+        assert!(
+            !Platform::parse("linux/arm/v7")
+                .unwrap()
+                .matches(&Platform::parse("linux/arm/v6").unwrap())
+        );
         assert!(!Platform::parse("linux/amd64").unwrap().matches(&p));
     }
 

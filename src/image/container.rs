@@ -37,7 +37,9 @@ impl BlobLoc {
         let mut buf = vec![0u8; n.min(self.len as usize)];
         let mut got = 0;
         while got < buf.len() {
-            let k = f.read_at(&mut buf[got..], self.offset + got as u64).ctx("read", &self.file)?;
+            let k = f
+                .read_at(&mut buf[got..], self.offset + got as u64)
+                .ctx("read", &self.file)?;
             if k == 0 {
                 break;
             }
@@ -50,7 +52,8 @@ impl BlobLoc {
     /// A reader over exactly the blob's bytes.
     pub fn reader(&self) -> Result<io::Take<BufReader<File>>> {
         let mut f = File::open(&self.file).ctx("open", &self.file)?;
-        f.seek(SeekFrom::Start(self.offset)).ctx("seek", &self.file)?;
+        f.seek(SeekFrom::Start(self.offset))
+            .ctx("seek", &self.file)?;
         Ok(BufReader::with_capacity(1 << 20, f).take(self.len))
     }
 }
@@ -75,7 +78,10 @@ pub struct Container {
 #[derive(Debug)]
 enum Kind {
     Dir,
-    Tar { file: PathBuf, members: HashMap<String, Member> },
+    Tar {
+        file: PathBuf,
+        members: HashMap<String, Member>,
+    },
 }
 
 /// Compression of a stream, by magic number.
@@ -117,18 +123,31 @@ impl Container {
     pub fn open(path: &Path, cache: &Cache) -> Result<Container> {
         let meta = std::fs::metadata(path).ctx("open", path)?;
         if meta.is_dir() {
-            return Ok(Container { path: path.to_path_buf(), kind: Kind::Dir });
+            return Ok(Container {
+                path: path.to_path_buf(),
+                kind: Kind::Dir,
+            });
         }
-        let head = BlobLoc { file: path.to_path_buf(), offset: 0, len: meta.len() }.head(8)?;
+        let head = BlobLoc {
+            file: path.to_path_buf(),
+            offset: 0,
+            len: meta.len(),
+        }
+        .head(8)?;
         let file = match Compression::sniff(&head) {
             Compression::None => path.to_path_buf(),
             c => decompress_archive(path, &meta, c, cache)?,
         };
         let members = scan_tar(&file).map_err(|e| match e {
-            Error::Io { source, .. } => Error::bad_image(path, format!("not a tar archive: {source}")),
+            Error::Io { source, .. } => {
+                Error::bad_image(path, format!("not a tar archive: {source}"))
+            }
             e => e,
         })?;
-        Ok(Container { path: path.to_path_buf(), kind: Kind::Tar { file, members } })
+        Ok(Container {
+            path: path.to_path_buf(),
+            kind: Kind::Tar { file, members },
+        })
     }
 
     /// True for a directory (OCI layout).
@@ -149,7 +168,11 @@ impl Container {
                 let p = self.path.join(&name);
                 // A layout's blobs must be files inside it: no symlinks out of the layout.
                 let meta = std::fs::symlink_metadata(&p).ok()?;
-                meta.is_file().then(|| BlobLoc { file: p, offset: 0, len: meta.len() })
+                meta.is_file().then_some(BlobLoc {
+                    file: p,
+                    offset: 0,
+                    len: meta.len(),
+                })
             }
             Kind::Tar { file, members } => {
                 let mut cur = name;
@@ -173,18 +196,25 @@ impl Container {
 
     /// Like [`Container::find`], but a missing member is an error naming it.
     pub fn get(&self, name: &str) -> Result<BlobLoc> {
-        self.find(name)
-            .ok_or_else(|| Error::MissingBlob { path: self.path.clone(), digest: name.to_string() })
+        self.find(name).ok_or_else(|| Error::MissingBlob {
+            path: self.path.clone(),
+            digest: name.to_string(),
+        })
     }
 
     /// Reads a small member (manifest, index, config) whole.
     pub fn read_small(&self, name: &str) -> Result<Vec<u8>> {
         let loc = self.get(name)?;
         if loc.len > MAX_METADATA_SIZE {
-            return Err(Error::bad_image(&self.path, format!("{name}: too large ({} bytes)", loc.len)));
+            return Err(Error::bad_image(
+                &self.path,
+                format!("{name}: too large ({} bytes)", loc.len),
+            ));
         }
         let mut buf = Vec::with_capacity(loc.len as usize);
-        loc.reader()?.read_to_end(&mut buf).ctx("read", &self.path)?;
+        loc.reader()?
+            .read_to_end(&mut buf)
+            .ctx("read", &self.path)?;
         if (buf.len() as u64) != loc.len {
             return Err(Error::bad_image(&self.path, format!("{name}: truncated")));
         }
@@ -238,7 +268,9 @@ fn scan_tar(file: &Path) -> Result<HashMap<String, Member>> {
         let entry = entry.ctx("read", file)?;
         count += 1;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let Some(name) = clean_member_name(&raw) else { continue };
+        let Some(name) = clean_member_name(&raw) else {
+            continue;
+        };
         let offset = entry.raw_file_position();
         let size = entry.size();
         if offset.saturating_add(size) > len {
@@ -290,7 +322,11 @@ fn decompress_archive(
     c: Compression,
     cache: &Cache,
 ) -> Result<PathBuf> {
-    let loc = BlobLoc { file: path.to_path_buf(), offset: 0, len: meta.len() };
+    let loc = BlobLoc {
+        file: path.to_path_buf(),
+        offset: 0,
+        len: meta.len(),
+    };
     let key = Container::fingerprint(&loc)?;
     let dest = cache.archive_path(&key);
     // A stamp of the decompressed file (size, inode, mtime) is kept beside it, so a cache
@@ -306,11 +342,14 @@ fn decompress_archive(
     }
     cache.write_atomic(&dest, |out| {
         let mut dec = c.decoder(loc.reader()?).ctx("decompress", path)?;
-        io::copy(&mut dec, out).map_err(|e| Error::bad_image(path, format!("corrupt {c:?} stream: {e}")))?;
+        io::copy(&mut dec, out)
+            .map_err(|e| Error::bad_image(path, format!("corrupt {c:?} stream: {e}")))?;
         Ok(())
     })?;
     let stamp = stamp_of(&dest).unwrap_or_default();
-    cache.write_atomic(&stamp_path, |w| io::Write::write_all(w, &stamp).ctx("write", &stamp_path))?;
+    cache.write_atomic(&stamp_path, |w| {
+        io::Write::write_all(w, &stamp).ctx("write", &stamp_path)
+    })?;
     Ok(dest)
 }
 
@@ -335,7 +374,10 @@ mod tests {
     #[test]
     fn compression_sniff() {
         assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::sniff(b"usta"), Compression::None);
         assert_eq!(Compression::sniff(&[]), Compression::None);
     }

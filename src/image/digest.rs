@@ -27,13 +27,16 @@ impl Digest {
     /// Parses `algorithm:hex`; only lower-case hex of the algorithm's exact length is valid
     /// (image-spec descriptor.md, "Digests").
     pub fn parse(s: &str) -> Result<Digest> {
-        let (alg, hex) = s.split_once(':').ok_or_else(|| Error::BadDigest(s.to_string()))?;
+        let (alg, hex) = s
+            .split_once(':')
+            .ok_or_else(|| Error::BadDigest(s.to_string()))?;
         let len = match alg {
             "sha256" => 64,
             "sha512" => 128,
             _ => return Err(Error::BadDigest(s.to_string())),
         };
-        let hex_ok = hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let hex_ok =
+            hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !hex_ok {
             return Err(Error::BadDigest(s.to_string()));
         }
@@ -47,7 +50,11 @@ impl Digest {
 
     /// The algorithm part.
     pub fn algorithm(&self) -> Algorithm {
-        if self.0.starts_with("sha512:") { Algorithm::Sha512 } else { Algorithm::Sha256 }
+        if self.0.starts_with("sha512:") {
+            Algorithm::Sha512
+        } else {
+            Algorithm::Sha256
+        }
     }
 
     /// The algorithm name ("sha256").
@@ -136,7 +143,11 @@ pub struct HashingReader<R> {
 impl<R: Read> HashingReader<R> {
     /// Wraps `inner`; `alg` of `None` only counts.
     pub fn new(inner: R, alg: Option<Algorithm>) -> Self {
-        HashingReader { inner, hasher: alg.map(Hasher::new), count: 0 }
+        HashingReader {
+            inner,
+            hasher: alg.map(Hasher::new),
+            count: 0,
+        }
     }
 
     /// Reads the rest of the stream so the digest covers all of it (tar readers stop at the

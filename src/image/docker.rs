@@ -19,7 +19,11 @@ pub(super) fn open(container: Container, selector: Option<&Selector>) -> Result<
     let entries = entries.ok_or_else(|| Error::bad_image(&path, "manifest.json is null"))?;
     let cands = entries
         .into_iter()
-        .map(|e| Candidate { refs: e.repo_tags.clone().unwrap_or_default(), platform: None, target: e })
+        .map(|e| Candidate {
+            refs: e.repo_tags.clone().unwrap_or_default(),
+            platform: None,
+            target: e,
+        })
         .collect();
     // docker-archive has one platform per entry; the platform filter never applies.
     let chosen = super::select(&path, cands, selector, &Platform::host())?;

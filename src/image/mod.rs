@@ -91,7 +91,11 @@ impl ImageSpec {
                 _ => (rest, None),
             }
         };
-        Ok(ImageSpec { transport, path: PathBuf::from(path), selector })
+        Ok(ImageSpec {
+            transport,
+            path: PathBuf::from(path),
+            selector,
+        })
     }
 }
 
@@ -228,7 +232,11 @@ pub(crate) fn select<T>(
             if *n >= cands.len() {
                 return Err(Error::UnknownRef {
                     path: path.to_path_buf(),
-                    reason: format!("no image @{n}: the archive has {}: {}", cands.len(), listing(&cands)),
+                    reason: format!(
+                        "no image @{n}: the archive has {}: {}",
+                        cands.len(),
+                        listing(&cands)
+                    ),
                 });
             }
             return Ok(cands.swap_remove(*n));
@@ -277,7 +285,12 @@ pub fn ref_matches(wanted: &str, have: &str) -> bool {
 
 fn normalize_ref(r: &str) -> String {
     let mut s = r;
-    for p in ["docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"] {
+    for p in [
+        "docker.io/library/",
+        "index.docker.io/library/",
+        "docker.io/",
+        "index.docker.io/",
+    ] {
         if let Some(rest) = s.strip_prefix(p) {
             s = rest;
             break;
@@ -314,7 +327,14 @@ pub(crate) fn layer_refs(
     {
         let diff_id = Digest::parse(diff_id)?;
         let compression = Compression::sniff(&blob.head(8)?);
-        layers.push(LayerRef { index, blob_digest, diff_id, media_type, compression, blob });
+        layers.push(LayerRef {
+            index,
+            blob_digest,
+            diff_id,
+            media_type,
+            compression,
+            blob,
+        });
     }
     Ok(layers)
 }
@@ -336,14 +356,38 @@ mod tests {
     fn spec_parse_table() {
         let cases: &[(&str, Transport, &str, Option<Selector>)] = &[
             ("img.tar", Transport::Auto, "img.tar", None),
-            ("img.tar:busybox:latest", Transport::Auto, "img.tar:busybox", Some(Selector::Ref("latest".into()))),
-            ("docker-archive:x.tar:@1", Transport::DockerArchive, "x.tar", Some(Selector::Index(1))),
-            ("oci:dir:v1", Transport::OciDir, "dir", Some(Selector::Ref("v1".into()))),
-            ("oci-archive:/a/b.tar", Transport::OciArchive, "/a/b.tar", None),
+            (
+                "img.tar:busybox:latest",
+                Transport::Auto,
+                "img.tar:busybox",
+                Some(Selector::Ref("latest".into())),
+            ),
+            (
+                "docker-archive:x.tar:@1",
+                Transport::DockerArchive,
+                "x.tar",
+                Some(Selector::Index(1)),
+            ),
+            (
+                "oci:dir:v1",
+                Transport::OciDir,
+                "dir",
+                Some(Selector::Ref("v1".into())),
+            ),
+            (
+                "oci-archive:/a/b.tar",
+                Transport::OciArchive,
+                "/a/b.tar",
+                None,
+            ),
         ];
         for (arg, t, p, sel) in cases {
             let s = ImageSpec::parse(arg).unwrap();
-            assert_eq!((s.transport, s.path.to_str().unwrap(), &s.selector), (*t, *p, sel), "{arg}");
+            assert_eq!(
+                (s.transport, s.path.to_str().unwrap(), &s.selector),
+                (*t, *p, sel),
+                "{arg}"
+            );
         }
         assert!(ImageSpec::parse("oci:").is_err());
         assert!(ImageSpec::parse("x.tar:@z").is_err());
@@ -378,11 +422,29 @@ mod tests {
         let host = Platform::parse("linux/amd64").unwrap();
         let two = || vec![cand(&["a:1"], None), cand(&["b:1"], None)];
         assert!(select(p, two(), None, &host).is_err());
-        assert_eq!(select(p, two(), Some(&Selector::Index(1)), &host).unwrap().refs, ["b:1"]);
-        assert_eq!(select(p, two(), Some(&Selector::Ref("a:1".into())), &host).unwrap().refs, ["a:1"]);
-        let err = select(p, two(), Some(&Selector::Ref("c".into())), &host).unwrap_err().to_string();
+        assert_eq!(
+            select(p, two(), Some(&Selector::Index(1)), &host)
+                .unwrap()
+                .refs,
+            ["b:1"]
+        );
+        assert_eq!(
+            select(p, two(), Some(&Selector::Ref("a:1".into())), &host)
+                .unwrap()
+                .refs,
+            ["a:1"]
+        );
+        let err = select(p, two(), Some(&Selector::Ref("c".into())), &host)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a:1") && err.contains("b:1"), "{err}");
-        let plats = vec![cand(&[], Some("linux/arm64")), cand(&[], Some("linux/amd64"))];
-        assert_eq!(select(p, plats, None, &host).unwrap().platform, Platform::parse("linux/amd64"));
+        let plats = vec![
+            cand(&[], Some("linux/arm64")),
+            cand(&[], Some("linux/amd64")),
+        ];
+        assert_eq!(
+            select(p, plats, None, &host).unwrap().platform,
+            Platform::parse("linux/amd64")
+        );
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use super::config::{
-    Descriptor, Index, MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST,
-    Manifest, Platform,
+    Descriptor, Index, MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST, Manifest,
+    Platform,
 };
 use super::container::{BlobLoc, Container};
 use super::digest::Digest;
@@ -39,7 +39,11 @@ pub(super) fn open(
     let cands = index
         .manifests
         .into_iter()
-        .map(|d| Candidate { refs: refs_of(&d), platform: d.platform.clone(), target: d })
+        .map(|d| Candidate {
+            refs: refs_of(&d),
+            platform: d.platform.clone(),
+            target: d,
+        })
         .collect();
     let chosen = super::select(&path, cands, selector, platform)?;
     let (manifest_digest, manifest) = resolve(&container, &chosen.target, platform, 0)?;
@@ -106,7 +110,12 @@ fn resolve(
     let media_type = desc
         .media_type
         .clone()
-        .or_else(|| value.get("mediaType").and_then(|v| v.as_str()).map(str::to_string))
+        .or_else(|| {
+            value
+                .get("mediaType")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     let is_index = media_type == MT_OCI_INDEX
         || media_type == MT_DOCKER_LIST
@@ -137,7 +146,10 @@ fn pick_platform<'a>(
     entries: &'a [Descriptor],
     platform: &Platform,
 ) -> Result<&'a Descriptor> {
-    if let Some(d) = entries.iter().find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p))) {
+    if let Some(d) = entries
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+    {
         return Ok(d);
     }
     // An index whose single entry carries no platform is just an indirection.
@@ -161,10 +173,12 @@ fn pick_platform<'a>(
 
 /// Locates a blob and checks its size against the descriptor.
 fn blob_loc(container: &Container, digest: &Digest, size: Option<u64>) -> Result<BlobLoc> {
-    let loc = container.find(&digest.blob_path()).ok_or_else(|| Error::MissingBlob {
-        path: container.path.clone(),
-        digest: digest.to_string(),
-    })?;
+    let loc = container
+        .find(&digest.blob_path())
+        .ok_or_else(|| Error::MissingBlob {
+            path: container.path.clone(),
+            digest: digest.to_string(),
+        })?;
     if let Some(size) = size {
         if size != loc.len {
             return Err(Error::SizeMismatch {

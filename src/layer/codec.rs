@@ -29,7 +29,11 @@ impl FileStamp {
     /// The stamp of a file's metadata.
     pub fn of(m: &std::fs::Metadata) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
-        FileStamp { size: m.len(), ino: m.ino(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec() }
+        FileStamp {
+            size: m.len(),
+            ino: m.ino(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        }
     }
 }
 
@@ -97,9 +101,15 @@ pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
     if hex_to_bytes(sum.hex()) != data[body_end..] {
         return None;
     }
-    let mut r = Cursor { data: &data[MAGIC.len()..body_end] };
+    let mut r = Cursor {
+        data: &data[MAGIC.len()..body_end],
+    };
     let tar_size = r.u64()?;
-    let stamp = FileStamp { size: r.u64()?, ino: r.u64()?, mtime_ns: r.u64()? as i64 };
+    let stamp = FileStamp {
+        size: r.u64()?,
+        ino: r.u64()?,
+        mtime_ns: r.u64()? as i64,
+    };
     let n = r.u64()?;
     // Each entry takes at least 30 bytes; a count beyond that is corruption, not a reason to
     // reserve gigabytes.
@@ -115,11 +125,20 @@ pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
         };
         let kind = match r.u8()? {
             0 => EntryKind::Dir,
-            1 => EntryKind::File { offset: r.u64()?, size: r.u64()? },
+            1 => EntryKind::File {
+                offset: r.u64()?,
+                size: r.u64()?,
+            },
             2 => EntryKind::Symlink(r.bytes()?.into()),
             3 => EntryKind::HardLink(r.bytes()?.into()),
-            4 => EntryKind::CharDev { major: r.u32()?, minor: r.u32()? },
-            5 => EntryKind::BlockDev { major: r.u32()?, minor: r.u32()? },
+            4 => EntryKind::CharDev {
+                major: r.u32()?,
+                minor: r.u32()?,
+            },
+            5 => EntryKind::BlockDev {
+                major: r.u32()?,
+                minor: r.u32()?,
+            },
             6 => EntryKind::Fifo,
             _ => return None,
         };
@@ -128,7 +147,12 @@ pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
         for _ in 0..nx {
             xattrs.push((r.bytes()?.into(), r.bytes()?.into()));
         }
-        entries.push(LayerEntry { path, meta, kind, xattrs });
+        entries.push(LayerEntry {
+            path,
+            meta,
+            kind,
+            xattrs,
+        });
     }
     if !r.data.is_empty() {
         return None;
@@ -137,7 +161,9 @@ pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
 }
 
 fn hex_to_bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -186,24 +212,50 @@ mod tests {
     use super::*;
 
     fn sample() -> LayerIndex {
-        let m = Meta { mode: 0o4755, uid: 1, gid: 2, mtime: -5, mtime_nsec: 7 };
-        let e = |path: &[u8], kind| LayerEntry { path: path.into(), meta: m, kind, xattrs: vec![] };
+        let m = Meta {
+            mode: 0o4755,
+            uid: 1,
+            gid: 2,
+            mtime: -5,
+            mtime_nsec: 7,
+        };
+        let e = |path: &[u8], kind| LayerEntry {
+            path: path.into(),
+            meta: m,
+            kind,
+            xattrs: vec![],
+        };
         let mut entries = vec![
             e(b"", EntryKind::Dir),
-            e(b"a", EntryKind::File { offset: 512, size: 3 }),
+            e(
+                b"a",
+                EntryKind::File {
+                    offset: 512,
+                    size: 3,
+                },
+            ),
             e(b"l", EntryKind::Symlink(b"../x"[..].into())),
             e(b"h", EntryKind::HardLink(b"a"[..].into())),
             e(b"c", EntryKind::CharDev { major: 1, minor: 3 }),
             e(b"b", EntryKind::BlockDev { major: 8, minor: 0 }),
             e(b"p", EntryKind::Fifo),
         ];
-        entries[1].xattrs.push((b"user.k"[..].into(), b""[..].into()));
-        LayerIndex { entries, tar_size: 4096 }
+        entries[1]
+            .xattrs
+            .push((b"user.k"[..].into(), b""[..].into()));
+        LayerIndex {
+            entries,
+            tar_size: 4096,
+        }
     }
 
     #[test]
     fn codec_round_trip() {
-        let stamp = FileStamp { size: 4096, ino: 9, mtime_ns: -1 };
+        let stamp = FileStamp {
+            size: 4096,
+            ino: 9,
+            mtime_ns: -1,
+        };
         let enc = encode(&sample(), stamp);
         assert_eq!(decode(&enc), Some((sample(), stamp)));
     }

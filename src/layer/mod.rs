@@ -40,13 +40,17 @@ pub fn build_index<R: Read>(reader: R) -> Result<LayerIndex, String> {
             entries.push(entry);
         }
     }
-    Ok(LayerIndex { entries, tar_size: 0 })
+    Ok(LayerIndex {
+        entries,
+        tar_size: 0,
+    })
 }
 
 fn index_entry<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Option<LayerEntry>, String> {
     let raw_path = e.path_bytes().into_owned();
     let shown = String::from_utf8_lossy(&raw_path).into_owned();
-    let path = normalize_path(&raw_path).map_err(|err| format!("unsafe path {shown:?}: {err:?}"))?;
+    let path =
+        normalize_path(&raw_path).map_err(|err| format!("unsafe path {shown:?}: {err:?}"))?;
     let header = e.header().clone();
     let et = header.entry_type();
     let num = |r: std::io::Result<u64>, what: &str| {
@@ -54,14 +58,20 @@ fn index_entry<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Option<LayerEntry>,
             .and_then(|v| u32::try_from(v).map_err(|_| format!("{shown}: {what} {v} out of range")))
     };
     let mut meta = Meta {
-        mode: header.mode().map_err(|err| format!("{shown}: bad mode: {err}"))? & 0o7777,
+        mode: header
+            .mode()
+            .map_err(|err| format!("{shown}: bad mode: {err}"))?
+            & 0o7777,
         uid: num(header.uid(), "uid")?,
         gid: num(header.gid(), "gid")?,
         mtime: raw_mtime(&header),
         mtime_nsec: 0,
     };
     let mut xattrs: Vec<Xattr> = Vec::new();
-    if let Some(exts) = e.pax_extensions().map_err(|err| format!("{shown}: bad pax header: {err}"))? {
+    if let Some(exts) = e
+        .pax_extensions()
+        .map_err(|err| format!("{shown}: bad pax header: {err}"))?
+    {
         for ext in exts {
             let ext = ext.map_err(|err| format!("{shown}: bad pax header: {err}"))?;
             let key = ext.key_bytes();
@@ -80,16 +90,24 @@ fn index_entry<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Option<LayerEntry>,
         tar::EntryType::Directory => EntryKind::Dir,
         // Pre-POSIX tars mark directories with a trailing slash on a regular entry.
         tar::EntryType::Regular if raw_path.ends_with(b"/") => EntryKind::Dir,
-        tar::EntryType::Regular | tar::EntryType::Continuous => {
-            EntryKind::File { offset: e.raw_file_position(), size: e.size() }
-        }
+        tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File {
+            offset: e.raw_file_position(),
+            size: e.size(),
+        },
         tar::EntryType::Symlink => EntryKind::Symlink(
-            e.link_name_bytes().ok_or_else(|| format!("{shown}: symlink without target"))?.into(),
+            e.link_name_bytes()
+                .ok_or_else(|| format!("{shown}: symlink without target"))?
+                .into(),
         ),
         tar::EntryType::Link => {
-            let target = e.link_name_bytes().ok_or_else(|| format!("{shown}: hard link without target"))?;
+            let target = e
+                .link_name_bytes()
+                .ok_or_else(|| format!("{shown}: hard link without target"))?;
             let t = normalize_path(&target).map_err(|err| {
-                format!("{shown}: unsafe hard link target {:?}: {err:?}", String::from_utf8_lossy(&target))
+                format!(
+                    "{shown}: unsafe hard link target {:?}: {err:?}",
+                    String::from_utf8_lossy(&target)
+                )
             })?;
             if t.is_empty() {
                 return Err(format!("{shown}: hard link to the root directory"));
@@ -110,11 +128,19 @@ fn index_entry<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Option<LayerEntry>,
         }
         tar::EntryType::XGlobalHeader => return Ok(None),
         other => {
-            log::warn!("skipping tar entry {shown:?} of unknown type {:?}", other.as_byte() as char);
+            log::warn!(
+                "skipping tar entry {shown:?} of unknown type {:?}",
+                other.as_byte() as char
+            );
             return Ok(None);
         }
     };
-    Ok(Some(LayerEntry { path: path.into(), meta, kind, xattrs }))
+    Ok(Some(LayerEntry {
+        path: path.into(),
+        meta,
+        kind,
+        xattrs,
+    }))
 }
 
 /// The header's mtime field, honouring GNU base-256 (two's complement for negative times),
@@ -131,7 +157,8 @@ fn raw_mtime(h: &tar::Header) -> i64 {
         }
         return v;
     }
-    h.mtime().map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
+    h.mtime()
+        .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 /// Parses a PAX time: `[-]seconds[.fraction]`. Returns seconds and nanoseconds with the
@@ -154,7 +181,11 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
     if !neg {
         return Some((secs, ns));
     }
-    if ns == 0 { Some((-secs, 0)) } else { Some((-secs - 1, 1_000_000_000 - ns)) }
+    if ns == 0 {
+        Some((-secs, 0))
+    } else {
+        Some((-secs - 1, 1_000_000_000 - ns))
+    }
 }
 
 #[cfg(test)]

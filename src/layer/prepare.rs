@@ -40,7 +40,9 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
         reason,
     };
     let index_path = cache.index_path(&layer.diff_id);
-    let cached = std::fs::read(&index_path).ok().and_then(|d| codec::decode(&d));
+    let cached = std::fs::read(&index_path)
+        .ok()
+        .and_then(|d| codec::decode(&d));
     match layer.compression {
         Compression::None => {
             let fingerprint = Container::fingerprint(&layer.blob)?;
@@ -50,7 +52,10 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
                         verify_in_place(layer, image_path)?;
                         cache.mark_verified(&fingerprint, &layer.diff_id)?;
                     }
-                    return Ok(PreparedLayer { index, data: layer.blob.clone() });
+                    return Ok(PreparedLayer {
+                        index,
+                        data: layer.blob.clone(),
+                    });
                 }
             }
             let index = index_in_place(layer, image_path).map_err(|e| match e {
@@ -58,26 +63,38 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
                 IndexFail::Other(e) => e,
             })?;
             cache.write_atomic(&index_path, |w| {
-                io::Write::write_all(w, &codec::encode(&index, FileStamp::default())).ctx("write", &index_path)
+                io::Write::write_all(w, &codec::encode(&index, FileStamp::default()))
+                    .ctx("write", &index_path)
             })?;
             cache.mark_verified(&fingerprint, &layer.diff_id)?;
-            Ok(PreparedLayer { index, data: layer.blob.clone() })
+            Ok(PreparedLayer {
+                index,
+                data: layer.blob.clone(),
+            })
         }
         c => {
             let content = cache.layer_path(&layer.diff_id);
             if let Some((index, stamp)) = cached {
                 let current = std::fs::metadata(&content).ok().map(|m| FileStamp::of(&m));
                 if current == Some(stamp) && stamp.size == index.tar_size {
-                    return Ok(PreparedLayer { index, data: whole_file(&content, stamp.size) });
+                    return Ok(PreparedLayer {
+                        index,
+                        data: whole_file(&content, stamp.size),
+                    });
                 }
-                log::info!("layer {}: cache entry is stale or damaged; rebuilding", layer.describe());
+                log::info!(
+                    "layer {}: cache entry is stale or damaged; rebuilding",
+                    layer.describe()
+                );
             }
             let mut index = None;
             cache.write_atomic(&content, |out| {
-                index = Some(decompress_and_index(layer, c, out, image_path).map_err(|e| match e {
-                    IndexFail::Layer(r) => bad(r),
-                    IndexFail::Other(e) => e,
-                })?);
+                index = Some(decompress_and_index(layer, c, out, image_path).map_err(
+                    |e| match e {
+                        IndexFail::Layer(r) => bad(r),
+                        IndexFail::Other(e) => e,
+                    },
+                )?);
                 Ok(())
             })?;
             let index = index.ok_or_else(|| bad("indexing produced nothing".into()))?;
@@ -85,7 +102,10 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
             cache.write_atomic(&index_path, |w| {
                 io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &index_path)
             })?;
-            Ok(PreparedLayer { index, data: whole_file(&content, stamp.size) })
+            Ok(PreparedLayer {
+                index,
+                data: whole_file(&content, stamp.size),
+            })
         }
     }
 }
@@ -97,12 +117,18 @@ struct DecodeErrors<R>(R, Compression);
 impl<R: io::Read> io::Read for DecodeErrors<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let c = self.1;
-        self.0.read(buf).map_err(|e| io::Error::new(e.kind(), format!("corrupt {c:?} stream: {e}")))
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), format!("corrupt {c:?} stream: {e}")))
     }
 }
 
 fn whole_file(path: &Path, len: u64) -> BlobLoc {
-    BlobLoc { file: path.to_path_buf(), offset: 0, len }
+    BlobLoc {
+        file: path.to_path_buf(),
+        offset: 0,
+        len,
+    }
 }
 
 /// A failure while reading a layer: about the layer's contents, or about something else
@@ -139,7 +165,10 @@ fn progress(layer: &LayerRef) -> indicatif::ProgressBar {
 /// Indexes an uncompressed layer where it lies, verifying its diff_id in the same pass.
 fn index_in_place(layer: &LayerRef, image_path: &Path) -> Result<LayerIndex, IndexFail> {
     let pb = progress(layer);
-    let mut hr = HashingReader::new(pb.wrap_read(layer.blob.reader()?), Some(layer.diff_id.algorithm()));
+    let mut hr = HashingReader::new(
+        pb.wrap_read(layer.blob.reader()?),
+        Some(layer.diff_id.algorithm()),
+    );
     let mut index = build_index(&mut hr).map_err(IndexFail::Layer)?;
     hr.drain().ctx("read", image_path)?;
     pb.finish_and_clear();
@@ -148,7 +177,13 @@ fn index_in_place(layer: &LayerRef, image_path: &Path) -> Result<LayerIndex, Ind
     check_digest(&layer.diff_id, found, "diff_id", layer, image_path)?;
     if let Some(bd) = &layer.blob_digest {
         if bd.algorithm() == layer.diff_id.algorithm() && bd != &layer.diff_id {
-            return Err(IndexFail::Other(mismatch(layer, image_path, "blob", bd, &layer.diff_id)));
+            return Err(IndexFail::Other(mismatch(
+                layer,
+                image_path,
+                "blob",
+                bd,
+                &layer.diff_id,
+            )));
         }
     }
     index.tar_size = len;
@@ -158,7 +193,10 @@ fn index_in_place(layer: &LayerRef, image_path: &Path) -> Result<LayerIndex, Ind
 /// Re-hashes an uncompressed layer whose index is cached but whose file is new to the cache.
 fn verify_in_place(layer: &LayerRef, image_path: &Path) -> Result<()> {
     let pb = progress(layer);
-    let mut hr = HashingReader::new(pb.wrap_read(layer.blob.reader()?), Some(layer.diff_id.algorithm()));
+    let mut hr = HashingReader::new(
+        pb.wrap_read(layer.blob.reader()?),
+        Some(layer.diff_id.algorithm()),
+    );
     hr.drain().ctx("read", image_path)?;
     pb.finish_and_clear();
     let (found, _) = hr.finish();
@@ -186,7 +224,10 @@ fn decompress_and_index(
     let mut compressed = HashingReader::new(pb.wrap_read(layer.blob.reader()?), blob_alg);
     let (mut index, found_diff, len) = {
         let dec = DecodeErrors(c.decoder(&mut compressed).map_err(corrupt)?, c);
-        let mut tar = HashingReader::new(TeeReader::new(dec, &mut *out), Some(layer.diff_id.algorithm()));
+        let mut tar = HashingReader::new(
+            TeeReader::new(dec, &mut *out),
+            Some(layer.diff_id.algorithm()),
+        );
         let index = build_index(&mut tar).map_err(IndexFail::Layer)?;
         // Read the decoder to its end, so truncation after the tar's end marker is caught.
         tar.drain().map_err(|e| IndexFail::Layer(e.to_string()))?;
@@ -226,12 +267,20 @@ fn check_digest(
 ) -> Result<(), IndexFail> {
     match found {
         Some(f) if &f == want => Ok(()),
-        Some(f) => Err(IndexFail::Other(mismatch(layer, image_path, what, want, &f))),
+        Some(f) => Err(IndexFail::Other(mismatch(
+            layer, image_path, what, want, &f,
+        ))),
         None => Ok(()),
     }
 }
 
-fn mismatch(layer: &LayerRef, image_path: &Path, what: &str, want: &Digest, found: &Digest) -> Error {
+fn mismatch(
+    layer: &LayerRef,
+    image_path: &Path,
+    what: &str,
+    want: &Digest,
+    found: &Digest,
+) -> Error {
     Error::DigestMismatch {
         path: image_path.to_path_buf(),
         what: format!("layer {} {what}", layer.describe()),

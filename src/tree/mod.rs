@@ -7,7 +7,8 @@
 //!    whiteout never hides an entry of its own layer;
 //! 2. entries in tar order: a directory over a directory replaces its attributes and keeps its
 //!    children; anything else replaces the old path (a file over a directory drops the whole
-//!    subtree); missing parents are created (0755, root, mtime 0, as Docker's extraction does);
+//!    subtree); missing parents are created (0755, root, mtime 0, as Docker's extraction does;
+//!    an existing parent keeps its attributes); a whiteout under a missing parent is a no-op;
 //!    hard links name the node their target names at that point, in this layer or a lower one;
 //!    of duplicate entries the last wins; the root takes its attributes from a `./` entry.
 //!
@@ -55,8 +56,10 @@ impl LowerTree {
     pub fn build(layers: &[PreparedLayer]) -> Result<LowerTree, TreeError> {
         let mut b = Builder::new();
         for (i, l) in layers.iter().enumerate() {
-            let layer = u16::try_from(i)
-                .map_err(|_| TreeError { layer: i, reason: "too many layers".into() })?;
+            let layer = u16::try_from(i).map_err(|_| TreeError {
+                layer: i,
+                reason: "too many layers".into(),
+            })?;
             b.apply(layer, &l.index.entries, l.data.offset)
                 .map_err(|reason| TreeError { layer: i, reason })?;
         }
@@ -101,19 +104,26 @@ impl LowerTree {
     /// The name of a directory entry.
     pub fn name(&self, e: &DirEntry) -> &[u8] {
         let start = e.name_start as usize;
-        self.names.get(start..start + e.name_len as usize).unwrap_or_default()
+        self.names
+            .get(start..start + e.name_len as usize)
+            .unwrap_or_default()
     }
 
     /// Looks a name up in a directory.
     pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
         let kids = self.children(dir);
-        kids.binary_search_by(|e| self.name(e).cmp(name)).ok().map(|i| kids[i].node)
+        kids.binary_search_by(|e| self.name(e).cmp(name))
+            .ok()
+            .map(|i| kids[i].node)
     }
 
     /// Resolves a path relative to the root without following symlinks (`""` is the root).
     pub fn resolve(&self, path: &[u8]) -> Option<NodeId> {
         let mut cur = Self::ROOT;
-        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        for comp in path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
             cur = self.lookup(cur, comp)?;
         }
         Some(cur)
@@ -130,7 +140,11 @@ impl LowerTree {
                     NodeKind::Symlink(t) => t.len(),
                     _ => 0,
                 };
-                target + n.xattrs.iter().map(|(k, v)| 32 + k.len() + v.len()).sum::<usize>()
+                target
+                    + n.xattrs
+                        .iter()
+                        .map(|(k, v)| 32 + k.len() + v.len())
+                        .sum::<usize>()
             })
             .sum();
         self.nodes.capacity() * std::mem::size_of::<Node>()
@@ -186,7 +200,9 @@ struct Builder {
 
 impl Builder {
     fn new() -> Builder {
-        Builder { nodes: vec![implicit_dir(0)] }
+        Builder {
+            nodes: vec![implicit_dir(0)],
+        }
     }
 
     fn children_mut(&mut self, dir: usize) -> Option<&mut BTreeMap<Box<[u8]>, usize>> {
@@ -241,14 +257,22 @@ impl Builder {
     fn apply(&mut self, layer: u16, entries: &[LayerEntry], base: u64) -> Result<(), String> {
         // Pass 1: whiteouts and opaque markers, which only ever hide lower layers' entries.
         for e in entries {
-            let Some((parent, name)) = split_parent(&e.path) else { continue };
+            let Some((parent, name)) = split_parent(&e.path) else {
+                continue;
+            };
             let class = classify(name);
             if matches!(class, Class::Normal | Class::Ignored) || in_aufs_meta(parent) {
                 continue;
             }
-            // Under a non-directory there is nothing to hide.
-            let Some(dir) = self.ensure_dir(parent, layer) else { continue };
-            let Some(kids) = self.children_mut(dir) else { continue };
+            // Under a missing path or a non-directory there is nothing to hide, and the
+            // whiteout creates nothing: extraction semantics, as `umoci unpack` (overlay-based
+            // engines would leave an empty directory behind; see the man page).
+            let Some(dir) = self.lookup_path(parent).filter(|&d| self.is_dir(d)) else {
+                continue;
+            };
+            let Some(kids) = self.children_mut(dir) else {
+                continue;
+            };
             match class {
                 Class::Opaque => kids.clear(),
                 Class::Whiteout(target) => {
@@ -311,12 +335,14 @@ impl Builder {
                             size: *size,
                         }),
                         EntryKind::Symlink(t) => NodeKind::Symlink(t.clone()),
-                        EntryKind::CharDev { major, minor } => {
-                            NodeKind::CharDev { major: *major, minor: *minor }
-                        }
-                        EntryKind::BlockDev { major, minor } => {
-                            NodeKind::BlockDev { major: *major, minor: *minor }
-                        }
+                        EntryKind::CharDev { major, minor } => NodeKind::CharDev {
+                            major: *major,
+                            minor: *minor,
+                        },
+                        EntryKind::BlockDev { major, minor } => NodeKind::BlockDev {
+                            major: *major,
+                            minor: *minor,
+                        },
                         EntryKind::Fifo => NodeKind::Fifo,
                         EntryKind::Dir | EntryKind::HardLink(_) => continue,
                     };
@@ -347,7 +373,9 @@ impl Builder {
         let mut parent: Vec<u32> = vec![0];
         let mut queue = VecDeque::from([0usize]);
         while let Some(d) = queue.pop_front() {
-            let BKind::Dir(kids) = std::mem::replace(&mut self.nodes[d].kind, BKind::Dir(BTreeMap::new())) else {
+            let BKind::Dir(kids) =
+                std::mem::replace(&mut self.nodes[d].kind, BKind::Dir(BTreeMap::new()))
+            else {
                 continue;
             };
             let first = entries.len() as u32;
@@ -403,7 +431,13 @@ impl Builder {
             });
         }
         names.shrink_to_fit();
-        LowerTree { nodes, entries, names, data_files: Vec::new(), total_bytes }
+        LowerTree {
+            nodes,
+            entries,
+            names,
+            data_files: Vec::new(),
+            total_bytes,
+        }
     }
 }
 
@@ -411,12 +445,20 @@ impl Builder {
 /// metadata entry itself, everything under it is not part of the image (Docker's
 /// `UnpackLayer` skips the whole subtree).
 fn in_aufs_meta(parent: &[u8]) -> bool {
-    parent.split(|&b| b == b'/').any(|c| c.starts_with(META_PREFIX))
+    parent
+        .split(|&b| b == b'/')
+        .any(|c| c.starts_with(META_PREFIX))
 }
 
 fn implicit_dir(layer: u16) -> BNode {
     BNode {
-        meta: Meta { mode: IMPLICIT_DIR_MODE, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0 },
+        meta: Meta {
+            mode: IMPLICIT_DIR_MODE,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+        },
         layer,
         kind: BKind::Dir(BTreeMap::new()),
         xattrs: Vec::new(),

@@ -115,13 +115,20 @@ impl Node {
 
     /// Full `st_mode`. Symlinks are always 0777 on Linux, whatever the tar header says.
     pub fn mode(&self) -> u32 {
-        let perm = if matches!(self.kind, NodeKind::Symlink(_)) { 0o777 } else { self.meta.mode & 0o7777 };
+        let perm = if matches!(self.kind, NodeKind::Symlink(_)) {
+            0o777
+        } else {
+            self.meta.mode & 0o7777
+        };
         self.kind.file_type_bits() | perm
     }
 
     /// An extended attribute's value.
     pub fn xattr(&self, name: &[u8]) -> Option<&[u8]> {
-        self.xattrs.iter().find(|(k, _)| &**k == name).map(|(_, v)| &**v)
+        self.xattrs
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| &**v)
     }
 }
 

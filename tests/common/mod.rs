@@ -1,0 +1,207 @@
+//! Shared support for the integration tests.
+//!
+//! - [`spec`]: a text language for layer contents, turned into layer tars;
+//! - [`image`]: writers for every source shape (docker-save legacy, Docker 25+, containerd,
+//!   OCI layout directory and archive, multi-image, multi-platform), with correct digests;
+//! - [`harness`]: running the CLI, and real FUSE mounts behind a cleaning-up guard;
+//! - [`listing`]: a comparable listing of a mount, an extracted tree, the library's merged
+//!   tree, or a spec of the expected tree.
+//!
+//! Each test binary uses part of this, hence `dead_code`.
+
+#![allow(dead_code, unused_imports, missing_docs)]
+
+pub mod harness;
+pub mod image;
+pub mod listing;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+
+use rimgfs::cache::Cache;
+use rimgfs::error::Error;
+use rimgfs::image::{ImageSpec, OpenOptions};
+use rimgfs::stack::Stack;
+use rimgfs::tree::LowerTree;
+use rimgfs::tree::node::{Node, NodeKind};
+
+pub use harness::{MountGuard, MountOpts, Output, rimgfs};
+pub use image::{Codec, ImageDef, MediaType, Shape};
+pub use listing::Listing;
+
+/// Skips (prints `skipped: <reason>`, returns `None`) when a precondition is missing, except
+/// under `CI=true`, where that is a failure.
+pub fn require<T>(v: Option<T>, reason: &str) -> Option<T> {
+    if v.is_none() {
+        harness::skip(reason);
+    }
+    v
+}
+
+/// Runs `prog ARGS...`, panicking with its output unless it succeeds.
+#[track_caller]
+pub fn run_ok(prog: &str, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args);
+    let out = harness::run_command(cmd);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{prog} {args:?} failed:\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+/// A temporary directory for one test: images, cache, scratch.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("rimgfs-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// A path inside the sandbox.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The test's own cache directory (never the system default).
+    pub fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    /// Writes `images` in `shape` as `name` and returns its path.
+    pub fn write(&self, name: &str, shape: Shape, images: &[ImageDef], c: Codec) -> PathBuf {
+        let p = self.path(name);
+        shape.write(images, &p, c);
+        p
+    }
+
+    /// Writes a spec as a legacy docker-save archive `image.tar` and returns its path.
+    pub fn image(&self, spec: &str) -> PathBuf {
+        self.write(
+            "image.tar",
+            Shape::DockerLegacy,
+            &[ImageDef::from_spec(spec)],
+            Codec::None,
+        )
+    }
+}
+
+/// An image opened through the library, with its merged tree.
+pub struct Opened {
+    pub stack: Stack,
+    pub tree: LowerTree,
+}
+
+impl Opened {
+    /// The node at an image path (`/etc/hosts`), not following symlinks.
+    pub fn node(&self, path: &str) -> Option<&Node> {
+        self.tree
+            .resolve(path.as_bytes())
+            .and_then(|id| self.tree.node(id))
+    }
+
+    /// The node at a path given as bytes.
+    pub fn node_bytes(&self, path: &[u8]) -> Option<&Node> {
+        self.tree.resolve(path).and_then(|id| self.tree.node(id))
+    }
+
+    /// The node at a path; panics with the tree's paths if missing.
+    #[track_caller]
+    pub fn get(&self, path: &str) -> &Node {
+        self.node(path)
+            .unwrap_or_else(|| panic!("{path} not in tree; paths: {:?}", self.listing().paths()))
+    }
+
+    /// The content of a regular file.
+    #[track_caller]
+    pub fn content(&self, path: &str) -> Vec<u8> {
+        read_node(&self.tree, self.get(path))
+    }
+
+    /// Names of a directory's children.
+    pub fn names(&self, path: &str) -> Vec<String> {
+        let id = self
+            .tree
+            .resolve(path.as_bytes())
+            .expect("directory exists");
+        self.tree
+            .children(id)
+            .iter()
+            .map(|e| listing::show(self.tree.name(e)))
+            .collect()
+    }
+
+    /// The tree as a listing.
+    pub fn listing(&self) -> Listing {
+        Listing::of_tree(&self.tree)
+    }
+}
+
+/// A regular file's bytes, read from its layer data file.
+pub fn read_node(tree: &LowerTree, n: &Node) -> Vec<u8> {
+    let NodeKind::File(d) = n.kind else {
+        panic!("not a regular file: {n:?}")
+    };
+    let loc = &tree.data_files[usize::from(d.layer)];
+    let mut buf = vec![0u8; d.size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&loc.file).unwrap(),
+        &mut buf,
+        d.offset,
+    )
+    .unwrap();
+    buf
+}
+
+/// Opens an image argument (`PATH[:REF]`, with a transport prefix) through the library:
+/// `Stack::open` then `tree()`, as `rimgfs mount` does.
+pub fn open_arg(
+    arg: &str,
+    opts: &OpenOptions,
+    cache: &Path,
+    upto: Option<usize>,
+) -> Result<Opened, Error> {
+    let spec = ImageSpec::parse(arg)?;
+    let stack = Stack::open(&spec, opts, &Cache::new(cache.to_path_buf()), upto)?;
+    let tree = stack.tree()?;
+    Ok(Opened { stack, tree })
+}
+
+/// Opens an image file with default options.
+pub fn open_path(path: &Path, cache: &Path) -> Result<Opened, Error> {
+    open_arg(path.to_str().unwrap(), &OpenOptions::default(), cache, None)
+}
+
+/// Builds a legacy docker-save archive from a spec and opens it; the sandbox keeps the files.
+pub fn try_open_spec(sb: &Sandbox, spec: &str, upto: Option<usize>) -> Result<Opened, Error> {
+    let p = sb.image(spec);
+    open_arg(
+        p.to_str().unwrap(),
+        &OpenOptions::default(),
+        &sb.cache(),
+        upto,
+    )
+}
+
+/// Like [`try_open_spec`], panicking on error.
+#[track_caller]
+pub fn open_spec(sb: &Sandbox, spec: &str) -> Opened {
+    try_open_spec(sb, spec, None)
+        .unwrap_or_else(|e| panic!("open failed: {}", rimgfs::error::chain(&e)))
+}
+
+/// The full message of an error, as `rimgfs` prints it.
+pub fn message(e: &Error) -> String {
+    rimgfs::error::chain(e)
+}
