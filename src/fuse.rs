@@ -35,6 +35,9 @@ pub struct Fuse {
     /// Whether passthrough may be tried: the kernel offered it and no backing open has been
     /// refused (it needs CAP_SYS_ADMIN).
     passthrough: AtomicBool,
+    /// The kernel supports skipping opendir: the first `ENOSYS` reply turns every later
+    /// opendir/releasedir round trip off, with directory listings still cached.
+    no_opendir: AtomicBool,
     /// Backing ids of inodes open in passthrough mode, with their open counts: the kernel
     /// wants one id per inode for as long as any handle is open.
     backing: Mutex<HashMap<u64, (BackingId, u32)>>,
@@ -46,6 +49,7 @@ impl Fuse {
         Fuse {
             ov,
             passthrough: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
         }
     }
@@ -162,6 +166,12 @@ impl Filesystem for Fuse {
         let pt = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         self.passthrough.store(pt, Ordering::Relaxed);
+        // Opening a directory needs no state here; the kernel's no-opendir mode saves two
+        // round trips per directory of a walk.
+        let nod = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
+        self.no_opendir.store(nod, Ordering::Relaxed);
         Ok(())
     }
 
@@ -247,6 +257,7 @@ impl Filesystem for Fuse {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!("opendir(ino={})", ino.0);
         match self.ov.opendir(ino.0) {
+            Ok(()) if self.no_opendir.load(Ordering::Relaxed) => reply.error(FErrno::ENOSYS),
             Ok(()) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,

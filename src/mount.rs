@@ -160,8 +160,8 @@ fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -
         }
     };
     let config = fuser_config(opts);
-    // Root mounts with mount(2); anyone else through the setuid fusermount3, which also works
-    // where /dev/fuse is not world-accessible.
+    // Root mounts with mount(2); anyone else through the setuid fusermount3 (which opens
+    // /dev/fuse with the caller's rights, so /dev/fuse must be 0666, Debian's default).
     let privileged = nix::unistd::geteuid().is_root();
     let session = if privileged {
         fuser::Session::new(Fuse::new(ov), mnt, &config)
@@ -182,16 +182,22 @@ fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -
     };
     let mut unmounter = session.unmount_callable();
     let target = mnt.to_path_buf();
+    // Every signal tries again: an unmount refused while files are open (EBUSY) must not
+    // leave the daemon deaf to the next SIGTERM.
     std::thread::spawn(move || {
-        if let Ok(sig) = sigs.wait() {
+        while let Ok(sig) = sigs.wait() {
             log::info!("{sig}: unmounting {}", target.display());
             let r = if privileged {
                 unmounter.unmount()
             } else {
                 crate::sys::fuse_unmount(&target, false)
             };
-            if let Err(e) = r {
-                log::warn!("unmounting {}: {e}", target.display());
+            match r {
+                Ok(()) => break,
+                Err(e) => log::warn!(
+                    "unmounting {}: {e}; send the signal again to retry",
+                    target.display()
+                ),
             }
         }
     });

@@ -178,6 +178,9 @@ impl Overlay {
             if n != d.size {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
+            // Durable before it is visible: after a crash, a file of the right size must
+            // also hold the right bytes.
+            out.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
         if let Err(e) = copy() {
