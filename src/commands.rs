@@ -103,14 +103,19 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
     }
     w.push_str("\nLAYER  DIGEST                                                                   COMPRESSION  SIZE        UNCOMPRESSED  ENTRIES\n");
     for l in &layers {
+        // serde_json::Value ignores width specifiers; format each cell as a string first.
+        let cell = |k: &str| match &l[k] {
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
         w.push_str(&format!(
             "{:<6} {:<72} {:<12} {:<11} {:<13} {}\n",
-            l["index"],
-            l["digest"].as_str().unwrap_or(""),
-            l["compression"].as_str().unwrap_or(""),
-            l["size"],
-            l["uncompressed_size"],
-            l["entries"]
+            cell("index"),
+            cell("digest"),
+            cell("compression"),
+            cell("size"),
+            cell("uncompressed_size"),
+            cell("entries")
         ));
     }
     w.push_str("\nHISTORY (oldest first)\n");
