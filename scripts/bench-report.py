@@ -109,6 +109,15 @@ def main():
     lines.append("  rimgfs's first read of the 4 big files, cold, which copies them into its cache "
                  f"for passthrough: {first['mean']:.3f} s ({big / MB / first['mean']:.0f} MB/s)")
 
+    lines += ["", "rimgfs -o nopassthrough (no open round trips; big files through the daemon)"]
+    for label, name, nbytes in rows[1:]:
+        for temp in ["cold", "warm"]:
+            (r,) = load(out, f"nopt-{name}-{temp}").values()
+            t = r["mean"]
+            ref = load(out, f"{name}-{temp}")["overlayfs"]["mean"]
+            lines.append(f"  {label + ', ' + temp:<46}{t:>8.3f} s ({nbytes / MB / t:.0f} MB/s)"
+                         f"   vs overlayfs {t / ref:.2f}")
+
     entries = m["entries"]
     lines += ["", "Daemon memory (/proc/PID/status) after mounting, and after all of the above",
               f"  {'':<16}{'VmRSS mounted':>15}{'VmRSS after':>13}{'VmHWM':>11}"
@@ -119,6 +128,13 @@ def main():
         lines.append(f"  {fs:<16}{rss0 / 1024:>11.1f} MiB{rss1 / 1024:>9.1f} MiB"
                      f"{hwm / 1024:>7.1f} MiB{rss1 * 1024 / entries:>13.0f}")
     lines.append("  (bytes/entry = VmRSS after / entries; kernel overlayfs has no daemon)")
+    anon = (m["rimgfs_walked_RssAnon"] - m["rimgfs_tiny_RssAnon"]) * 1024
+    lines.append(f"  rimgfs heap per entry, mounted and walked: (RssAnon "
+                 f"{m['rimgfs_walked_RssAnon'] / 1024:.1f} MiB "
+                 f"- {m['rimgfs_tiny_RssAnon'] / 1024:.1f} MiB serving a "
+                 f"{int(m['tiny_entries'])}-entry image) / entries = "
+                 f"{anon / (entries - m['tiny_entries']):.0f} bytes; merged tree data "
+                 f"{m['tree_bytes'] / entries:.0f} bytes/entry")
     print("\n".join(lines))
 
 

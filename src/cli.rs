@@ -115,7 +115,8 @@ pub struct ImageArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct MountArgs {
     /// Mount options, comma-separated: ro, suid, dev, allow_other, allow_root,
-    /// default_permissions, nodefault_permissions, exec, noexec, atime, noatime.
+    /// default_permissions, nodefault_permissions, exec, noexec, atime, noatime,
+    /// passthrough, nopassthrough.
     #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
     pub options: Vec<String>,
     /// Stay in the foreground (default: return once mounted, serving in the background).
@@ -176,6 +177,9 @@ pub struct MountOptions {
     pub atime: bool,
     /// Let the kernel check permissions against the image's modes.
     pub default_permissions: bool,
+    /// Serve big files through kernel passthrough (root only); without it, opens cost no
+    /// round trip to the daemon, which favours many small files.
+    pub passthrough: bool,
     /// Let other users access the mount.
     pub allow_other: bool,
     /// Let root access the mount.
@@ -201,6 +205,7 @@ impl MountArgs {
             exec: true,
             atime: false,
             default_permissions: true,
+            passthrough: true,
             allow_other: false,
             allow_root: false,
             // No writable upper layer exists yet, so every mount is read-only.
@@ -235,6 +240,8 @@ impl MountArgs {
                 "noatime" => o.atime = false,
                 "default_permissions" => o.default_permissions = true,
                 "nodefault_permissions" => o.default_permissions = false,
+                "passthrough" => o.passthrough = true,
+                "nopassthrough" => o.passthrough = false,
                 "allow_other" => o.allow_other = true,
                 "allow_root" => o.allow_root = true,
                 other => return Err(Error::Usage(format!("unknown mount option {other:?}"))),
@@ -270,8 +277,10 @@ mod tests {
     fn mount_options_table() {
         let o = args(&["suid,dev", "allow_other,ro"]).to_config().unwrap();
         assert!(o.suid && o.dev && o.allow_other && o.read_only);
-        let o = args(&["nodefault_permissions,noexec"]).to_config().unwrap();
-        assert!(!o.default_permissions && !o.exec);
+        let o = args(&["nodefault_permissions,noexec,nopassthrough"])
+            .to_config()
+            .unwrap();
+        assert!(!o.default_permissions && !o.exec && !o.passthrough);
         assert!(matches!(args(&["bogus"]).to_config(), Err(Error::Usage(_))));
         assert!(matches!(
             args(&["allow_other,allow_root"]).to_config(),

@@ -19,6 +19,7 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// `rimgfs inspect`.
 pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()> {
     let img = &stack.image;
+    let tree = stack.tree()?;
     let cfg = &img.config;
     let layers: Vec<_> = img
         .layers
@@ -64,6 +65,12 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
             "created": cfg.created,
             "config": cfg.config,
             "layers": layers,
+            "tree": {
+                "entries": tree.entry_count(),
+                "inodes": tree.len(),
+                "bytes": tree.heap_bytes(),
+                "file_bytes": tree.total_bytes,
+            },
             "history": cfg.history,
         });
         let s = serde_json::to_string_pretty(&v).map_err(|e| Error::Usage(e.to_string()))?;
@@ -83,6 +90,17 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
     if let Some(c) = &cfg.created {
         line(&mut w, "Created:", c);
     }
+    line(
+        &mut w,
+        "Tree:",
+        &format!(
+            "{} entries, {} inodes, {} bytes of files; {} bytes in memory when mounted",
+            tree.entry_count(),
+            tree.len(),
+            tree.total_bytes,
+            tree.heap_bytes()
+        ),
+    );
     if let Some(rc) = &cfg.config {
         let join =
             |v: &Option<Vec<String>>| v.as_ref().map(|v| format!("{v:?}")).unwrap_or_default();

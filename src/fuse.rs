@@ -38,6 +38,8 @@ pub struct Fuse {
     /// The kernel supports skipping opendir: the first `ENOSYS` reply turns every later
     /// opendir/releasedir round trip off, with directory listings still cached.
     no_opendir: AtomicBool,
+    /// Likewise for files, used when passthrough is off: opens then cost nothing.
+    no_open: AtomicBool,
     /// Backing ids of inodes open in passthrough mode, with their open counts: the kernel
     /// wants one id per inode for as long as any handle is open.
     backing: Mutex<HashMap<u64, (BackingId, u32)>>,
@@ -50,6 +52,7 @@ impl Fuse {
             ov,
             passthrough: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
+            no_open: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
         }
     }
@@ -172,6 +175,14 @@ impl Filesystem for Fuse {
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
         self.no_opendir.store(nod, Ordering::Relaxed);
+        // Without passthrough an open needs no state either (reads are by inode), so the
+        // kernel may skip open and release altogether, keeping the page cache.
+        if !self.ov.passthrough_enabled() {
+            let no = config
+                .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+                .is_ok();
+            self.no_open.store(no, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -202,6 +213,7 @@ impl Filesystem for Fuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={}, flags={:#o})", ino.0, flags.0);
         match self.ov.open(ino.0, flags.0) {
+            Ok(()) if self.no_open.load(Ordering::Relaxed) => reply.error(FErrno::ENOSYS),
             Ok(()) => {
                 if let Some(reply) = self.open_passthrough(ino.0, reply) {
                     reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
@@ -275,20 +287,16 @@ impl Filesystem for Fuse {
         mut reply: ReplyDirectory,
     ) {
         debug!("readdir(ino={}, offset={offset})", ino.0);
-        match self.ov.readdir(ino.0, offset) {
-            Ok(list) => {
-                for l in list {
-                    if reply.add(
-                        INodeNo(l.ino),
-                        l.next,
-                        file_type(l.file_type),
-                        OsStr::from_bytes(&l.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let r = self.ov.readdir(ino.0, offset, |l| {
+            reply.add(
+                INodeNo(l.ino),
+                l.next,
+                file_type(l.file_type),
+                OsStr::from_bytes(l.name),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -302,27 +310,28 @@ impl Filesystem for Fuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         debug!("readdirplus(ino={}, offset={offset})", ino.0);
-        match self.ov.readdir(ino.0, offset) {
-            Ok(list) => {
-                for l in list {
-                    let attr = match self.ov.listing_attr(&l) {
-                        Ok(a) => a,
-                        Err(e) => return reply.error(errno(e)),
-                    };
-                    let name = OsStr::from_bytes(&l.name);
-                    if reply.add(
+        let mut failed = None;
+        let r = self
+            .ov
+            .readdir(ino.0, offset, |l| match self.ov.getattr(l.ino) {
+                Ok(a) => {
+                    let name = OsStr::from_bytes(l.name);
+                    reply.add(
                         INodeNo(l.ino),
                         l.next,
                         name,
                         &TTL,
-                        &file_attr(&attr),
+                        &file_attr(&a),
                         Generation(0),
-                    ) {
-                        break;
-                    }
+                    )
                 }
-                reply.ok();
-            }
+                Err(e) => {
+                    failed = Some(e);
+                    true
+                }
+            });
+        match r.and(failed.map_or(Ok(()), Err)) {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -59,7 +59,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 dir: img.cache.root().join("files"),
                 layer_keys: keys,
             };
-            let ov = overlay::Overlay::new(tree, stack.layer_labels()).with_passthrough(store);
+            let mut ov = overlay::Overlay::new(tree, stack.layer_labels());
+            // Passthrough needs CAP_SYS_ADMIN; without it, no-open mode serves better.
+            if opts.passthrough && nix::unistd::geteuid().is_root() {
+                ov = ov.with_passthrough(store);
+            }
             drop(stack);
             mount::mount(ov, &mnt, &opts, cli.verbose > 0)
         }

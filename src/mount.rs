@@ -169,7 +169,7 @@ fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -
         crate::sys::fusermount(mnt, &fusermount_options(opts))
             .and_then(|fd| fuser::Session::from_fd(Fuse::new(ov), fd, config.acl, config.clone()))
     };
-    let mut session = match session {
+    let session = match session {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("mount failed: {e}");
@@ -180,17 +180,18 @@ fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -
             });
         }
     };
-    let mut unmounter = session.unmount_callable();
     let target = mnt.to_path_buf();
-    // Every signal tries again: an unmount refused while files are open (EBUSY) must not
-    // leave the daemon deaf to the next SIGTERM.
+    // A signal detaches the mount (as libfuse does): it leaves the namespace at once, even
+    // if a file is still open on it (EBUSY would otherwise keep it mounted), and the session
+    // ends when the last such file is closed. A failure is retried on the next signal.
     std::thread::spawn(move || {
         while let Ok(sig) = sigs.wait() {
             log::info!("{sig}: unmounting {}", target.display());
             let r = if privileged {
-                unmounter.unmount()
+                nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(std::io::Error::from)
             } else {
-                crate::sys::fuse_unmount(&target, false)
+                crate::sys::fuse_unmount(&target, true)
             };
             match r {
                 Ok(()) => break,

@@ -61,9 +61,9 @@ pub struct Attr {
     pub mtime_nsec: u32,
 }
 
-/// One entry of a directory listing.
-#[derive(Clone, Debug)]
-pub struct DirListing {
+/// One entry of a directory listing, borrowing its name from the tree.
+#[derive(Clone, Copy, Debug)]
+pub struct DirListing<'a> {
     /// Inode number.
     pub ino: u64,
     /// Offset of the next entry (for the kernel to resume from).
@@ -71,7 +71,7 @@ pub struct DirListing {
     /// `S_IFMT` bits.
     pub file_type: u32,
     /// Name.
-    pub name: Box<[u8]>,
+    pub name: &'a [u8],
 }
 
 /// Filesystem statistics.
@@ -129,6 +129,11 @@ impl Overlay {
     pub fn with_passthrough(mut self, store: PassthroughStore) -> Overlay {
         self.passthrough = Some(store);
         self
+    }
+
+    /// Whether big files may be served through passthrough at all.
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough.is_some()
     }
 
     /// Whether `ino` should be opened in passthrough mode. The answer depends only on the
@@ -334,41 +339,45 @@ impl Overlay {
         Ok(f)
     }
 
-    /// Lists a directory from `offset` on: `.` is offset 0→1, `..` 1→2, children after.
-    pub fn readdir(&self, ino: u64, offset: u64) -> OpResult<Vec<DirListing>> {
+    /// Lists a directory from `offset` on, handing each entry to `add` until it returns
+    /// true (the reply buffer is full): `.` is offset 0→1, `..` 1→2, children after. Nothing
+    /// is allocated, so listing a huge directory in many calls stays linear.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(DirListing<'_>) -> bool,
+    ) -> OpResult<()> {
         let (id, n) = self.node(ino)?;
         if !n.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let mut out = Vec::new();
-        let dot = |name: &[u8], target: NodeId, next| DirListing {
+        let dot = |name: &'static [u8], target: NodeId, next| DirListing {
             ino: ino_of(target),
             next,
             file_type: libc::S_IFDIR,
-            name: name.into(),
+            name,
         };
-        if offset == 0 {
-            out.push(dot(b".", id, 1));
+        if offset == 0 && add(dot(b".", id, 1)) {
+            return Ok(());
         }
-        if offset <= 1 {
-            out.push(dot(b"..", n.parent, 2));
+        if offset <= 1 && add(dot(b"..", n.parent, 2)) {
+            return Ok(());
         }
         let skip = offset.saturating_sub(2) as usize;
         for (i, e) in self.tree.children(id).iter().enumerate().skip(skip) {
             let (_, child) = self.node(ino_of(e.node))?;
-            out.push(DirListing {
+            let full = add(DirListing {
                 ino: ino_of(e.node),
                 next: i as u64 + 3,
                 file_type: child.kind.file_type_bits(),
-                name: self.tree.name(e).into(),
+                name: self.tree.name(e),
             });
+            if full {
+                break;
+            }
         }
-        Ok(out)
-    }
-
-    /// Attributes for readdirplus entries (`.` and `..` included).
-    pub fn listing_attr(&self, l: &DirListing) -> OpResult<Attr> {
-        self.getattr(l.ino)
+        Ok(())
     }
 
     /// An extended attribute's value; `user.rimgfs.layer` answers the provenance.
