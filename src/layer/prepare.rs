@@ -166,7 +166,7 @@ fn progress(layer: &LayerRef) -> indicatif::ProgressBar {
 fn index_in_place(layer: &LayerRef, image_path: &Path) -> Result<LayerIndex, IndexFail> {
     let pb = progress(layer);
     let mut hr = HashingReader::new(
-        pb.wrap_read(layer.blob.reader()?),
+        layer.blob.reader_wrapped(|f| pb.wrap_read(f))?,
         Some(layer.diff_id.algorithm()),
     );
     let mut index = build_index(&mut hr).map_err(IndexFail::Layer)?;
@@ -194,7 +194,7 @@ fn index_in_place(layer: &LayerRef, image_path: &Path) -> Result<LayerIndex, Ind
 fn verify_in_place(layer: &LayerRef, image_path: &Path) -> Result<()> {
     let pb = progress(layer);
     let mut hr = HashingReader::new(
-        pb.wrap_read(layer.blob.reader()?),
+        layer.blob.reader_wrapped(|f| pb.wrap_read(f))?,
         Some(layer.diff_id.algorithm()),
     );
     hr.drain().ctx("read", image_path)?;
@@ -221,7 +221,8 @@ fn decompress_and_index(
     let pb = progress(layer);
     let corrupt = |e: io::Error| IndexFail::Layer(format!("corrupt {c:?} stream: {e}"));
     let blob_alg = layer.blob_digest.as_ref().map(Digest::algorithm);
-    let mut compressed = HashingReader::new(pb.wrap_read(layer.blob.reader()?), blob_alg);
+    let mut compressed =
+        HashingReader::new(layer.blob.reader_wrapped(|f| pb.wrap_read(f))?, blob_alg);
     let (mut index, found_diff, len) = {
         let dec = DecodeErrors(c.decoder(&mut compressed).map_err(corrupt)?, c);
         let mut tar = HashingReader::new(
