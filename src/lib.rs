@@ -20,6 +20,7 @@ pub mod overlay;
 pub mod stack;
 pub mod sys;
 pub mod tree;
+pub mod upper;
 
 use std::process::ExitCode;
 use std::sync::Arc;

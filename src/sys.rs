@@ -491,6 +491,13 @@ impl DirFd {
         .map(drop)
     }
 
+    /// Sets this directory's own access and modification times.
+    pub fn set_own_times(&self, times: &[libc::timespec; 2]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid descriptor and a pointer to two timespecs.
+        cvt(unsafe { libc::futimens(self.0.as_raw_fd(), times.as_ptr()) }).map(drop)
+    }
+
     /// The names in this directory (without `.` and `..`).
     pub fn list(&self) -> io::Result<Vec<std::ffi::OsString>> {
         let d = nix::dir::Dir::openat(
