@@ -95,6 +95,66 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         layer: Option<usize>,
     },
+    /// List what an overlayfs upper directory changes in IMAGE, as `docker diff` does:
+    /// A added, C changed (also every directory above a change), D deleted.
+    Diff {
+        /// The image the upper directory was made over.
+        image: String,
+        /// The overlayfs upper directory (kernel or fuse-overlayfs format).
+        #[arg(long, value_name = "DIR")]
+        upper: PathBuf,
+        /// Image selection.
+        #[command(flatten)]
+        select: ImageArgs,
+        /// Print a JSON list of {"path", "kind"} instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a new image: IMAGE's layers as they are, plus one layer of what an overlayfs
+    /// upper directory changes.
+    Commit {
+        /// The image the upper directory was made over.
+        image: String,
+        /// The overlayfs upper directory (kernel or fuse-overlayfs format).
+        #[arg(long, value_name = "DIR")]
+        upper: PathBuf,
+        /// Where to write the new image (a directory for --format oci).
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// Name the new image by this reference.
+        #[arg(long, value_name = "REF")]
+        tag: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = CommitFormat::DockerArchive)]
+        format: CommitFormat,
+        /// Comment of the new layer's history entry.
+        #[arg(short, long, value_name = "TEXT")]
+        message: Option<String>,
+        /// Image selection.
+        #[command(flatten)]
+        select: ImageArgs,
+    },
+}
+
+/// Output formats of `commit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CommitFormat {
+    /// A `docker save` archive (Docker 25 shape: OCI layout plus manifest.json).
+    DockerArchive,
+    /// An OCI image layout in a tar.
+    OciArchive,
+    /// An OCI image layout directory.
+    Oci,
+}
+
+impl From<CommitFormat> for crate::commit::Format {
+    fn from(f: CommitFormat) -> Self {
+        match f {
+            CommitFormat::DockerArchive => crate::commit::Format::DockerArchive,
+            CommitFormat::OciArchive => crate::commit::Format::OciArchive,
+            CommitFormat::Oci => crate::commit::Format::Oci,
+        }
+    }
 }
 
 /// Options that choose an image and where its cache lives.
@@ -125,6 +185,13 @@ pub struct MountArgs {
     /// Mount read-only (the same as -o ro).
     #[arg(long)]
     pub read_only: bool,
+    /// Writable mount keeping its changes in DIR, in kernel overlayfs's upperdir format;
+    /// mounting again with the same DIR shows the same tree.
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+    /// Work directory for --upper, on the same filesystem (default: DIR.work beside it).
+    #[arg(long, value_name = "DIR", requires = "upper")]
+    pub work: Option<PathBuf>,
     /// Show the image as it was after layer N (0 = bottom).
     #[arg(long, value_name = "N")]
     pub layer: Option<usize>,
@@ -186,6 +253,11 @@ pub struct MountOptions {
     pub allow_root: bool,
     /// Read-only.
     pub read_only: bool,
+    /// The upper directory of a writable mount (`None` with `read_only`: no upper; `None`
+    /// otherwise: an ephemeral one).
+    pub upper: Option<PathBuf>,
+    /// Its work directory.
+    pub work: Option<PathBuf>,
     /// Stay in the foreground.
     pub foreground: bool,
     /// Show layers 0..=N only.
@@ -208,8 +280,10 @@ impl MountArgs {
             passthrough: true,
             allow_other: false,
             allow_root: false,
-            // No writable upper layer exists yet, so every mount is read-only.
-            read_only: true,
+            // Read-only unless asked for a writable mount (--upper or -o rw).
+            read_only: self.upper.is_none(),
+            upper: self.upper.clone(),
+            work: self.work.clone(),
             foreground: self.foreground,
             layer: self.layer,
             threads: self.threads.unwrap_or((2 * cpus).max(4)),
@@ -225,11 +299,7 @@ impl MountArgs {
         {
             match opt {
                 "ro" => o.read_only = true,
-                "rw" => {
-                    return Err(Error::Usage(
-                        "rw: writable mounts are not supported yet".into(),
-                    ));
-                }
+                "rw" => o.read_only = false,
                 "suid" => o.suid = true,
                 "nosuid" => o.suid = false,
                 "dev" => o.dev = true,
@@ -246,6 +316,14 @@ impl MountArgs {
                 "allow_root" => o.allow_root = true,
                 other => return Err(Error::Usage(format!("unknown mount option {other:?}"))),
             }
+        }
+        if self.read_only {
+            o.read_only = true;
+        }
+        if o.read_only && o.upper.is_some() {
+            return Err(Error::Usage(
+                "--upper makes a writable mount; it cannot be read-only".into(),
+            ));
         }
         if o.allow_other && o.allow_root {
             return Err(Error::Usage(

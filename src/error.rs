@@ -77,6 +77,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An overlayfs upper directory holds something its format does not allow.
+    #[error("{path}: {reason}")]
+    BadUpper {
+        /// The upper entry concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The reference given does not name an image in the archive.
     #[error("{path}: {reason}")]
     UnknownRef {

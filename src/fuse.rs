@@ -1,9 +1,10 @@
-//! The FUSE adapter: a switchboard from fuser 0.18 requests to [`Overlay`] methods.
+//! The FUSE adapter: a switchboard from fuser 0.18 requests to [`Overlay`] (read-only) or
+//! [`Cow`] (writable) methods.
 //!
 //! Each method decodes its arguments, logs them at debug, calls one method and replies. The
-//! only fuser types in the crate live here. Lower layers never change under a mount, so
-//! entries and attributes are cached by the kernel for a long time and file pages are kept
-//! (`FOPEN_KEEP_CACHE`, `FOPEN_CACHE_DIR`). Dependencies: overlay, fuser.
+//! only fuser types in the crate live here. Every change goes through this mount, so the
+//! kernel's own caches stay right: entries and attributes are cached for a long time and file
+//! pages are kept (`FOPEN_KEEP_CACHE`). Dependencies: overlay, cow, fuser.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -13,15 +14,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    AccessFlags, BackingId, BsdFileFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 use nix::errno::Errno;
 
-use crate::overlay::{Attr, BLOCK_SIZE, MAX_NAME_LEN, Overlay};
+use crate::cow::{Caller, Cow};
+use crate::overlay::{Attr, BLOCK_SIZE, DirListing, MAX_NAME_LEN, Overlay};
 
 /// How long the kernel may cache entries and attributes: the lower tree never changes while
 /// mounted, so a day is as good as forever and still bounded.
@@ -32,6 +34,8 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// The filesystem handed to fuser.
 pub struct Fuse {
     ov: Overlay,
+    /// The writable view, when the mount has an upper layer.
+    cow: Option<Cow>,
     /// Whether passthrough may be tried: the kernel offered it and no backing open has been
     /// refused (it needs CAP_SYS_ADMIN).
     passthrough: AtomicBool,
@@ -46,10 +50,25 @@ pub struct Fuse {
 }
 
 impl Fuse {
-    /// Wraps an overlay.
+    /// Wraps a read-only overlay.
     pub fn new(ov: Overlay) -> Fuse {
+        Fuse::build(ov, None)
+    }
+
+    /// Wraps a writable view.
+    pub fn writable(cow: Cow) -> Fuse {
+        // The read-only view is only consulted for lower data; the writable view owns it.
+        let ov = Overlay::new(
+            std::sync::Arc::new(crate::tree::LowerTree::empty()),
+            Vec::new(),
+        );
+        Fuse::build(ov, Some(cow))
+    }
+
+    fn build(ov: Overlay, cow: Option<Cow>) -> Fuse {
         Fuse {
             ov,
+            cow,
             passthrough: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             no_open: AtomicBool::new(false),
@@ -164,6 +183,10 @@ impl Filesystem for Fuse {
             let _ = config.add_capabilities(cap);
         }
         let _ = config.set_max_readahead(MAX_READAHEAD);
+        if self.cow.is_some() {
+            // Directory handles carry listing snapshots and file handles the upper files.
+            return Ok(());
+        }
         // Depth 1: backing files live on a plain filesystem (the cache), and this mount may
         // itself be stacked under overlayfs.
         let pt = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -188,15 +211,59 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup(parent={}, name={:?})", parent.0, show(name));
-        match self.ov.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
+        let r = match &self.cow {
+            Some(c) => c.lookup(parent.0, name.as_bytes()),
+            None => self.ov.lookup(parent.0, name.as_bytes()),
+        };
+        reply_entry(r, reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if let Some(c) = &self.cow {
+            c.forget(ino.0, nlookup);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!("getattr(ino={})", ino.0);
-        match self.ov.getattr(ino.0) {
+        let r = match &self.cow {
+            Some(c) => c.getattr(ino.0),
+            None => self.ov.getattr(ino.0),
+        };
+        match r {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        debug!(
+            "setattr(ino={}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?})",
+            ino.0
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        let times =
+            (atime.is_some() || mtime.is_some()).then(|| [timespec(atime), timespec(mtime)]);
+        match c.setattr(ino.0, mode, uid, gid, size, times, fh.map(|h| h.0)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -204,14 +271,167 @@ impl Filesystem for Fuse {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         debug!("readlink(ino={})", ino.0);
-        match self.ov.readlink(ino.0) {
-            Ok(t) => reply.data(t),
+        let r = match &self.cow {
+            Some(c) => c.readlink(ino.0),
+            None => self.ov.readlink(ino.0).map(<[u8]>::to_vec),
+        };
+        match r {
+            Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
     }
 
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        debug!(
+            "mknod(parent={}, name={:?}, mode={mode:#o}, rdev={rdev})",
+            parent.0,
+            show(name)
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        reply_entry(
+            c.mknod(
+                parent.0,
+                name.as_bytes(),
+                mode,
+                decode_dev(rdev),
+                caller(req),
+            ),
+            reply,
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        debug!(
+            "mkdir(parent={}, name={:?}, mode={mode:#o})",
+            parent.0,
+            show(name)
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        reply_entry(c.mkdir(parent.0, name.as_bytes(), mode, caller(req)), reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!("unlink(parent={}, name={:?})", parent.0, show(name));
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        reply_empty(c.unlink(parent.0, name.as_bytes()), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!("rmdir(parent={}, name={:?})", parent.0, show(name));
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        reply_empty(c.rmdir(parent.0, name.as_bytes()), reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        debug!("symlink(parent={}, name={:?})", parent.0, show(link_name));
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        let t = target.as_os_str().as_bytes();
+        reply_entry(
+            c.symlink(parent.0, link_name.as_bytes(), t, caller(req)),
+            reply,
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        debug!(
+            "rename(parent={}, name={:?}, newparent={}, newname={:?}, flags={flags})",
+            parent.0,
+            show(name),
+            newparent.0,
+            show(newname)
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        if flags.bits() & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return reply.error(errno(Errno::EINVAL));
+        }
+        reply_empty(
+            c.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            ),
+            reply,
+        );
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        debug!(
+            "link(ino={}, newparent={}, newname={:?})",
+            ino.0,
+            newparent.0,
+            show(newname)
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        reply_entry(
+            c.link(ino.0, newparent.0, newname.as_bytes(), caller(req)),
+            reply,
+        );
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={}, flags={:#o})", ino.0, flags.0);
+        if let Some(c) = &self.cow {
+            return match c.open(ino.0, flags.0) {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         match self.ov.open(ino.0, flags.0) {
             Ok(()) if self.no_open.load(Ordering::Relaxed) => reply.error(FErrno::ENOSYS),
             Ok(()) => {
@@ -219,6 +439,36 @@ impl Filesystem for Fuse {
                     reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
                 }
             }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        debug!(
+            "create(parent={}, name={:?}, mode={mode:#o}, flags={flags:#o})",
+            parent.0,
+            show(name)
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        match c.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -234,6 +484,10 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         debug!("release(ino={}, fh={})", ino.0, fh.0);
+        if let Some(c) = &self.cow {
+            c.release(fh.0);
+            return reply.ok();
+        }
         // A passthrough handle carries its inode as fh; the last release drops the backing id.
         if fh.0 != 0 {
             if let Ok(mut map) = self.backing.lock() {
@@ -252,22 +506,109 @@ impl Filesystem for Fuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        debug!("read(ino={}, offset={offset}, size={size})", ino.0);
-        match self.ov.read(ino.0, offset, size) {
+        debug!(
+            "read(ino={}, fh={}, offset={offset}, size={size})",
+            ino.0, fh.0
+        );
+        let r = match &self.cow {
+            Some(c) => c.read(ino.0, fh.0, offset, size),
+            None => self.ov.read(ino.0, offset, size),
+        };
+        match r {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
     }
 
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        debug!(
+            "write(ino={}, fh={}, offset={offset}, len={})",
+            ino.0,
+            fh.0,
+            data.len()
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        match c.write(fh.0, offset, data, flags.0 & libc::O_APPEND != 0) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes go straight to the upper file; there is nothing buffered to flush.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        debug!("fsync(ino={}, fh={}, datasync={datasync})", ino.0, fh.0);
+        match &self.cow {
+            Some(c) => reply_empty(c.fsync(fh.0, datasync), reply),
+            None => reply.ok(),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        debug!(
+            "fallocate(ino={}, fh={}, offset={offset}, length={length}, mode={mode})",
+            ino.0, fh.0
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        reply_empty(c.fallocate(fh.0, offset, length, mode), reply);
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!("opendir(ino={})", ino.0);
+        if let Some(c) = &self.cow {
+            return match c.opendir(ino.0) {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         match self.ov.opendir(ino.0) {
             Ok(()) if self.no_opendir.load(Ordering::Relaxed) => reply.error(FErrno::ENOSYS),
             Ok(()) => reply.opened(
@@ -282,19 +623,23 @@ impl Filesystem for Fuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         debug!("readdir(ino={}, offset={offset})", ino.0);
-        let r = self.ov.readdir(ino.0, offset, |l| {
+        let add = |l: DirListing<'_>| {
             reply.add(
                 INodeNo(l.ino),
                 l.next,
                 file_type(l.file_type),
                 OsStr::from_bytes(l.name),
             )
-        });
+        };
+        let r = match &self.cow {
+            Some(c) => c.readdir(ino.0, fh.0, offset, add),
+            None => self.ov.readdir(ino.0, offset, add),
+        };
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -305,40 +650,78 @@ impl Filesystem for Fuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         debug!("readdirplus(ino={}, offset={offset})", ino.0);
         let mut failed = None;
-        let r = self
-            .ov
-            .readdir(ino.0, offset, |l| match self.ov.getattr(l.ino) {
-                Ok(a) => {
-                    let name = OsStr::from_bytes(l.name);
-                    reply.add(
-                        INodeNo(l.ino),
-                        l.next,
-                        name,
-                        &TTL,
-                        &file_attr(&a),
-                        Generation(0),
-                    )
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    true
-                }
-            });
+        let mut add = |l: DirListing<'_>, a: Result<Attr, Errno>| match a {
+            Ok(a) => {
+                let name = OsStr::from_bytes(l.name);
+                reply.add(
+                    INodeNo(l.ino),
+                    l.next,
+                    name,
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                )
+            }
+            Err(e) => {
+                failed = Some(e);
+                true
+            }
+        };
+        let r = match &self.cow {
+            Some(c) => c.readdir(ino.0, fh.0, offset, |l| add(l, c.listed_attr(ino.0, &l))),
+            None => self
+                .ov
+                .readdir(ino.0, offset, |l| add(l, self.ov.getattr(l.ino))),
+        };
         match r.and(failed.map_or(Ok(()), Err)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
 
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(c) = &self.cow {
+            c.release(fh.0);
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match &self.cow {
+            Some(c) => reply_empty(c.fsyncdir(ino.0), reply),
+            None => reply.ok(),
+        }
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         debug!("statfs()");
-        let s = self.ov.statfs();
+        let s = match &self.cow {
+            Some(c) => match c.statfs() {
+                Ok(s) => s,
+                Err(e) => return reply.error(errno(e)),
+            },
+            None => self.ov.statfs(),
+        };
         reply.statfs(
             s.blocks,
             s.bfree,
@@ -351,25 +734,126 @@ impl Filesystem for Fuse {
         );
     }
 
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        debug!(
+            "setxattr(ino={}, name={:?}, flags={flags})",
+            ino.0,
+            show(name)
+        );
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        reply_empty(c.setxattr(ino.0, name.as_bytes(), value, flags), reply);
+    }
+
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         debug!(
             "getxattr(ino={}, name={:?}, size={size})",
             ino.0,
             show(name)
         );
-        reply_xattr(self.ov.getxattr(ino.0, name.as_bytes()), size, reply);
+        let r = match &self.cow {
+            Some(c) => c.getxattr(ino.0, name.as_bytes()),
+            None => self.ov.getxattr(ino.0, name.as_bytes()),
+        };
+        reply_xattr(r, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         debug!("listxattr(ino={}, size={size})", ino.0);
-        reply_xattr(self.ov.listxattr(ino.0), size, reply);
+        let r = match &self.cow {
+            Some(c) => c.listxattr(ino.0),
+            None => self.ov.listxattr(ino.0),
+        };
+        reply_xattr(r, size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!("removexattr(ino={}, name={:?})", ino.0, show(name));
+        let Some(c) = &self.cow else {
+            return reply.error(errno(Errno::EROFS));
+        };
+        reply_empty(c.removexattr(ino.0, name.as_bytes()), reply);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         debug!("access(ino={}, mask={:#o})", ino.0, mask.bits());
+        if self.cow.is_some() {
+            // Writable mounts use default_permissions; the kernel checks before asking.
+            return reply.ok();
+        }
         match self.ov.access(ino.0, mask.bits(), req.uid(), req.gid()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
+    }
+}
+
+fn reply_entry(r: Result<Attr, Errno>, reply: ReplyEntry) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(r: Result<(), Errno>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+/// FUSE's 32-bit device number (the kernel's `new_encode_dev`) as a host `dev_t`.
+fn decode_dev(rdev: u32) -> u64 {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(st)) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: i64::from(d.subsec_nanos()),
+            },
+            Err(e) => {
+                // Before the epoch: negative seconds with a positive nanosecond part.
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), -i64::from(d.subsec_nanos()));
+                if ns < 0 {
+                    s -= 1;
+                    ns += 1_000_000_000;
+                }
+                libc::timespec {
+                    tv_sec: s,
+                    tv_nsec: ns,
+                }
+            }
+        },
     }
 }

@@ -8,8 +8,11 @@
 //! Nothing below `fuse` knows fuser types, so the logic is tested without a kernel.
 
 pub mod cache;
+pub mod changes;
 pub mod cli;
 pub mod commands;
+pub mod commit;
+pub mod cow;
 pub mod error;
 pub mod fuse;
 pub mod image;
@@ -61,12 +64,17 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 layer_keys: keys,
             };
             let mut ov = overlay::Overlay::new(tree, stack.layer_labels());
-            // Passthrough needs CAP_SYS_ADMIN; without it, no-open mode serves better.
-            if opts.passthrough && nix::unistd::geteuid().is_root() {
-                ov = ov.with_passthrough(store);
-            }
             drop(stack);
-            mount::mount(ov, &mnt, &opts, cli.verbose > 0)
+            if opts.read_only {
+                // Passthrough needs CAP_SYS_ADMIN; without it, no-open mode serves better.
+                if opts.passthrough && nix::unistd::geteuid().is_root() {
+                    ov = ov.with_passthrough(store);
+                }
+                return mount::mount(fuse::Fuse::new(ov), &mnt, &opts, cli.verbose > 0, None);
+            }
+            let (upper, scratch) = open_upper(&opts, &img.cache)?;
+            let fs = fuse::Fuse::writable(cow::Cow::new(ov, upper));
+            mount::mount(fs, &mnt, &opts, cli.verbose > 0, scratch)
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
         Command::Inspect {
@@ -108,7 +116,77 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let tree = Arc::new(stack.tree()?);
             commands::cat(&stack, tree, &path, stdout)
         }
+        Command::Diff {
+            image,
+            upper,
+            select,
+            json,
+        } => {
+            let img = select.to_config(&image)?;
+            let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, None)?;
+            let tree = stack.tree()?;
+            let upper = changes::Upper::scan(&upper)?;
+            let list = changes::diff(&changes::MergedView::new(&tree, &upper))?;
+            changes::print(&list, json, stdout)
+        }
+        Command::Commit {
+            image,
+            upper,
+            output,
+            tag,
+            format,
+            message,
+            select,
+        } => {
+            let img = select.to_config(&image)?;
+            let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, None)?;
+            let tree = stack.tree()?;
+            let upper = changes::Upper::scan(&upper)?;
+            let opts = commit::CommitOptions {
+                output,
+                tag,
+                format: format.into(),
+                message,
+            };
+            let done = commit::commit(&stack, &changes::MergedView::new(&tree, &upper), &opts)?;
+            log::info!("layer {}, manifest {}", done.layer, done.manifest);
+            Ok(())
+        }
     }
+}
+
+/// Opens the upper layer of a writable mount: `--upper DIR` (work directory `--work`, or
+/// `DIR.work` beside it), or a fresh one in the cache that is removed when the mount ends
+/// (whose path is returned too).
+fn open_upper(
+    opts: &cli::MountOptions,
+    cache: &cache::Cache,
+) -> Result<(upper::Upper, Option<std::path::PathBuf>), Error> {
+    let (up, work, scratch) = match &opts.upper {
+        Some(u) => {
+            let work = opts.work.clone().unwrap_or_else(|| {
+                let mut w = u.as_os_str().to_os_string();
+                w.push(".work");
+                w.into()
+            });
+            (u.clone(), work, None)
+        }
+        None => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let base = cache
+                .root()
+                .join("ephemeral")
+                .join(format!("{}.{stamp}", std::process::id()));
+            (base.join("upper"), base.join("work"), Some(base))
+        }
+    };
+    let u = upper::Upper::open(&up, &work).map_err(|e| Error::Mount {
+        path: up.clone(),
+        reason: format!("cannot use as upper directory: {e}"),
+    })?;
+    Ok((u, scratch))
 }
 
 /// Prints an error as `rimgfs: <error>: <cause>...` and maps it to the exit status.

@@ -15,7 +15,6 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::cli::MountOptions;
 use crate::error::{Error, Result};
 use crate::fuse::Fuse;
-use crate::overlay::Overlay;
 use crate::sys::{Forked, fork_single_threaded};
 
 /// Message the daemon sends when the mount is ready.
@@ -79,9 +78,15 @@ fn escape_mountinfo(p: &str) -> String {
 
 /// Mounts `ov` on `mnt` (already checked) and serves it; in the background unless
 /// `opts.foreground`.
-pub fn mount(ov: Overlay, mnt: &Path, opts: &MountOptions, verbose: bool) -> Result<()> {
+pub fn mount(
+    fs: Fuse,
+    mnt: &Path,
+    opts: &MountOptions,
+    verbose: bool,
+    scratch: Option<PathBuf>,
+) -> Result<()> {
     if opts.foreground {
-        return serve(ov, mnt, opts, None);
+        return serve(fs, mnt, opts, None, scratch);
     }
     let err = |reason: String| Error::Mount {
         path: mnt.to_path_buf(),
@@ -116,7 +121,7 @@ pub fn mount(ov: Overlay, mnt: &Path, opts: &MountOptions, verbose: bool) -> Res
             drop(rx);
             let _ = nix::unistd::setsid();
             detach_stdio(verbose);
-            let code = match serve(ov, mnt, opts, Some(tx)) {
+            let code = match serve(fs, mnt, opts, Some(tx), scratch) {
                 Ok(()) => 0,
                 Err(_) => 1,
             };
@@ -145,7 +150,13 @@ fn detach_stdio(keep_stderr: bool) {
 }
 
 /// Mounts and runs the session until unmounted or signalled.
-fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -> Result<()> {
+fn serve(
+    fs: Fuse,
+    mnt: &Path,
+    opts: &MountOptions,
+    ready: Option<OwnedFd>,
+    scratch: Option<PathBuf>,
+) -> Result<()> {
     // Block the signals before any thread starts, so every thread inherits the mask and only
     // the signal thread below receives them.
     let mut sigs = SigSet::empty();
@@ -164,10 +175,10 @@ fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -
     // /dev/fuse with the caller's rights, so /dev/fuse must be 0666, Debian's default).
     let privileged = nix::unistd::geteuid().is_root();
     let session = if privileged {
-        fuser::Session::new(Fuse::new(ov), mnt, &config)
+        fuser::Session::new(fs, mnt, &config)
     } else {
         crate::sys::fusermount(mnt, &fusermount_options(opts))
-            .and_then(|fd| fuser::Session::from_fd(Fuse::new(ov), fd, config.acl, config.clone()))
+            .and_then(|fd| fuser::Session::from_fd(fs, fd, config.acl, config.clone()))
     };
     let session = match session {
         Ok(s) => s,
@@ -203,10 +214,17 @@ fn serve(ov: Overlay, mnt: &Path, opts: &MountOptions, ready: Option<OwnedFd>) -
         }
     });
     report(ready, READY);
-    session.run().map_err(|e| Error::Mount {
+    let result = session.run().map_err(|e| Error::Mount {
         path: mnt.to_path_buf(),
         reason: format!("session: {e}"),
-    })
+    });
+    // An ephemeral upper layer ends with its mount.
+    if let Some(dir) = scratch {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            log::warn!("removing {}: {e}", dir.display());
+        }
+    }
+    result
 }
 
 /// The `-o` list for fusermount3 (which adds user_id, group_id and rootmode itself).

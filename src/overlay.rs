@@ -103,7 +103,7 @@ pub struct PassthroughStore {
 pub struct Overlay {
     tree: Arc<LowerTree>,
     /// `"<index> <digest>"` per layer, for the provenance attribute.
-    layer_labels: Vec<String>,
+    pub layer_labels: Vec<String>,
     files: Mutex<lru::LruCache<u16, Arc<File>>>,
     passthrough: Option<PassthroughStore>,
 }
@@ -214,6 +214,15 @@ impl Overlay {
         }
     }
 
+    /// Attributes of a lower node, under inode number `ino`.
+    pub fn lower_attr(&self, id: NodeId, ino: u64) -> OpResult<Attr> {
+        let (_, n) = self.node(ino_of(id))?;
+        Ok(Attr {
+            ino,
+            ..self.attr_of(id, n)
+        })
+    }
+
     fn attr_of(&self, id: NodeId, n: &Node) -> Attr {
         let size = match &n.kind {
             // Directories report a size like ext4's smallest: one block.
@@ -295,6 +304,12 @@ impl Overlay {
             NodeKind::Dir { .. } => return Err(Errno::EISDIR),
             _ => return Err(Errno::EINVAL),
         };
+        self.read_data(&data, offset, size)
+    }
+
+    /// Reads up to `size` bytes at `offset` of a lower file's data.
+    pub fn read_data(&self, data: &DataRef, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+        let data = *data;
         if offset >= data.size {
             return Ok(Vec::new());
         }

@@ -169,6 +169,17 @@ pub fn fuse_unmount(mnt: &std::path::Path, lazy: bool) -> io::Result<()> {
     ))
 }
 
+/// `fallocate(2)` on an open file (`mode`: `FALLOC_FL_*`).
+pub fn fallocate(f: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (off, len) = match (i64::try_from(offset), i64::try_from(len)) {
+        (Ok(o), Ok(l)) => (o, l),
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    // SAFETY: a valid descriptor borrowed from `f`; fallocate takes no pointers.
+    cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) }).map(drop)
+}
+
 /// A directory held open by descriptor, through which every operation on the upper tree goes.
 ///
 /// Names passed to its methods are single path components; paths of several components are
@@ -489,6 +500,11 @@ impl DirFd {
             )
         })
         .map(drop)
+    }
+
+    /// Flushes this directory to disk.
+    pub fn sync(&self) -> io::Result<()> {
+        nix::unistd::fsync(&self.0).map_err(io::Error::from)
     }
 
     /// Sets this directory's own access and modification times.

@@ -78,6 +78,10 @@ pub enum UpperEntry {
         metacopy: bool,
         /// `st_mode` of the entry.
         mode: u32,
+        /// Inode number in the upper filesystem (hard links share it).
+        ino: u64,
+        /// Link count in the upper filesystem.
+        nlink: u64,
     },
 }
 
@@ -164,6 +168,16 @@ impl Upper {
         self.root.open_beneath(Path::new(OsStr::from_bytes(path)))
     }
 
+    /// Whether the upper root itself is opaque (then no lower layer shows at all).
+    pub fn classify_self_opaque(&self, root: &DirFd) -> io::Result<bool> {
+        let _ = root;
+        let parent = DirFd::open_root(&self.path.join(".."))?;
+        let name = self.path.file_name().unwrap_or_default();
+        Ok(self
+            .get_flag(&parent, name, "opaque")?
+            .is_some_and(|v| v == b"y"))
+    }
+
     /// What the upper says about `name` in the upper directory `dir`.
     pub fn classify(&self, dir: &DirFd, name: &OsStr) -> io::Result<UpperEntry> {
         if self.format == Format::User && dir.stat(Some(&whiteout_name(name))).is_ok() {
@@ -191,6 +205,8 @@ impl Upper {
         Ok(UpperEntry::Other {
             metacopy,
             mode: st.st_mode,
+            ino: st.st_ino,
+            nlink: st.st_nlink,
         })
     }
 

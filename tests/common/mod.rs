@@ -14,6 +14,7 @@
 pub mod harness;
 pub mod image;
 pub mod listing;
+pub mod overlay;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
