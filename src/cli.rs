@@ -27,7 +27,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Mount IMAGE's merged root filesystem on MOUNTPOINT (read-only).
+    /// Mount IMAGE's merged root filesystem on MOUNTPOINT, writable: changes go to --upper DIR,
+    /// or to an ephemeral upper layer removed at unmount (--read-only for none).
     Mount {
         /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N].
         image: String,
@@ -182,7 +183,7 @@ pub struct MountArgs {
     /// Stay in the foreground (default: return once mounted, serving in the background).
     #[arg(short, long)]
     pub foreground: bool,
-    /// Mount read-only (the same as -o ro).
+    /// Mount read-only, without an upper layer (the same as -o ro).
     #[arg(long)]
     pub read_only: bool,
     /// Writable mount keeping its changes in DIR, in kernel overlayfs's upperdir format;
@@ -280,8 +281,9 @@ impl MountArgs {
             passthrough: true,
             allow_other: false,
             allow_root: false,
-            // Read-only unless asked for a writable mount (--upper or -o rw).
-            read_only: self.upper.is_none(),
+            // Writable by default, as a container's root filesystem; changes go to --upper or
+            // to an ephemeral upper removed at unmount.
+            read_only: false,
             upper: self.upper.clone(),
             work: self.work.clone(),
             foreground: self.foreground,

@@ -151,6 +151,13 @@ impl Cow {
             inodes: RwLock::new(inodes),
             handles: Mutex::new((1, HashMap::new())),
         };
+        // A fresh upper root takes the image root's attributes, so the mount (and kernel
+        // overlayfs over the same upper) shows the image's root as it is.
+        if let Some(root) = cow.ov.tree().node(crate::tree::LowerTree::ROOT) {
+            if let Err(e) = cow.upper.adopt_root(&root.meta, &root.xattrs) {
+                log::warn!("upper root: {e}");
+            }
+        }
         // The root merges the lower root unless the upper root is opaque.
         let opaque = cow
             .upper
@@ -332,9 +339,9 @@ impl Cow {
             .map_err(errno)?;
             let mut a = stat_attr(ino, &st);
             if i.file_type == libc::S_IFDIR && i.lower.is_some() {
-                // A merged directory's subdirectories are spread over layers; like kernel
-                // overlayfs, report 1 ("unknown"), which find and fts accept.
-                a.nlink = 1;
+                // A merged directory's subdirectories are spread over layers: count them in
+                // the merged view, so its link count is what the image alone would give.
+                a.nlink = self.merged_nlink(ino)?;
             }
             return Ok(a);
         }
@@ -1175,6 +1182,33 @@ impl Cow {
         Ok(())
     }
 
+    /// `2 + subdirectories` of a merged directory.
+    fn merged_nlink(&self, ino: u64) -> OpResult<u32> {
+        let i = self.inode(ino)?;
+        let path = self.path_of(ino)?;
+        let tree = self.ov.tree();
+        let mut n = 2u32;
+        let mut err = None;
+        self.merged_listing(ino, |name, lower, upper| {
+            let is_dir = if upper {
+                match self.resolve_child(&i, &path, name) {
+                    Ok(c) => c.is_some_and(|c| c.file_type == libc::S_IFDIR),
+                    Err(e) => {
+                        err = Some(e);
+                        return true;
+                    }
+                }
+            } else {
+                lower
+                    .and_then(|id| tree.node(id))
+                    .is_some_and(|n| n.is_dir())
+            };
+            n += u32::from(is_dir);
+            false
+        })?;
+        err.map_or(Ok(n), Err)
+    }
+
     /// Takes a snapshot of a directory's merged listing.
     pub fn opendir(&self, ino: u64) -> OpResult<u64> {
         let i = self.inode(ino)?;
@@ -1273,12 +1307,14 @@ impl Cow {
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> OpResult<Vec<u8>> {
         let i = self.inode(ino)?;
         if name == PROVENANCE_XATTR {
-            if i.upper {
-                return Ok(b"upper".to_vec());
-            }
+            // A directory merged with a lower one still comes from that layer; anything
+            // copied up or created since comes from the upper layer.
             return match i.lower {
-                Some(id) => self.ov.getxattr(ino_of(id), name),
-                None => Err(Errno::ENODATA),
+                Some(id) if !i.upper || i.file_type == libc::S_IFDIR => {
+                    self.ov.getxattr(ino_of(id), name)
+                }
+                _ if i.upper => Ok(b"upper".to_vec()),
+                _ => Err(Errno::ENODATA),
             };
         }
         if is_private_xattr(name) {

@@ -107,6 +107,9 @@ fn scenario(name: &str, ops: impl Fn(&Path) -> Log) {
         p
     };
     let (ku, kw) = (dirs("k-upper"), dirs("k-work"));
+    // rimgfs gives a fresh upper root the image root's attributes (here the implicit root:
+    // 0755, 0:0, mtime 0); do the same for the kernel's.
+    common::overlay::set_time(&ku, (0, 0));
     let Some(k) = require(
         OverlayMount::mount(&lowers, Some((&ku, &kw)), KERNEL_OPTS, &sb.path("k-mnt")).ok(),
         "kernel overlayfs cannot be mounted here",

@@ -239,7 +239,10 @@ fn mount_xattr_provenance_is_answered_not_listed() {
 fn mount_statfs_reports_image_size() {
     let sb = Sandbox::new();
     let (p, _) = write_image(&sb);
-    let Some(m) = mount(&sb, &p) else { return };
+    // Read-only: nothing free (a writable mount reports its upper filesystem's free space).
+    let Some(m) = MountGuard::start(MountOpts::new(&p, &sb.cache()).args(&["--read-only"])) else {
+        return;
+    };
     let want = expected();
     // Each inode once: regular files by hard-link group.
     let mut seen = HashSet::new();
@@ -285,10 +288,12 @@ fn mount_statfs_reports_image_size() {
 }
 
 #[test]
-fn mount_is_read_only() {
+fn mount_read_only_refuses_every_change() {
     let sb = Sandbox::new();
     let (p, _) = write_image(&sb);
-    let Some(m) = mount(&sb, &p) else { return };
+    let Some(m) = MountGuard::start(MountOpts::new(&p, &sb.cache()).args(&["--read-only"])) else {
+        return;
+    };
     let erofs = |r: std::io::Result<()>, what: &str| {
         let e = r
             .err()

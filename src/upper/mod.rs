@@ -168,6 +168,30 @@ impl Upper {
         self.root.open_beneath(Path::new(OsStr::from_bytes(path)))
     }
 
+    /// Gives a fresh, empty upper root the image root's owner, mode, times and xattrs. An
+    /// upper root that holds anything keeps its own: it is a mount's earlier state.
+    pub fn adopt_root(
+        &self,
+        meta: &crate::layer::entry::Meta,
+        xattrs: &[crate::layer::entry::Xattr],
+    ) -> io::Result<()> {
+        if !self.root.list()?.is_empty() {
+            return Ok(());
+        }
+        let parent = DirFd::open_root(&self.path.join(".."))?;
+        let name = self.path.file_name().unwrap_or_default();
+        for (k, v) in xattrs.iter().filter(|(k, _)| !is_private_xattr(k)) {
+            parent.set_xattr(name, k, v, 0)?;
+        }
+        parent.chown(name, Some(meta.uid), Some(meta.gid))?;
+        parent.chmod(name, meta.mode)?;
+        let t = libc::timespec {
+            tv_sec: meta.mtime,
+            tv_nsec: i64::from(meta.mtime_nsec),
+        };
+        self.root.set_own_times(&[t, t])
+    }
+
     /// Whether the upper root itself is opaque (then no lower layer shows at all).
     pub fn classify_self_opaque(&self, root: &DirFd) -> io::Result<bool> {
         let _ = root;
