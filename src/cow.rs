@@ -440,8 +440,20 @@ impl Cow {
         if !i.upper {
             // Parents first: each parent inode becomes upper too.
             self.mark_parents_upper(i.parent)?;
-            copy_up(&self.upper, self.ov.tree(), &path, mode).map_err(errno)?;
+            let tree = self.ov.tree();
+            let linked = i
+                .lower
+                .and_then(|id| tree.node(id))
+                .is_some_and(|n| !n.is_dir() && n.nlink > 1);
+            // A hard-linked file is copied whole and linked under all its names at once, so a
+            // write through one name shows through the others (a later data copy would
+            // replace the inode of one name only).
+            let mode = if linked { CopyMode::Full } else { mode };
+            copy_up(&self.upper, tree, &path, mode).map_err(errno)?;
             self.set_upper(ino, true)?;
+            if let (true, Some(id)) = (linked, i.lower) {
+                self.link_other_names(id, &path)?;
+            }
         }
         if mode == CopyMode::Full && i.file_type == libc::S_IFREG {
             let (dir, name) = self.split(&path)?;
@@ -452,6 +464,88 @@ impl Cow {
                 let data = self.lower_data(&i)?;
                 complete_data(&self.upper, self.ov.tree(), &dir, name, &data).map_err(errno)?;
             }
+        }
+        Ok(())
+    }
+
+    /// After the copy-up of lower node `id` at `done`, gives every other name of it that the
+    /// merged view still shows a hard link to the upper copy.
+    fn link_other_names(&self, id: NodeId, done: &[u8]) -> OpResult<()> {
+        let (sdir, sname) = self.split(done)?;
+        let sname = sname.ok_or(Errno::EIO)?.to_os_string();
+        for other in self.ov.tree().paths_of(id) {
+            if other == done {
+                continue;
+            }
+            let still_lower = self
+                .merged_child_at(&other)?
+                .is_some_and(|c| c.upper.is_none() && c.lower == Some(id));
+            if !still_lower {
+                continue;
+            }
+            let (parent, name) = match other.iter().rposition(|&b| b == b'/') {
+                Some(k) => (&other[..k], &other[k + 1..]),
+                None => (&b""[..], &other[..]),
+            };
+            if !parent.is_empty() {
+                copy_up(&self.upper, self.ov.tree(), parent, CopyMode::Full).map_err(errno)?;
+            }
+            self.mark_path_upper(parent)?;
+            let pdir = self.upper_dir(parent)?;
+            let times = pdir.stat(None).map_err(errno)?;
+            pdir.link(&sdir, &sname, OsStr::from_bytes(name))
+                .map_err(errno)?;
+            pdir.set_own_times(&[
+                libc::timespec {
+                    tv_sec: times.st_atime,
+                    tv_nsec: times.st_atime_nsec,
+                },
+                libc::timespec {
+                    tv_sec: times.st_mtime,
+                    tv_nsec: times.st_mtime_nsec,
+                },
+            ])
+            .map_err(errno)?;
+        }
+        Ok(())
+    }
+
+    /// The merged child at a path, resolved from the root.
+    fn merged_child_at(&self, path: &[u8]) -> OpResult<Option<Child>> {
+        let mut cur = self.inode(ROOT)?;
+        let mut cur_path: Vec<u8> = Vec::new();
+        let mut last = None;
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            let name = OsStr::from_bytes(comp);
+            let Some(c) = self.resolve_child(&cur, &cur_path, name)? else {
+                return Ok(None);
+            };
+            cur = Inode {
+                parent: 0,
+                name: name.to_os_string(),
+                lower: c.lower,
+                upper: c.upper.is_some(),
+                file_type: c.file_type,
+                lookups: 0,
+            };
+            cur_path = join(&cur_path, name);
+            last = Some(c);
+        }
+        Ok(last)
+    }
+
+    /// Marks the known inodes along `path` (directories just copied up) as upper.
+    fn mark_path_upper(&self, path: &[u8]) -> OpResult<()> {
+        let mut st = self.inodes.write().map_err(|_| Errno::EIO)?;
+        let mut cur = ROOT;
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            let Some(&next) = st.at.get(&(cur, OsStr::from_bytes(comp).to_os_string())) else {
+                break;
+            };
+            if let Some(n) = st.map.get_mut(&next) {
+                n.upper = true;
+            }
+            cur = next;
         }
         Ok(())
     }

@@ -175,10 +175,19 @@ fn open_upper(
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos());
-            let base = cache
-                .root()
-                .join("ephemeral")
-                .join(format!("{}.{stamp}", std::process::id()));
+            let eph = cache.root().join("ephemeral");
+            remove_dead_ephemeral(&eph);
+            let base = eph.join(format!("{}.{stamp}", std::process::id()));
+            let err = |e: std::io::Error| Error::Mount {
+                path: base.clone(),
+                reason: e.to_string(),
+            };
+            std::fs::create_dir_all(&base).map_err(err)?;
+            let lock = std::fs::File::create(base.join(EPHEMERAL_LOCK)).map_err(err)?;
+            let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, e)| err(e.into()))?;
+            // Held until the daemon (which inherits it across the fork) exits.
+            std::mem::forget(held);
             (base.join("upper"), base.join("work"), Some(base))
         }
     };
@@ -187,6 +196,28 @@ fn open_upper(
         reason: format!("cannot use as upper directory: {e}"),
     })?;
     Ok((u, scratch))
+}
+
+/// Lock file of an ephemeral upper layer: held (flock) by its daemon for its whole life.
+const EPHEMERAL_LOCK: &str = "lock";
+
+/// Removes ephemeral upper layers whose daemon is gone (killed before it could clean up):
+/// those whose lock nobody holds.
+fn remove_dead_ephemeral(dir: &std::path::Path) {
+    use nix::fcntl::{Flock, FlockArg};
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(f) = std::fs::File::open(e.path().join(EPHEMERAL_LOCK)) else {
+            continue;
+        };
+        if Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok() {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                log::warn!("removing stale {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// Prints an error as `rimgfs: <error>: <cause>...` and maps it to the exit status.

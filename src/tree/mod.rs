@@ -158,6 +158,18 @@ impl LowerTree {
         self.entries.len() + 1
     }
 
+    /// Every path naming `id` (several for a hard link), found by a full walk: for the rare
+    /// copy-up of a hard-linked file.
+    pub fn paths_of(&self, id: NodeId) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        self.walk(|p, n| {
+            if n == id {
+                out.push(p.to_vec());
+            }
+        });
+        out
+    }
+
     /// Visits every path depth first in name order: `(path, node)`, the root as `""`.
     pub fn walk(&self, mut f: impl FnMut(&[u8], NodeId)) {
         let mut path = Vec::new();
