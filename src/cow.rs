@@ -1011,6 +1011,16 @@ impl Cow {
         if !p.upper {
             self.ensure_upper(parent, CopyMode::Full)?;
         }
+        let hard_linked = c.upper.is_none()
+            && c.lower
+                .and_then(|id| self.ov.tree().node(id))
+                .is_some_and(|n| !is_dir && n.nlink > 1);
+        if hard_linked {
+            // Its other names must count one link less: copy it up under all of them, so the
+            // upper's link count is the truth once this name goes (kernel overlayfs without
+            // index=on keeps reporting the lower count).
+            self.ensure_upper(ino, CopyMode::Full)?;
+        }
         let dir = self.upper_dir(&ppath)?;
         let lower_here = p
             .lower
