@@ -629,6 +629,11 @@ impl Cow {
         Ok(fh)
     }
 
+    /// The upper file behind an open handle, if it is one.
+    pub fn handle_file(&self, fh: u64) -> Option<Arc<File>> {
+        self.file_handle(fh).ok().flatten()
+    }
+
     fn file_handle(&self, fh: u64) -> OpResult<Option<Arc<File>>> {
         let hs = lock(&self.handles)?;
         match hs.1.get(&fh) {

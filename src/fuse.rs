@@ -47,6 +47,9 @@ pub struct Fuse {
     /// Backing ids of inodes open in passthrough mode, with their open counts: the kernel
     /// wants one id per inode for as long as any handle is open.
     backing: Mutex<HashMap<u64, (BackingId, u32)>>,
+    /// Writable view: the I/O mode of each open inode (a backing id for passthrough, `None`
+    /// for cached) and its open count; the kernel refuses to mix the modes on one inode.
+    cow_io: Mutex<HashMap<u64, (Option<BackingId>, u32)>>,
 }
 
 impl Fuse {
@@ -73,6 +76,52 @@ impl Fuse {
             no_opendir: AtomicBool::new(false),
             no_open: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
+            cow_io: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The I/O mode for a new open of `ino` (with handle `fh`) in the writable view: the mode
+    /// of its other opens if it has any; else passthrough to the upper file if `fh` holds one;
+    /// else cached. `register` makes the backing id. Returns whether to reply passthrough,
+    /// with the map locked so the id can be borrowed for the reply.
+    fn cow_mode<'a>(
+        &'a self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> std::sync::MutexGuard<'a, HashMap<u64, (Option<BackingId>, u32)>> {
+        let mut map = match self.cow_io.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n += 1;
+            return map;
+        }
+        let file = (self.passthrough.load(Ordering::Relaxed) && fh != 0)
+            .then(|| self.cow.as_ref().and_then(|c| c.handle_file(fh)))
+            .flatten();
+        let id = file.and_then(|f| match register(&f) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                log::info!("kernel passthrough refused ({e}); writes go through the daemon");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        });
+        map.insert(ino, (id, 1));
+        map
+    }
+
+    /// Counts a close in the writable view.
+    fn cow_release(&self, ino: u64) {
+        if let Ok(mut map) = self.cow_io.lock() {
+            if let Some((_, n)) = map.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ino);
+                }
+            }
         }
     }
 
@@ -184,7 +233,12 @@ impl Filesystem for Fuse {
         }
         let _ = config.set_max_readahead(MAX_READAHEAD);
         if self.cow.is_some() {
-            // Directory handles carry listing snapshots and file handles the upper files.
+            // Directory handles carry listing snapshots and file handles the upper files;
+            // open upper files are handed to the kernel (passthrough) where it may.
+            let pt = nix::unistd::geteuid().is_root()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough.store(pt, Ordering::Relaxed);
             return Ok(());
         }
         // Depth 1: backing files live on a plain filesystem (the cache), and this mount may
@@ -427,9 +481,16 @@ impl Filesystem for Fuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={}, flags={:#o})", ino.0, flags.0);
         if let Some(c) = &self.cow {
-            return match c.open(ino.0, flags.0) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(errno(e)),
+            let fh = match c.open(ino.0, flags.0) {
+                Ok(fh) => fh,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let map = self.cow_mode(ino.0, fh, |f| reply.open_backing(f));
+            return match map.get(&ino.0) {
+                Some((Some(id), _)) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
+                }
+                _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             };
         }
         match self.ov.open(ino.0, flags.0) {
@@ -461,15 +522,17 @@ impl Filesystem for Fuse {
         let Some(c) = &self.cow else {
             return reply.error(errno(Errno::EROFS));
         };
-        match c.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno(e)),
+        let (a, fh) = match c.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let map = self.cow_mode(a.ino, fh, |f| reply.open_backing(f));
+        let (attr, fh) = (file_attr(&a), FileHandle(fh));
+        match map.get(&a.ino) {
+            Some((Some(id), _)) => {
+                reply.created_passthrough(&TTL, &attr, Generation(0), fh, FopenFlags::empty(), id)
+            }
+            _ => reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty()),
         }
     }
 
@@ -486,6 +549,7 @@ impl Filesystem for Fuse {
         debug!("release(ino={}, fh={})", ino.0, fh.0);
         if let Some(c) = &self.cow {
             c.release(fh.0);
+            self.cow_release(ino.0);
             return reply.ok();
         }
         // A passthrough handle carries its inode as fh; the last release drops the backing id.
