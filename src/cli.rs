@@ -322,6 +322,10 @@ impl MountArgs {
         if self.read_only {
             o.read_only = true;
         }
+        if !o.read_only && !o.default_permissions {
+            // The writable view leaves every permission check to the kernel.
+            return Err(Error::Usage("nodefault_permissions needs --read-only".into()));
+        }
         if o.read_only && o.upper.is_some() {
             return Err(Error::Usage(
                 "--upper makes a writable mount; it cannot be read-only".into(),
@@ -357,10 +361,14 @@ mod tests {
     fn mount_options_table() {
         let o = args(&["suid,dev", "allow_other,ro"]).to_config().unwrap();
         assert!(o.suid && o.dev && o.allow_other && o.read_only);
-        let o = args(&["nodefault_permissions,noexec,nopassthrough"])
+        let o = args(&["ro,nodefault_permissions,noexec,nopassthrough"])
             .to_config()
             .unwrap();
         assert!(!o.default_permissions && !o.exec && !o.passthrough);
+        // Writable mounts keep the kernel's permission checks.
+        assert!(matches!(args(&["nodefault_permissions"]).to_config(), Err(Error::Usage(_))));
+        let o = args(&["rw"]).to_config().unwrap();
+        assert!(!o.read_only && o.upper.is_none());
         assert!(matches!(args(&["bogus"]).to_config(), Err(Error::Usage(_))));
         assert!(matches!(
             args(&["allow_other,allow_root"]).to_config(),
