@@ -490,7 +490,9 @@ impl Filesystem for Fuse {
                 Some((Some(id), _)) => {
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
                 }
-                _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                // Not FOPEN_KEEP_CACHE: writes through a passthrough open bypass this inode's
+                // page cache, so a later cached open must not trust pages kept from before.
+                _ => reply.opened(FileHandle(fh), FopenFlags::empty()),
             };
         }
         match self.ov.open(ino.0, flags.0) {
