@@ -324,7 +324,9 @@ impl MountArgs {
         }
         if !o.read_only && !o.default_permissions {
             // The writable view leaves every permission check to the kernel.
-            return Err(Error::Usage("nodefault_permissions needs --read-only".into()));
+            return Err(Error::Usage(
+                "nodefault_permissions needs --read-only".into(),
+            ));
         }
         if o.read_only && o.upper.is_some() {
             return Err(Error::Usage(
@@ -366,7 +368,10 @@ mod tests {
             .unwrap();
         assert!(!o.default_permissions && !o.exec && !o.passthrough);
         // Writable mounts keep the kernel's permission checks.
-        assert!(matches!(args(&["nodefault_permissions"]).to_config(), Err(Error::Usage(_))));
+        assert!(matches!(
+            args(&["nodefault_permissions"]).to_config(),
+            Err(Error::Usage(_))
+        ));
         let o = args(&["rw"]).to_config().unwrap();
         assert!(!o.read_only && o.upper.is_none());
         assert!(matches!(args(&["bogus"]).to_config(), Err(Error::Usage(_))));

@@ -585,7 +585,7 @@ impl Cow {
     }
 
     /// Opens a file; writing (or truncating) copies it up first.
-    pub fn open(&self, ino: u64, flags: i32) -> OpResult<u64> {
+    pub fn open(&self, ino: u64, flags: i32, who: Caller) -> OpResult<u64> {
         let i = self.inode(ino)?;
         if i.file_type == libc::S_IFDIR {
             return Err(Errno::EISDIR);
@@ -606,7 +606,22 @@ impl Cow {
         let f = dir
             .open_file(name, keep & !libc::O_APPEND, 0)
             .map_err(errno)?;
+        if flags & libc::O_TRUNC != 0 && who.uid != 0 {
+            kill_privs(&f)?;
+        }
         self.new_handle(Handle::File(Arc::new(f)))
+    }
+
+    /// Whether an open handle may be given to the kernel (passthrough): not for set-id or
+    /// capability-carrying files, whose privileges a write by a user must drop, which the
+    /// kernel's passthrough write (done with the daemon's rights) would not do.
+    pub fn may_pass_through(&self, fh: u64) -> bool {
+        self.handle_file(fh).is_some_and(|f| {
+            f.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.mode() & (libc::S_ISUID | libc::S_ISGID) == 0
+            }) && !crate::sys::has_xattr(&f, CAPABILITY_XATTR)
+        })
     }
 
     fn is_metacopy(&self, ino: u64) -> OpResult<bool> {
@@ -669,8 +684,19 @@ impl Cow {
     }
 
     /// Writes to an open file.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], append: bool) -> OpResult<u32> {
+    /// `kill` (the kernel's `FUSE_WRITE_KILL_SUIDGID`): the writer may not keep set-id bits.
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+        kill: bool,
+    ) -> OpResult<u32> {
         let f = self.file_handle(fh)?.ok_or(Errno::EBADF)?;
+        if kill {
+            kill_privs(&f)?;
+        }
         let offset = if append {
             f.metadata().map_err(errno)?.len()
         } else {
@@ -707,6 +733,7 @@ impl Cow {
         size: Option<u64>,
         times: Option<[libc::timespec; 2]>,
         fh: Option<u64>,
+        who: Caller,
     ) -> OpResult<Attr> {
         let _ns = lock(&self.ns)?;
         let i = self.inode(ino)?;
@@ -734,12 +761,14 @@ impl Cow {
             dir.chmod(name, m).map_err(errno)?;
         }
         if let Some(sz) = size {
-            match fh.map(|h| self.file_handle(h)).transpose()?.flatten() {
-                Some(f) => f.set_len(sz).map_err(errno)?,
-                None => dir
-                    .open_file(name, libc::O_WRONLY, 0)
-                    .and_then(|f| f.set_len(sz))
-                    .map_err(errno)?,
+            let f = match fh.map(|h| self.file_handle(h)).transpose()?.flatten() {
+                Some(f) => f,
+                None => Arc::new(dir.open_file(name, libc::O_WRONLY, 0).map_err(errno)?),
+            };
+            f.set_len(sz).map_err(errno)?;
+            // Truncation by a user drops set-id bits, as the kernel would for a local file.
+            if who.uid != 0 {
+                kill_privs(&f)?;
             }
         }
         if let Some(t) = times {
@@ -1536,6 +1565,25 @@ impl Cow {
             ffree: s.files_free(),
         })
     }
+}
+
+/// The file capability attribute, dropped with set-id bits on writes by users.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// Drops setuid (and setgid, when group-executable) and file capabilities, as the kernel
+/// does when an unprivileged writer changes a file; the daemon writes as root, so it must.
+fn kill_privs(f: &File) -> OpResult<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = f.metadata().map_err(errno)?.mode();
+    let mut new = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        new &= !libc::S_ISGID;
+    }
+    if new != mode {
+        f.set_permissions(std::fs::Permissions::from_mode(new & 0o7777))
+            .map_err(errno)?;
+    }
+    crate::sys::remove_xattr_fd(f, CAPABILITY_XATTR).map_err(errno)
 }
 
 fn join(dir: &[u8], name: &OsStr) -> Vec<u8> {

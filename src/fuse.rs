@@ -99,7 +99,10 @@ impl Fuse {
             return map;
         }
         let file = (self.passthrough.load(Ordering::Relaxed) && fh != 0)
-            .then(|| self.cow.as_ref().and_then(|c| c.handle_file(fh)))
+            .then(|| {
+                let c = self.cow.as_ref()?;
+                c.may_pass_through(fh).then(|| c.handle_file(fh)).flatten()
+            })
             .flatten();
         let id = file.and_then(|f| match register(&f) {
             Ok(id) => Some(id),
@@ -239,6 +242,9 @@ impl Filesystem for Fuse {
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
             self.passthrough.store(pt, Ordering::Relaxed);
+            // The daemon drops set-id bits itself (it is told when, per write): without this
+            // the kernel asks for security.capability before every single write.
+            let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
             return Ok(());
         }
         // Depth 1: backing files live on a plain filesystem (the cache), and this mount may
@@ -292,7 +298,7 @@ impl Filesystem for Fuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -317,7 +323,16 @@ impl Filesystem for Fuse {
         };
         let times =
             (atime.is_some() || mtime.is_some()).then(|| [timespec(atime), timespec(mtime)]);
-        match c.setattr(ino.0, mode, uid, gid, size, times, fh.map(|h| h.0)) {
+        match c.setattr(
+            ino.0,
+            mode,
+            uid,
+            gid,
+            size,
+            times,
+            fh.map(|h| h.0),
+            caller(req),
+        ) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
@@ -478,10 +493,10 @@ impl Filesystem for Fuse {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={}, flags={:#o})", ino.0, flags.0);
         if let Some(c) = &self.cow {
-            let fh = match c.open(ino.0, flags.0) {
+            let fh = match c.open(ino.0, flags.0, caller(req)) {
                 Ok(fh) => fh,
                 Err(e) => return reply.error(errno(e)),
             };
@@ -600,7 +615,7 @@ impl Filesystem for Fuse {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -614,7 +629,8 @@ impl Filesystem for Fuse {
         let Some(c) = &self.cow else {
             return reply.error(errno(Errno::EROFS));
         };
-        match c.write(fh.0, offset, data, flags.0 & libc::O_APPEND != 0) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match c.write(fh.0, offset, data, flags.0 & libc::O_APPEND != 0, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }

@@ -180,6 +180,27 @@ pub fn fallocate(f: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::Res
     cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) }).map(drop)
 }
 
+/// Whether an open file has the extended attribute `name` (errors count as no).
+pub fn has_xattr(f: &std::fs::File, name: &[u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(n) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: valid descriptor and C string; a null buffer of size 0 asks for the size only.
+    unsafe { libc::fgetxattr(f.as_raw_fd(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+/// Removes the extended attribute `name` of an open file, if it has it.
+pub fn remove_xattr_fd(f: &std::fs::File, name: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let n = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid descriptor and C string.
+    match cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), n.as_ptr()) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
 /// A directory held open by descriptor, through which every operation on the upper tree goes.
 ///
 /// Names passed to its methods are single path components; paths of several components are
