@@ -585,3 +585,70 @@ fn cow_links_and_special_files() {
         log
     });
 }
+
+/// Runs `sh -c script` as the unprivileged user `nobody` (65534).
+fn as_nobody(script: &str) -> std::process::ExitStatus {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .status()
+        .expect("setpriv")
+}
+
+#[test]
+fn cow_write_by_user_drops_setuid_as_the_kernel_does() {
+    const SPEC: &str = "L0: file /s 4757 'x'; file /g 2777 'y'; file /keep 4757 'z'\n";
+    let sb = Sandbox::new();
+    let def = ImageDef::from_spec(SPEC);
+    let image = sb.image(SPEC);
+    let lowers = extract_layers(&def.layers, &sb.path("lower"));
+    let (ku, kw) = (sb.path("k-upper"), sb.path("k-work"));
+    for d in [&ku, &kw] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let script = |m: &Path| {
+        format!(
+            "echo more >> {0}/s && echo more >> {0}/g && : > {0}/g",
+            m.display()
+        )
+    };
+    let modes = |m: &Path| -> Vec<u32> {
+        ["s", "g", "keep"]
+            .iter()
+            .map(|n| std::fs::metadata(m.join(n)).unwrap().permissions().mode() & 0o7777)
+            .collect()
+    };
+    let Some(k) = require(
+        OverlayMount::mount(&lowers, Some((&ku, &kw)), KERNEL_OPTS, &sb.path("k-mnt")).ok(),
+        "kernel overlayfs cannot be mounted here",
+    ) else {
+        return;
+    };
+    assert!(as_nobody(&script(&k.mnt)).success());
+    let want = modes(&k.mnt);
+    k.unmount();
+    let cache = sb.cache();
+    let ru = sb.path("r-upper");
+    let args = [
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--upper",
+        ru.to_str().unwrap(),
+        "-o",
+        "allow_other",
+    ];
+    let Some(m) = MountGuard::mount(&image, &args) else {
+        return;
+    };
+    assert!(as_nobody(&script(m.path())).success());
+    let got = modes(m.path());
+    m.unmount();
+    assert_eq!(got, want, "set-id bits after writes by a user (s, g, keep)");
+    assert_eq!(want, [0o757, 0o777, 0o4757]);
+}
