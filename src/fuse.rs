@@ -3,8 +3,11 @@
 //!
 //! Each method decodes its arguments, logs them at debug, calls one method and replies. The
 //! only fuser types in the crate live here. Every change goes through this mount, so the
-//! kernel's own caches stay right: entries and attributes are cached for a long time and file
-//! pages are kept (`FOPEN_KEEP_CACHE`). Dependencies: overlay, cow, fuser.
+//! kernel's own caches stay right: entries and attributes are cached for a long time. A
+//! read-only mount also keeps file pages and listings (`FOPEN_KEEP_CACHE`, `FOPEN_CACHE_DIR`)
+//! and skips opendir (and open, without passthrough) round trips; a writable one hands open
+//! upper files to the kernel (passthrough), one I/O mode per inode.
+//! Dependencies: overlay, cow, fuser.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

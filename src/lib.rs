@@ -3,7 +3,9 @@
 //! Data flows one way, each stage knowing only the one below:
 //! ```text
 //! image (sources, manifests) ─▶ layer (tar index, cache) ─▶ tree (merged lower, immutable)
-//!     ─▶ overlay (operations, Result<_, Errno>) ─▶ fuse (thin adapter) ─▶ cli / mount
+//!     ─▶ overlay (read operations, Result<_, Errno>) ─▶ cow (+ upper: writes, copy-up)
+//!     ─▶ fuse (thin adapter) ─▶ cli / mount
+//! changes (upper dir → A/C/D) ─▶ commit (new layer and image)
 //! ```
 //! Nothing below `fuse` knows fuser types, so the logic is tested without a kernel.
 
