@@ -53,6 +53,10 @@ struct Inode {
     file_type: u32,
     /// Kernel references (lookups minus forgets).
     lookups: u64,
+    /// Names in the merged view known to lead here (several for a hard link).
+    names: u32,
+    /// No name leads here any more: the inode lives on only through open files.
+    unlinked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +67,56 @@ struct Inodes {
     /// answers one inode, across mounts too.
     by_upper: HashMap<u64, u64>,
     next: u64,
+}
+
+impl Inodes {
+    /// Makes `key` (parent, name) lead to `ino`; an inode it led to before loses that name.
+    fn bind(&mut self, key: (u64, OsString), ino: u64) {
+        match self.at.insert(key.clone(), ino) {
+            Some(old) if old == ino => return,
+            Some(old) => self.lose_name(old, &key),
+            None => {}
+        }
+        if let Some(i) = self.map.get_mut(&ino) {
+            i.names += 1;
+            if i.unlinked {
+                i.unlinked = false;
+                (i.parent, i.name) = key;
+            }
+        }
+    }
+
+    /// Removes the name `key`: the inode it led to moves to another of its names, or is
+    /// unlinked when it has none left.
+    fn unbind(&mut self, key: &(u64, OsString)) {
+        if let Some(ino) = self.at.remove(key) {
+            self.lose_name(ino, key);
+        }
+    }
+
+    fn lose_name(&mut self, ino: u64, key: &(u64, OsString)) {
+        let Some(i) = self.map.get_mut(&ino) else {
+            return;
+        };
+        i.names = i.names.saturating_sub(1);
+        if (i.parent, &i.name) != (key.0, &key.1) {
+            return;
+        }
+        if i.names == 0 {
+            i.unlinked = true;
+            return;
+        }
+        // A hard link with other names: rare, so a scan is fine.
+        let other = self
+            .at
+            .iter()
+            .find(|(_, v)| **v == ino)
+            .map(|(k, _)| k.clone());
+        if let (Some((p, n)), Some(i)) = (other, self.map.get_mut(&ino)) {
+            i.parent = p;
+            i.name = n;
+        }
+    }
 }
 
 /// An open file or directory.
@@ -118,6 +172,22 @@ fn stat_attr(ino: u64, st: &FileStat) -> Attr {
     }
 }
 
+fn meta_attr(ino: u64, m: &std::fs::Metadata) -> Attr {
+    use std::os::unix::fs::MetadataExt;
+    Attr {
+        ino,
+        mode: m.mode(),
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        size: m.size(),
+        blocks: m.blocks(),
+        rdev: m.rdev(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec() as u32,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> OpResult<std::sync::MutexGuard<'_, T>> {
     m.lock().map_err(|_| {
         log::error!("a lock was poisoned");
@@ -142,6 +212,8 @@ impl Cow {
                 upper: root_upper,
                 file_type: libc::S_IFDIR,
                 lookups: 1,
+                names: 0,
+                unlinked: false,
             },
         );
         let cow = Cow {
@@ -193,6 +265,9 @@ impl Cow {
         let mut cur = ino;
         while cur != ROOT {
             let i = st.map.get(&cur).ok_or(Errno::ESTALE)?;
+            if i.unlinked {
+                return Err(Errno::ESTALE);
+            }
             names.push(&i.name);
             cur = i.parent;
             if names.len() > MAX_DEPTH {
@@ -278,34 +353,26 @@ impl Cow {
             }) if *nlink > 1 => Some(*uino),
             _ => None,
         };
-        let ino = match st.at.get(&key) {
-            Some(&ino) => ino,
-            None if linked
-                .and_then(|u| st.by_upper.get(&u))
-                .is_some_and(|i| st.map.contains_key(i)) =>
-            {
-                let ino = linked
-                    .and_then(|u| st.by_upper.get(&u).copied())
-                    .unwrap_or_default();
-                st.at.insert(key, ino);
-                ino
-            }
+        let known = st.at.get(&key).copied();
+        let ino = match known {
+            Some(ino) => ino,
             None => {
+                let by_upper = linked
+                    .and_then(|u| st.by_upper.get(&u).copied())
+                    .filter(|i| st.map.contains_key(i));
                 let by_lower = c.lower.map(ino_of).filter(|i| !st.map.contains_key(i));
                 // A lower hard link seen under a second name shares the inode.
                 let shared = c.lower.map(ino_of).filter(|i| {
                     c.file_type != libc::S_IFDIR
                         && st.map.get(i).is_some_and(|n| n.lower == c.lower)
                 });
-                let ino = match by_lower.or(shared) {
+                match by_upper.or(by_lower).or(shared) {
                     Some(i) => i,
                     None => {
                         st.next += 1;
                         st.next - 1
                     }
-                };
-                st.at.insert(key, ino);
-                ino
+                }
             }
         };
         let entry = st.map.entry(ino).or_insert_with(|| Inode {
@@ -315,12 +382,17 @@ impl Cow {
             upper: c.upper.is_some(),
             file_type: c.file_type,
             lookups: 0,
+            names: 0,
+            unlinked: false,
         });
         entry.upper = c.upper.is_some();
         entry.lower = c.lower;
         entry.file_type = c.file_type;
         if count {
             entry.lookups += 1;
+        }
+        if known.is_none() {
+            st.bind(key, ino);
         }
         if let Some(u) = linked {
             st.by_upper.insert(u, ino);
@@ -338,6 +410,9 @@ impl Cow {
             }
             .map_err(errno)?;
             let mut a = stat_attr(ino, &st);
+            if let Some((uid, gid, mode)) = self.upper.owner_override(&dir, name) {
+                (a.uid, a.gid, a.mode) = (uid, gid, (a.mode & libc::S_IFMT) | mode);
+            }
             if i.file_type == libc::S_IFDIR && i.lower.is_some() {
                 // A merged directory's subdirectories are spread over layers: count them in
                 // the merged view, so its link count is what the image alone would give.
@@ -405,8 +480,21 @@ impl Cow {
     }
 
     /// Attributes of an inode.
-    pub fn getattr(&self, ino: u64) -> OpResult<Attr> {
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> OpResult<Attr> {
+        // An open upper file answers for itself, whatever became of its names.
+        if let Some(f) = fh.and_then(|h| self.handle_file(h)) {
+            let m = f.metadata().map_err(errno)?;
+            return Ok(meta_attr(ino, &m));
+        }
         let i = self.inode(ino)?;
+        if i.unlinked {
+            // Only open descriptors still reach it: a lower file no name shows any more.
+            let id = i.lower.ok_or(Errno::ESTALE)?;
+            return Ok(Attr {
+                nlink: 0,
+                ..self.ov.lower_attr(id, ino)?
+            });
+        }
         let path = self.path_of(ino)?;
         self.attr(ino, &i, &path)
     }
@@ -449,8 +537,7 @@ impl Cow {
             // write through one name shows through the others (a later data copy would
             // replace the inode of one name only).
             let mode = if linked { CopyMode::Full } else { mode };
-            copy_up(&self.upper, tree, &path, mode).map_err(errno)?;
-            self.set_upper(ino, true)?;
+            self.copy_inode(ino, mode)?;
             if let (true, Some(id)) = (linked, i.lower) {
                 self.link_other_names(id, &path)?;
             }
@@ -527,6 +614,8 @@ impl Cow {
                 upper: c.upper.is_some(),
                 file_type: c.file_type,
                 lookups: 0,
+                names: 0,
+                unlinked: false,
             };
             cur_path = join(&cur_path, name);
             last = Some(c);
@@ -569,11 +658,23 @@ impl Cow {
             ino = i.parent;
         }
         for ino in chain.into_iter().rev() {
-            let path = self.path_of(ino)?;
-            copy_up(&self.upper, self.ov.tree(), &path, CopyMode::Full).map_err(errno)?;
-            self.set_upper(ino, true)?;
+            self.copy_inode(ino, CopyMode::Full)?;
         }
         Ok(())
+    }
+
+    /// Copies one inode (its parent already upper) from the lower node it continues, which is
+    /// not necessarily the lower entry at its merged path (below a renamed directory, say).
+    fn copy_inode(&self, ino: u64, mode: CopyMode) -> OpResult<()> {
+        let i = self.inode(ino)?;
+        let tree = self.ov.tree();
+        let node = i.lower.and_then(|id| tree.node(id)).ok_or_else(|| {
+            log::error!("inode {ino} has neither an upper nor a lower entry");
+            Errno::EIO
+        })?;
+        let pdir = self.upper_dir(&self.path_of(i.parent)?)?;
+        copy_node(&self.upper, tree, &pdir, &i.name, node, mode).map_err(errno)?;
+        self.set_upper(ino, true)
     }
 
     fn set_upper(&self, ino: u64, upper: bool) -> OpResult<()> {
@@ -591,6 +692,15 @@ impl Cow {
             return Err(Errno::EISDIR);
         }
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if i.unlinked {
+            // Reopened through /proc after its last name went: a lower file can no longer be
+            // copied up (EEXIST, as kernel overlayfs answers); read-only opens still read it.
+            return match (writing, i.upper, i.lower) {
+                (false, _, Some(_)) if !i.upper => Ok(0),
+                (true, false, _) => Err(Errno::EEXIST),
+                _ => Err(Errno::ESTALE),
+            };
+        }
         if writing {
             let _ns = lock(&self.ns)?;
             self.ensure_upper(ino, CopyMode::Full)?;
@@ -671,7 +781,7 @@ impl Cow {
             return pread(&f, offset, size);
         }
         let i = self.inode(ino)?;
-        if i.upper && !self.is_metacopy(ino)? {
+        if i.upper && !i.unlinked && !self.is_metacopy(ino)? {
             let path = self.path_of(ino)?;
             let (dir, name) = self.split(&path)?;
             let f = dir
@@ -754,8 +864,12 @@ impl Cow {
                 return self.setattr_root(&own, mode, uid, gid, times);
             }
         };
-        if uid.is_some() || gid.is_some() {
-            dir.chown(name, uid, gid).map_err(errno)?;
+        let shown = self.upper.owner_override(dir, Some(name));
+        if uid.is_some() || gid.is_some() || (shown.is_some() && mode.is_some()) {
+            let st = dir.stat(Some(name)).map_err(errno)?;
+            let (cu, cg, cm) = shown.unwrap_or((st.st_uid, st.st_gid, st.st_mode & 0o7777));
+            let (u, g, m) = (uid.unwrap_or(cu), gid.unwrap_or(cg), mode.unwrap_or(cm));
+            self.upper.set_owner(dir, name, u, g, m).map_err(errno)?;
         }
         if let Some(m) = mode {
             dir.chmod(name, m).map_err(errno)?;
@@ -888,7 +1002,7 @@ impl Cow {
         {
             // A fresh inode, even where a deleted lower entry had a number.
             let mut st = self.inodes.write().map_err(|_| Errno::EIO)?;
-            st.at.remove(&(parent, name.to_os_string()));
+            st.unbind(&(parent, name.to_os_string()));
         }
         let ino = self.register_new(parent, name, &c)?;
         let st = dir.stat(Some(name)).map_err(errno)?;
@@ -899,7 +1013,6 @@ impl Cow {
         let mut st = self.inodes.write().map_err(|_| Errno::EIO)?;
         st.next += 1;
         let ino = st.next - 1;
-        st.at.insert((parent, name.to_os_string()), ino);
         st.map.insert(
             ino,
             Inode {
@@ -909,8 +1022,11 @@ impl Cow {
                 upper: true,
                 file_type: c.file_type,
                 lookups: 1,
+                names: 0,
+                unlinked: false,
             },
         );
+        st.bind((parent, name.to_os_string()), ino);
         Ok(ino)
     }
 
@@ -997,7 +1113,7 @@ impl Cow {
         let ust = dir.stat(Some(newname)).map_err(errno)?;
         {
             let mut st = self.inodes.write().map_err(|_| Errno::EIO)?;
-            st.at.insert((newparent, newname.to_os_string()), ino);
+            st.bind((newparent, newname.to_os_string()), ino);
             st.by_upper.insert(ust.st_ino, ino);
             if let Some(n) = st.map.get_mut(&ino) {
                 n.lookups += 1;
@@ -1067,7 +1183,7 @@ impl Cow {
             remove_tree(&dir, name).map_err(errno)?;
         }
         let mut st = self.inodes.write().map_err(|_| Errno::EIO)?;
-        st.at.remove(&(parent, name.to_os_string()));
+        st.unbind(&(parent, name.to_os_string()));
         Ok(())
     }
 
@@ -1168,21 +1284,31 @@ impl Cow {
             }
         }
         let mut st = self.inodes.write().map_err(|_| Errno::EIO)?;
-        st.at.remove(&(parent, name.to_os_string()));
-        st.at.remove(&(newparent, newname.to_os_string()));
-        st.at.insert((newparent, newname.to_os_string()), sino);
+        let (from, to) = (
+            (parent, name.to_os_string()),
+            (newparent, newname.to_os_string()),
+        );
+        // The moving inode leaves its old name without being unlinked by it.
+        st.at.remove(&from);
         if let Some(n) = st.map.get_mut(&sino) {
-            n.parent = newparent;
-            n.name = newname.to_os_string();
+            n.names = n.names.saturating_sub(1);
+            (n.parent, n.name) = to.clone();
             n.upper = true;
         }
-        if let (true, Some(d)) = (exchange, dino) {
-            st.at.insert((parent, name.to_os_string()), d);
-            if let Some(n) = st.map.get_mut(&d) {
-                n.parent = parent;
-                n.name = name.to_os_string();
-                n.upper = true;
+        match (exchange, dino) {
+            (true, Some(d)) => {
+                st.at.insert(to.clone(), sino);
+                st.at.insert(from.clone(), d);
+                if let Some(n) = st.map.get_mut(&sino) {
+                    n.names += 1;
+                }
+                if let Some(n) = st.map.get_mut(&d) {
+                    (n.parent, n.name) = from;
+                    n.upper = true;
+                }
             }
+            // Whatever the new name led to loses it (unlinked unless it has other names).
+            _ => st.bind(to, sino),
         }
         Ok(())
     }
@@ -1204,26 +1330,13 @@ impl Cow {
     /// Copies up an entry about to move: files fully (a metadata-only copy's data is found by
     /// its path, which is about to change), directories alone (their children stay below).
     fn prepare_move(&self, ino: u64, c: &Child) -> OpResult<()> {
+        if c.file_type != libc::S_IFDIR {
+            // Whole, and under all its names if it is a lower hard link.
+            return self.ensure_upper(ino, CopyMode::Full);
+        }
         if c.upper.is_none() {
             self.mark_parents_upper(self.inode(ino)?.parent)?;
-            let path = self.path_of(ino)?;
-            let (dir, name) = self.split(&path)?;
-            let name = name.ok_or(Errno::EBUSY)?;
-            let id = c.lower.ok_or(Errno::EIO)?;
-            let node = self.ov.tree().node(id).ok_or(Errno::EIO)?;
-            copy_node(
-                &self.upper,
-                self.ov.tree(),
-                &dir,
-                name,
-                node,
-                CopyMode::Full,
-            )
-            .map_err(errno)?;
-            self.set_upper(ino, true)?;
-        }
-        if c.file_type == libc::S_IFREG {
-            self.ensure_upper(ino, CopyMode::Full)?;
+            self.copy_inode(ino, CopyMode::Full)?;
         }
         Ok(())
     }
@@ -1426,7 +1539,7 @@ impl Cow {
     /// For readdirplus: counts a lookup of a listed entry and returns its attributes.
     pub fn listed_attr(&self, parent: u64, l: &DirListing<'_>) -> OpResult<Attr> {
         if l.name == b"." || l.name == b".." {
-            return self.getattr(l.ino);
+            return self.getattr(l.ino, None);
         }
         self.lookup(parent, l.name)
     }
@@ -1583,7 +1696,11 @@ fn kill_privs(f: &File) -> OpResult<()> {
         f.set_permissions(std::fs::Permissions::from_mode(new & 0o7777))
             .map_err(errno)?;
     }
-    crate::sys::remove_xattr_fd(f, CAPABILITY_XATTR).map_err(errno)
+    match crate::sys::remove_xattr_fd(f, CAPABILITY_XATTR) {
+        // An unprivileged daemon may not touch security.* (and cannot have set it either).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EOPNOTSUPP)) => Ok(()),
+        r => r.map_err(errno),
+    }
 }
 
 fn join(dir: &[u8], name: &OsStr) -> Vec<u8> {

@@ -287,10 +287,10 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!("getattr(ino={})", ino.0);
         let r = match &self.cow {
-            Some(c) => c.getattr(ino.0),
+            Some(c) => c.getattr(ino.0, fh.map(|h| h.0)),
             None => self.ov.getattr(ino.0),
         };
         match r {

@@ -495,15 +495,34 @@ impl DirFd {
 
     /// Sets the permission bits of an entry that is not a symlink (symlinks have none).
     pub fn chmod(&self, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {
-        let st = self.stat(Some(name))?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let c = cstr(one_component(name)?)?;
+        // Pin the entry itself (never a symlink's target) with an O_PATH descriptor, check it,
+        // then change the mode through that descriptor's /proc link: a symlink swapped in
+        // after the check cannot redirect the chmod anywhere.
+        let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: valid descriptor and C string; the new descriptor is owned below.
+        let fd = cvt(unsafe { libc::openat(self.0.as_raw_fd(), c.as_ptr(), flags) })?;
+        // SAFETY: `fd` was just returned by openat and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        let empty = cstr(std::ffi::OsStr::new(""))?;
+        // SAFETY: valid descriptor, C string and out-pointer; read only on success.
+        cvt(unsafe {
+            libc::fstatat(
+                fd.as_raw_fd(),
+                empty.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        })?;
+        // SAFETY: fstatat succeeded.
+        if unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        let p = self.proc_path(name)?;
-        // SAFETY: valid C string. The final component was just checked not to be a symlink,
-        // and a rename racing in a symlink could only point inside this directory's entry set
-        // as seen through the descriptor; chmod follows it, so the upper tree must not be
-        // written by others while mounted (as for kernel overlayfs).
+        let p = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: valid C string naming the pinned inode.
         cvt(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) }).map(drop)
     }
 

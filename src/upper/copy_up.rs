@@ -115,7 +115,7 @@ pub fn copy_node(
         for (k, v) in node.xattrs.iter().filter(|(k, _)| !is_private_xattr(k)) {
             work.set_xattr(&tmp, k, v, 0)?;
         }
-        set_meta(work, &tmp, &node.meta, node.mode())
+        set_meta(upper, work, &tmp, &node.meta, node.mode())
     })();
     if let Err(e) = built {
         let _ = super::remove_tree(work, &tmp);
@@ -148,8 +148,8 @@ pub fn copy_node(
 }
 
 /// Owner, then mode (chown clears setuid bits), then times; symlinks have no mode to set.
-fn set_meta(dir: &DirFd, name: &OsStr, meta: &Meta, st_mode: u32) -> io::Result<()> {
-    dir.chown(name, Some(meta.uid), Some(meta.gid))?;
+fn set_meta(upper: &Upper, dir: &DirFd, name: &OsStr, meta: &Meta, st_mode: u32) -> io::Result<()> {
+    upper.set_owner(dir, name, meta.uid, meta.gid, meta.mode)?;
     if st_mode & libc::S_IFMT != libc::S_IFLNK {
         dir.chmod(name, meta.mode)?;
     }
@@ -207,7 +207,7 @@ pub fn complete_data(
             mtime: st.st_mtime,
             mtime_nsec: st.st_mtime_nsec as u32,
         };
-        set_meta(work, &tmp, &meta, st.st_mode)
+        set_meta(upper, work, &tmp, &meta, st.st_mode)
     })();
     let done = built.and_then(|()| work.rename(&tmp, dir, name, 0));
     if done.is_err() {

@@ -54,7 +54,23 @@ impl Format {
 
 /// Whether an xattr name is private to an overlay (never shown to users, never copied up).
 pub fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.overlay.")
+        || name == OVERRIDE_STAT
+}
+
+/// Where an unprivileged daemon records the owner and mode an entry should show but that it
+/// may not set: `uid:gid:mode` (octal), as fuse-overlayfs and containers/storage do.
+pub const OVERRIDE_STAT: &[u8] = b"user.containers.override_stat";
+
+/// Parses an `OVERRIDE_STAT` value.
+pub fn parse_override(v: &[u8]) -> Option<(u32, u32, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let mut it = s.trim().split(':');
+    let uid = it.next()?.parse().ok()?;
+    let gid = it.next()?.parse().ok()?;
+    let mode = u32::from_str_radix(it.next()?, 8).ok()?;
+    Some((uid, gid, mode & 0o7777))
 }
 
 /// What an upper entry means for the merged view.
@@ -183,13 +199,53 @@ impl Upper {
         for (k, v) in xattrs.iter().filter(|(k, _)| !is_private_xattr(k)) {
             parent.set_xattr(name, k, v, 0)?;
         }
-        parent.chown(name, Some(meta.uid), Some(meta.gid))?;
+        self.set_owner(&parent, name, meta.uid, meta.gid, meta.mode)?;
         parent.chmod(name, meta.mode)?;
         let t = libc::timespec {
             tv_sec: meta.mtime,
             tv_nsec: i64::from(meta.mtime_nsec),
         };
         self.root.set_own_times(&[t, t])
+    }
+
+    /// Gives an entry an owner: chown where permitted; an unprivileged daemon records it
+    /// (with the mode) in `OVERRIDE_STAT` instead, which the view then shows.
+    pub fn set_owner(
+        &self,
+        dir: &DirFd,
+        name: &OsStr,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> io::Result<()> {
+        match dir.chown(name, Some(uid), Some(gid)) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && self.format == Format::User => {
+                let v = format!("{uid}:{gid}:{:o}", mode & 0o7777);
+                match dir.set_xattr(name, OVERRIDE_STAT, v.as_bytes(), 0) {
+                    // Symlinks take no user.* attributes; they show the daemon's ids.
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+                    r => r,
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// The owner and mode an entry shows, when an unprivileged daemon recorded them.
+    pub fn owner_override(&self, dir: &DirFd, name: Option<&OsStr>) -> Option<(u32, u32, u32)> {
+        if self.format != Format::User {
+            return None;
+        }
+        let v = match name {
+            Some(n) => dir.get_xattr(n, OVERRIDE_STAT).ok()?,
+            None => {
+                let parent = DirFd::open_root(&self.path.join("..")).ok()?;
+                parent
+                    .get_xattr(self.path.file_name()?, OVERRIDE_STAT)
+                    .ok()?
+            }
+        };
+        parse_override(&v)
     }
 
     /// Whether the upper root itself is opaque (then no lower layer shows at all).

@@ -272,8 +272,20 @@ impl OverlayMount {
     /// Unmounts now.
     pub fn unmount(mut self) {
         self.mounted = false;
-        nix::mount::umount2(&self.mnt, nix::mount::MntFlags::empty())
-            .unwrap_or_else(|e| panic!("umount {}: {e}", self.mnt.display()));
+        // EBUSY can be transient: a process forked by another test thread holds copies of
+        // this test's descriptors until it execs.
+        let mut last = None;
+        let done = super::harness::poll_until(std::time::Duration::from_secs(10), || {
+            match nix::mount::umount2(&self.mnt, nix::mount::MntFlags::empty()) {
+                Ok(()) => true,
+                Err(nix::errno::Errno::EBUSY) => {
+                    last = Some(nix::errno::Errno::EBUSY);
+                    false
+                }
+                Err(e) => panic!("umount {}: {e}", self.mnt.display()),
+            }
+        });
+        assert!(done, "umount {}: {last:?}", self.mnt.display());
     }
 }
 
