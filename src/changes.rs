@@ -108,7 +108,7 @@ impl UpperNode {
 
 /// Whether an attribute is overlayfs bookkeeping rather than part of the entry.
 pub fn is_private_xattr(name: &[u8]) -> bool {
-    PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p))
+    PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p)) || name == crate::upper::OVERRIDE_STAT
 }
 
 /// An overlayfs attribute by its name after the namespace (`opaque`, `redirect`...), trusted
@@ -328,11 +328,17 @@ fn node_from_stat(st: &libc::stat, target: Vec<u8>, xattrs: Vec<Xattr>) -> Upper
             size: st.st_size as u64,
         },
     };
+    // An unprivileged daemon records the owner and mode it could not set.
+    let shown = xattrs
+        .iter()
+        .find(|(k, _)| &**k == crate::upper::OVERRIDE_STAT)
+        .and_then(|(_, v)| crate::upper::parse_override(v));
+    let (uid, gid, mode) = shown.unwrap_or((st.st_uid, st.st_gid, st.st_mode & 0o7777));
     UpperNode {
         meta: Meta {
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
+            mode,
+            uid,
+            gid,
             mtime: st.st_mtime,
             mtime_nsec: st.st_mtime_nsec as u32,
         },
