@@ -5,6 +5,11 @@
 
 OUT_DIR holds hyperfine's JSON exports (one per measurement) and `metrics`, lines of
 "name value" written by bench.sh.
+
+The "Writes" section checks rimgfs against these targets: copy-up within 1.2x of kernel
+overlayfs; chmod of a big lower file in constant time (metadata-only copy-up); sequential writes
+at 80% or more of kernel overlayfs's throughput; creating and deleting 10,000 files at least as
+fast as fuse-overlayfs.
 """
 
 import datetime
@@ -135,7 +140,88 @@ def main():
                  f"{int(m['tiny_entries'])}-entry image) / entries = "
                  f"{anon / (entries - m['tiny_entries']):.0f} bytes; merged tree data "
                  f"{m['tree_bytes'] / entries:.0f} bytes/entry")
+    lines += writes(out, m)
+    if "bench_seconds" in m:
+        lines += ["", f"total benchmark time: {m['bench_seconds'] / 60:.1f} min"]
     print("\n".join(lines))
+
+
+def writes(out, m):
+    """The "Writes" section: medians, each run on a fresh upper directory."""
+    big, seq, files, limit = m["wbig_bytes"], m["wseq_bytes"], int(m["wfiles"]), m["wlimit"]
+    names = ["w-copyup", "w-chmod-big", "w-chmod-small", "w-seq", "w-seq-fsync",
+             "w-create-delete", "w-create-delete-lower"]
+    res = {name: load(out, name) for name in names}
+
+    def timed_out(r):
+        return any(c != 0 for c in r.get("exit_codes", []))
+
+    def t(name, fs):
+        return res[name][fs]["median"]
+
+    runs = len(res["w-copyup"]["rimgfs"]["times"])
+    rows = [
+        (f"copy-up: append 1 byte to a {big / 2**30:.0f} GiB lower file", "w-copyup", big),
+        (f"chmod of the {big / 2**30:.0f} GiB lower file", "w-chmod-big", None),
+        ("chmod of a 4 KiB lower file", "w-chmod-small", None),
+        (f"write a new {seq / 2**20:.0f} MiB file (dd bs=1M)", "w-seq", seq),
+        (f"write a new {seq / 2**20:.0f} MiB file, conv=fsync", "w-seq-fsync", seq),
+        (f"create {files:,} files, delete them: new dir", "w-create-delete", None),
+        (f"create {files:,} files, delete them: lower dir", "w-create-delete-lower", None),
+    ]
+    lines = ["", f"Writes: median of {runs} runs (10 for chmod, 3 in a lower directory), each on "
+             "a fresh upper directory (unmount, wipe upper and work, sync, mount)",
+             "  overlayfs: kernel overlayfs with redirect_dir=on,metacopy=on; all three with an "
+             "upper and a work directory on the same ext4 as the layers",
+             f"  {'':<46}" + "".join(f"{fs:>22}" for fs in FILESYSTEMS)
+             + f"{'vs overlayfs':>14}{'vs fuse-ovl':>13}"]
+    for label, name, nbytes in rows:
+        cells = ""
+        for fs in FILESYSTEMS:
+            v = t(name, fs)
+            if timed_out(res[name][fs]):
+                cell = f"> {limit:.0f} s (cut)"
+            else:
+                cell = f"{v * 1e3:.1f} ms" if v < 0.1 else f"{v:.3f} s"
+                cell += f" ({nbytes / MB / v:.0f} MB/s)" if nbytes else ""
+            cells += f"{cell:>22}"
+        v = t(name, "rimgfs")
+        cells += f"{v / t(name, 'overlayfs'):>14.2f}{v / t(name, 'fuse-overlayfs'):>13.2f}"
+        lines.append(f"  {label:<46}{cells}")
+    if "overlayfs-volatile" in res["w-copyup"]:
+        vol = t("w-copyup", "overlayfs-volatile")
+        lines.append(f"  overlayfs fsyncs each copied-up file, rimgfs and fuse-overlayfs do not; "
+                     f"overlayfs -o volatile does not either:\n    copy-up {vol:.3f} s "
+                     f"({big / MB / vol:.0f} MB/s), rimgfs / overlayfs-volatile = "
+                     f"{t('w-copyup', 'rimgfs') / vol:.2f}")
+    if any(timed_out(r) for r in res["w-create-delete-lower"].values()):
+        lines.append(f"  (cut): runs were stopped after {limit:.0f} s (timeout(1)); the ratios "
+                     "are lower bounds")
+
+    def ratio(name, other):
+        return t(name, "rimgfs") / t(name, other)
+
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+
+    copyup = ratio("w-copyup", "overlayfs")
+    chmod = t("w-chmod-big", "rimgfs") / t("w-chmod-small", "rimgfs")
+    share, share_sync = 1 / ratio("w-seq", "overlayfs"), 1 / ratio("w-seq-fsync", "overlayfs")
+    create = ratio("w-create-delete", "fuse-overlayfs")
+    create_lower = ratio("w-create-delete-lower", "fuse-overlayfs")
+    lines += [
+        "  targets:",
+        f"    copy-up within 1.2x of overlayfs's time: {copyup:.2f}x, {verdict(copyup <= 1.2)}",
+        f"    chmod in constant time: the 1 GiB file's takes {chmod:.2f}x the 4 KiB file's "
+        f"(1.5x at most), {verdict(chmod <= 1.5)}",
+        f"    sequential writes at 80% or more of overlayfs's throughput: {share:.0%}, "
+        f"{verdict(share >= 0.8)}; with fsync {share_sync:.0%}, {verdict(share_sync >= 0.8)}",
+        f"    create and delete {files:,} files at least as fast as fuse-overlayfs: new dir "
+        f"{create:.2f}x its time, {verdict(create <= 1.0)}; lower dir "
+        f"{'over ' if timed_out(res['w-create-delete-lower']['rimgfs']) else ''}"
+        f"{create_lower:.2f}x, {verdict(create_lower <= 1.0)}",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

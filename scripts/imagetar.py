@@ -80,6 +80,12 @@ class Layer:
         info.size = len(data)
         self._tar.addfile(info, io.BytesIO(data))
 
+    def stream(self, path, fileobj, size, mode=0o644, uid=0, gid=0, xattrs=None):
+        """A regular file of `size` bytes read from `fileobj`, for files too big to hold."""
+        info = self._info(path, tarfile.REGTYPE, mode, uid, gid, xattrs)
+        info.size = size
+        self._tar.addfile(info, fileobj)
+
     def symlink(self, path, target):
         info = self._info(path, tarfile.SYMTYPE, 0o777, 0, 0, None)
         info.linkname = target

@@ -142,6 +142,9 @@ pub struct Cow {
     ns: Mutex<()>,
     inodes: RwLock<Inodes>,
     handles: Mutex<(u64, HashMap<u64, Handle>)>,
+    /// Link counts of merged directories, computed once (a full listing) and dropped when a
+    /// subdirectory comes or goes; creating files leaves them valid.
+    dir_nlink: Mutex<HashMap<u64, u32>>,
 }
 
 /// Who asks: the caller's ids, for the owner of what it creates.
@@ -222,6 +225,7 @@ impl Cow {
             ns: Mutex::new(()),
             inodes: RwLock::new(inodes),
             handles: Mutex::new((1, HashMap::new())),
+            dir_nlink: Mutex::new(HashMap::new()),
         };
         // A fresh upper root takes the image root's attributes, so the mount (and kernel
         // overlayfs over the same upper) shows the image's root as it is.
@@ -416,7 +420,7 @@ impl Cow {
             if i.file_type == libc::S_IFDIR && i.lower.is_some() {
                 // A merged directory's subdirectories are spread over layers: count them in
                 // the merged view, so its link count is what the image alone would give.
-                a.nlink = self.merged_nlink(ino)?;
+                a.nlink = self.cached_nlink(ino)?;
             }
             return Ok(a);
         }
@@ -1064,6 +1068,7 @@ impl Cow {
         self.install(&dir, name, who, hidden, |w, tmp| {
             w.mkdir(tmp, mode & 0o7777)
         })?;
+        self.dirs_changed(parent);
         self.created(parent, name, libc::S_IFDIR, &dir)
     }
 
@@ -1181,6 +1186,9 @@ impl Cow {
         } else if c.upper.is_some() {
             // Only whiteouts can be left in an empty merged directory's upper copy.
             remove_tree(&dir, name).map_err(errno)?;
+        }
+        if is_dir {
+            self.dirs_changed(parent);
         }
         let mut st = self.inodes.write().map_err(|_| Errno::EIO)?;
         st.unbind(&(parent, name.to_os_string()));
@@ -1310,6 +1318,13 @@ impl Cow {
             // Whatever the new name led to loses it (unlinked unless it has other names).
             _ => st.bind(to, sino),
         }
+        drop(st);
+        let dir_moved = src.file_type == libc::S_IFDIR
+            || dst.as_ref().is_some_and(|d| d.file_type == libc::S_IFDIR);
+        if dir_moved {
+            self.dirs_changed(parent);
+            self.dirs_changed(newparent);
+        }
         Ok(())
     }
 
@@ -1431,6 +1446,22 @@ impl Cow {
             }
         }
         Ok(())
+    }
+
+    fn cached_nlink(&self, ino: u64) -> OpResult<u32> {
+        if let Some(n) = lock(&self.dir_nlink)?.get(&ino) {
+            return Ok(*n);
+        }
+        let n = self.merged_nlink(ino)?;
+        lock(&self.dir_nlink)?.insert(ino, n);
+        Ok(n)
+    }
+
+    /// Forgets the cached link count of a directory whose subdirectories changed.
+    fn dirs_changed(&self, dir: u64) {
+        if let Ok(mut m) = self.dir_nlink.lock() {
+            m.remove(&dir);
+        }
     }
 
     /// `2 + subdirectories` of a merged directory.

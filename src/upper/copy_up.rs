@@ -6,7 +6,8 @@
 //! metadata-only copy (for chmod, chown, utimens, setxattr) gets the lower size as a sparse
 //! file and the `metacopy` flag; its data follows on the first write ([`complete_data`]).
 //! Data moves with `copy_file_range`, which the kernel turns into a reflink or an in-kernel
-//! copy where it can. Dependencies: upper, sys (DirFd), tree.
+//! copy where it can; a data copy is flushed to disk before its rename, as the kernel does.
+//! Dependencies: upper, sys (DirFd), tree.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -100,7 +101,12 @@ pub fn copy_node(
                 let mut out =
                     work.open_file(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
                 match mode {
-                    CopyMode::Full => copy_data(tree, d, &mut out)?,
+                    CopyMode::Full => {
+                        copy_data(tree, d, &mut out)?;
+                        // Durable before it is renamed into place, as the kernel's copy-up:
+                        // after a power loss the name shows old or new data, never none.
+                        out.sync_data()?;
+                    }
                     CopyMode::MetaOnly => {
                         out.set_len(d.size)?;
                         upper.set_flag(work, &tmp, "metacopy", b"")?;
@@ -191,6 +197,7 @@ pub fn complete_data(
     let built = (|| {
         let mut out = work.open_file(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
         copy_data(tree, data, &mut out)?;
+        out.sync_data()?;
         // A truncate through the metadata-only copy may have changed the size.
         out.set_len(st.st_size as u64)?;
         for k in dir
