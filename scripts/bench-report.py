@@ -190,7 +190,7 @@ def writes(out, m):
         lines.append(f"  {label:<46}{cells}")
     if "overlayfs-volatile" in res["w-copyup"]:
         vol = t("w-copyup", "overlayfs-volatile")
-        lines.append(f"  overlayfs fsyncs each copied-up file, rimgfs and fuse-overlayfs do not; "
+        lines.append(f"  overlayfs and rimgfs fsync each copied-up file, fuse-overlayfs does not; "
                      f"overlayfs -o volatile does not either:\n    copy-up {vol:.3f} s "
                      f"({big / MB / vol:.0f} MB/s), rimgfs / overlayfs-volatile = "
                      f"{t('w-copyup', 'rimgfs') / vol:.2f}")
