@@ -122,13 +122,7 @@ fn scenario(name: &str, ops: impl Fn(&Path) -> Log) {
 
     let cache = sb.cache();
     let ru = sb.path("r-upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        ru.to_str().unwrap(),
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &ru) else {
         return;
     };
     let rlog = ops(m.path());
@@ -160,7 +154,7 @@ fn scenario(name: &str, ops: impl Fn(&Path) -> Log) {
     );
 
     // Persistence: the same upper mounted again.
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &ru) else {
         return;
     };
     Listing::walk(m.path()).assert_same(&rtree_raw, &format!("{name}: remounted"));

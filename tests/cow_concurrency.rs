@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use common::listing::Listing;
 use common::overlay::{OverlayMount, extract_layers};
-use common::{ImageDef, MountGuard, Sandbox, require};
+use common::{ImageDef, Sandbox, require};
 
 const DIRS: usize = 4;
 const WORKERS: u64 = 4;
@@ -278,13 +278,7 @@ fn cow_concurrent_writers_match_kernel_errors_and_stay_consistent() {
 
     let cache = sb.cache();
     let upper = sb.path("r-upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &upper) else {
         return;
     };
     let ours = run_all(m.path());
@@ -333,7 +327,7 @@ fn cow_concurrent_writers_match_kernel_errors_and_stay_consistent() {
     comparable(&interop).assert_same(&comparable(&tree), "kernel overlayfs over rimgfs's upper");
 
     // The same upper mounted again shows the same tree.
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &upper) else {
         return;
     };
     Listing::walk(m.path()).assert_same(&tree, "remounted with the same upper");
@@ -422,13 +416,7 @@ fn cow_reopen_of_replaced_file_never_reaches_the_new_file() {
     k.unmount();
     let cache = sb.cache();
     let upper = sb.path("r-upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &upper) else {
         return;
     };
     let rlog = ops(m.path());

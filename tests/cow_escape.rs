@@ -20,9 +20,9 @@ use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
+use common::Sandbox;
 use common::listing::Listing;
 use common::overlay::{set_owner_time, set_xattr};
-use common::{MountGuard, Sandbox};
 use nix::fcntl::{AT_FDCWD, AtFlags};
 
 const SPEC: &str = "\
@@ -337,13 +337,7 @@ fn cow_planted_symlinks_never_lead_the_daemon_outside_the_upper() {
     symlink("../outside/file", work.join("planted")).unwrap();
 
     let cache = sb.cache();
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &upper) else {
         return;
     };
     let mut log = Log::new();

@@ -5,11 +5,12 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use common::harness::{self, is_mounted, poll_until, run_command};
+use common::harness::{self, is_mounted, poll_until};
 use common::listing::{Listing, list_xattrs};
 use common::overlay::{OverlayMount, extract_layers};
 use common::{ImageDef, MountGuard, MountOpts, Output, Sandbox, require, rimgfs};
@@ -93,20 +94,14 @@ fn cow_lower_hard_links_stay_one_file() {
     let image = sb.image(LINKED);
     let cache = sb.cache();
     let upper = sb.path("upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &upper) else {
         return;
     };
     check_linked(m.path(), b"orig\n", "before");
     append(&m.at("/d/a"), b"more\n");
     check_linked(m.path(), b"orig\nmore\n", "after appending through d/a");
     m.unmount();
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &upper) else {
         return;
     };
     check_linked(m.path(), b"orig\nmore\n", "remounted");
@@ -151,43 +146,11 @@ fn cow_lower_hard_links_stay_one_file() {
     );
 }
 
-/// The unprivileged test user, created if missing: (uid, gid).
-fn test_user() -> Option<(u32, u32)> {
-    const NAME: &str = "rimgfs-test";
-    let lookup = || {
-        nix::unistd::User::from_name(NAME)
-            .ok()
-            .flatten()
-            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-    };
-    if let Some(ids) = lookup() {
-        return Some(ids);
-    }
-    let mut cmd = std::process::Command::new("useradd");
-    cmd.args([
-        "--system",
-        "--user-group",
-        "--no-create-home",
-        "--shell",
-        "/usr/sbin/nologin",
-        NAME,
-    ]);
-    let out = run_command(cmd);
-    lookup().or_else(|| {
-        eprintln!("useradd failed: {}", out.stderr);
-        None
-    })
-}
-
-/// Runs a shell command as `ids`.
-fn as_user(ids: (u32, u32), script: &str, args: &[&Path]) -> Output {
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.arg(format!("--reuid={}", ids.0))
-        .arg(format!("--regid={}", ids.1))
-        .arg("--clear-groups")
-        .args(["sh", "-c", script, "sh"])
-        .args(args);
-    run_command(cmd)
+/// Runs a shell script as `ids` with `args` as its positional parameters.
+fn as_user_sh(ids: (u32, u32), script: &str, args: &[&Path]) -> Output {
+    let mut full: Vec<&OsStr> = vec![OsStr::new("-c"), OsStr::new(script), OsStr::new("sh")];
+    full.extend(args.iter().map(|p| p.as_os_str()));
+    harness::as_user(ids, "sh", &full)
 }
 
 #[test]
@@ -205,7 +168,7 @@ fn cow_unprivileged_writable_mount_uses_fallback_format() {
         harness::skip("creating the test user needs root");
         return;
     }
-    let ids = test_user().expect("could not create the unprivileged test user");
+    let ids = harness::test_user().expect("could not create the unprivileged test user");
     let (u, g) = ids;
     let spec = format!(
         "L0: dir /etc; file /etc/hosts 0644 'hosts'\n\
@@ -243,7 +206,7 @@ fn cow_unprivileged_writable_mount_uses_fallback_format() {
         return;
     };
     let h = m.at("/home/user");
-    let out = as_user(
+    let out = as_user_sh(
         ids,
         "set -e; cd \"$1\"; echo new > new; echo more >> edit; rm gone; chmod 600 mode; \
          mkdir dir; echo inner > dir/inner; rm -r old; cat keep edit",
@@ -253,9 +216,9 @@ fn cow_unprivileged_writable_mount_uses_fallback_format() {
     // Neither file ends with a newline in the image: `more` is appended right after `edit`.
     assert_eq!(out.stdout, "keepeditmore\n");
     // The image's permissions still hold: the user cannot change root's files.
-    let out = as_user(ids, "echo x >> \"$1\"", &[&m.at("/etc/hosts")]);
+    let out = as_user_sh(ids, "echo x >> \"$1\"", &[&m.at("/etc/hosts")]);
     assert_ne!(out.code, Some(0), "{out:?}");
-    let out = as_user(
+    let out = as_user_sh(
         ids,
         "exec \"$1\" umount \"$2\"",
         &[Path::new(harness::bin()), &m.mnt],

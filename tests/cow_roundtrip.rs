@@ -403,13 +403,7 @@ fn cow_change_below_renamed_lower_directory() {
     k.unmount();
     let cache = sb.cache();
     let upper = sb.path("r-upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &upper) else {
         return;
     };
     let rlog = ops(m.path());

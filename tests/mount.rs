@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use common::harness::{self, BackgroundMount, is_mounted, poll_until, run_command};
+use common::harness::{self, BackgroundMount, is_mounted, poll_until};
 use common::image::{self as img, Built};
 use common::listing::{get_xattr, list_xattrs};
 use common::spec::generated;
@@ -840,46 +840,6 @@ fn mount_sigkill_leaves_dead_mount_that_umount_cleans() {
     m.unmount();
 }
 
-/// The unprivileged test user, created if missing: (uid, gid).
-fn test_user() -> Option<(u32, u32)> {
-    const NAME: &str = "rimgfs-test";
-    let lookup = || {
-        nix::unistd::User::from_name(NAME)
-            .ok()
-            .flatten()
-            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-    };
-    if let Some(ids) = lookup() {
-        return Some(ids);
-    }
-    let mut cmd = std::process::Command::new("useradd");
-    cmd.args([
-        "--system",
-        "--user-group",
-        "--no-create-home",
-        "--shell",
-        "/usr/sbin/nologin",
-        NAME,
-    ]);
-    let out = run_command(cmd);
-    // Another test binary may have created it meanwhile.
-    lookup().or_else(|| {
-        eprintln!("useradd failed: {}", out.stderr);
-        None
-    })
-}
-
-/// Runs a command as `ids` with a clean environment.
-fn as_user(ids: (u32, u32), prog: &str, args: &[&std::ffi::OsStr]) -> Output {
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.arg(format!("--reuid={}", ids.0))
-        .arg(format!("--regid={}", ids.1))
-        .arg("--clear-groups")
-        .arg(prog)
-        .args(args);
-    run_command(cmd)
-}
-
 /// Whether /dev/fuse is open to every user, as Debian's udev rule makes it (0666).
 /// fusermount3 opens it with the caller's own rights, so without this no user can mount.
 fn dev_fuse_world_usable() -> bool {
@@ -900,7 +860,7 @@ fn mount_by_unprivileged_user() {
         harness::skip("creating the test user needs root");
         return;
     }
-    let Some(ids) = test_user() else {
+    let Some(ids) = harness::test_user() else {
         panic!("could not create the unprivileged test user");
     };
     let sb = Sandbox::new();
@@ -932,21 +892,21 @@ fn mount_by_unprivileged_user() {
         "mounted as the user: {entry}"
     );
     // The user reads the mount.
-    let cat = as_user(ids, "cat", &[m.at("/etc/hosts").as_os_str()]);
+    let cat = harness::as_user(ids, "cat", &[m.at("/etc/hosts").as_os_str()]);
     assert_eq!(
         (cat.code, cat.stdout.as_str()),
         (Some(0), "hosts v2\n"),
         "{}",
         cat.stderr
     );
-    let ls = as_user(ids, "ls", &[m.at("/etc").as_os_str()]);
+    let ls = harness::as_user(ids, "ls", &[m.at("/etc").as_os_str()]);
     assert_eq!(
         ls.stdout.clone(),
         "hosts\nlocaltime\nmotd\npasswd\npasswd-link\nshadow\n",
         "{}",
         ls.stderr
     );
-    let big = as_user(ids, "sha256sum", &[m.at("/big.bin").as_os_str()]);
+    let big = harness::as_user(ids, "sha256sum", &[m.at("/big.bin").as_os_str()]);
     assert!(
         big.stdout
             .clone()
@@ -954,7 +914,7 @@ fn mount_by_unprivileged_user() {
         "{big:?}"
     );
     // Permissions are the image's: the user cannot read a root-only file.
-    let shadow = as_user(ids, "cat", &[m.at("/etc/shadow").as_os_str()]);
+    let shadow = harness::as_user(ids, "cat", &[m.at("/etc/shadow").as_os_str()]);
     assert_ne!(shadow.code, Some(0), "{shadow:?}");
     assert!(
         shadow.stderr.contains("Permission denied"),
@@ -968,7 +928,7 @@ fn mount_by_unprivileged_user() {
         xdg.display()
     );
     // The user unmounts it (through fusermount3).
-    let out = as_user(ids, harness::bin(), &["umount".as_ref(), m.mnt.as_os_str()]);
+    let out = harness::as_user(ids, harness::bin(), &["umount".as_ref(), m.mnt.as_os_str()]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(poll_until(harness::UNMOUNT_TIMEOUT, || !is_mounted(&m.mnt)));
     m.unmount();

@@ -477,3 +477,49 @@ impl Drop for BackgroundMount {
         }
     }
 }
+
+/// The unprivileged test user, created if missing: (uid, gid).
+pub fn test_user() -> Option<(u32, u32)> {
+    const NAME: &str = "rimgfs-test";
+    let lookup = || {
+        nix::unistd::User::from_name(NAME)
+            .ok()
+            .flatten()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+    };
+    if let Some(ids) = lookup() {
+        return Some(ids);
+    }
+    let mut cmd = Command::new("useradd");
+    cmd.args([
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        NAME,
+    ]);
+    let out = run_command(cmd);
+    // Another test binary may have created it meanwhile.
+    lookup().or_else(|| {
+        eprintln!("useradd failed: {}", out.stderr);
+        None
+    })
+}
+
+/// Runs `prog ARGS...` as `ids`, without supplementary groups.
+pub fn as_user<S: AsRef<OsStr>>(ids: (u32, u32), prog: &str, args: &[S]) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={}", ids.0))
+        .arg(format!("--regid={}", ids.1))
+        .arg("--clear-groups")
+        .arg(prog)
+        .args(args);
+    run_command(cmd)
+}
+
+/// Mounts `image` writable with `upper` as its upper directory.
+pub fn mount_with_upper(image: &Path, cache: &Path, upper: &Path) -> Option<MountGuard> {
+    let (c, u) = (cache.to_string_lossy(), upper.to_string_lossy());
+    MountGuard::mount(image, &["--cache-dir", &c, "--upper", &u])
+}
