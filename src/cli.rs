@@ -175,7 +175,7 @@ pub struct ImageArgs {
 /// Mount options.
 #[derive(Debug, Args, Clone, Default)]
 pub struct MountArgs {
-    /// Mount options, comma-separated: ro, suid, dev, allow_other, allow_root,
+    /// Mount options, comma-separated: ro, rw, suid, dev, allow_other, allow_root,
     /// default_permissions, nodefault_permissions, exec, noexec, atime, noatime,
     /// passthrough, nopassthrough.
     #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
