@@ -443,8 +443,8 @@ impl Cow {
         }
     }
 
-    /// Looks `name` up in `parent`.
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> OpResult<Attr> {
+    /// The directory inode `parent` and its path, for an operation on `name` in it.
+    fn dir_for(&self, parent: u64, name: &[u8]) -> OpResult<(Inode, Vec<u8>)> {
         let p = self.inode(parent)?;
         if p.file_type != libc::S_IFDIR {
             return Err(Errno::ENOTDIR);
@@ -453,6 +453,12 @@ impl Cow {
             return Err(Errno::ENAMETOOLONG);
         }
         let ppath = self.path_of(parent)?;
+        Ok((p, ppath))
+    }
+
+    /// Looks `name` up in `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> OpResult<Attr> {
+        let (p, ppath) = self.dir_for(parent, name)?;
         let name = OsStr::from_bytes(name);
         let c = self.resolve_child(&p, &ppath, name)?.ok_or(Errno::ENOENT)?;
         let ino = self.register(parent, name, &c, true)?;
@@ -922,14 +928,7 @@ impl Cow {
     /// merged view (`EEXIST` otherwise). Returns the parent's upper directory and whether a
     /// lower entry of that name is hidden by a whiteout (a new directory there is opaque).
     fn prepare_new(&self, parent: u64, name: &OsStr) -> OpResult<(DirFd, Vec<u8>, bool)> {
-        let p = self.inode(parent)?;
-        if p.file_type != libc::S_IFDIR {
-            return Err(Errno::ENOTDIR);
-        }
-        if name.len() > crate::overlay::MAX_NAME_LEN as usize {
-            return Err(Errno::ENAMETOOLONG);
-        }
-        let ppath = self.path_of(parent)?;
+        let (p, ppath) = self.dir_for(parent, name.as_bytes())?;
         if self.resolve_child(&p, &ppath, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
