@@ -711,8 +711,10 @@ impl Cow {
                 _ => Err(Errno::ESTALE),
             };
         }
+        // The namespace lock is held until the upper file is open, so an unlink or rename
+        // in between cannot leave the path naming a whiteout or another file.
+        let _ns = lock(&self.ns)?;
         if writing {
-            let _ns = lock(&self.ns)?;
             self.ensure_upper(ino, CopyMode::Full)?;
         } else if !i.upper || self.is_metacopy(ino)? {
             // Read from the lower layer by inode (fh 0): reads follow the inode if it is
@@ -723,8 +725,9 @@ impl Cow {
         let (dir, name) = self.split(&path)?;
         let name = name.ok_or(Errno::EISDIR)?;
         let keep = flags & (libc::O_ACCMODE | libc::O_TRUNC | libc::O_APPEND);
+        // O_NONBLOCK: opening a fifo or device here must never wait or reach a driver.
         let f = dir
-            .open_file(name, keep & !libc::O_APPEND, 0)
+            .open_file(name, (keep & !libc::O_APPEND) | libc::O_NONBLOCK, 0)
             .map_err(errno)?;
         if flags & libc::O_TRUNC != 0 && who.uid != 0 {
             kill_privs(&f)?;
