@@ -1495,11 +1495,16 @@ impl Cow {
 
     /// Takes a snapshot of a directory's merged listing.
     pub fn opendir(&self, ino: u64) -> OpResult<u64> {
+        // The snapshot is taken with the namespace still: a directory renamed or removed
+        // meanwhile is simply gone (ENOENT), as on kernel overlayfs.
+        let _ns = lock(&self.ns)?;
         let i = self.inode(ino)?;
         if i.file_type != libc::S_IFDIR {
             return Err(Errno::ENOTDIR);
         }
-        let path = self.path_of(ino)?;
+        let path = self
+            .path_of(ino)
+            .map_err(|e| if e == Errno::ESTALE { Errno::ENOENT } else { e })?;
         let mut items = Vec::new();
         let mut err = None;
         self.merged_listing(ino, |name, _, _| {
