@@ -262,36 +262,7 @@ fn podman_image(work: &Path) -> PathBuf {
         ),
     )
     .unwrap();
-    let storage = work.join("storage");
-    let podman = |args: &[&str]| {
-        let mut full: Vec<String> = vec![
-            "--root".into(),
-            storage.join("root").display().to_string(),
-            "--runroot".into(),
-            storage.join("run").display().to_string(),
-            "--storage-driver".into(),
-            "vfs".into(),
-        ];
-        full.extend(args.iter().map(|s| s.to_string()));
-        run_ok(
-            "podman",
-            &full.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-    };
-    let tag = "localhost/rimgfs-roundtrip:1";
-    podman(&[
-        "build",
-        "--isolation",
-        "chroot",
-        "-q",
-        "-t",
-        tag,
-        ctx.to_str().unwrap(),
-    ]);
-    let out = work.join("podman.tar");
-    podman(&["save", "-q", "-o", out.to_str().unwrap(), tag]);
-    podman(&["rmi", "-f", tag]);
-    out
+    common::podman_build(work, &ctx, "localhost/rimgfs-roundtrip:1", "podman.tar")
 }
 
 fn podman_changes(m: &Path) {

@@ -66,41 +66,7 @@ fn build_image(work: &Path) -> PathBuf {
          RUN [\"/bin/sh\", \"-c\", \"rm /etc/sub/x2 && echo later > /etc/sub/later\"]\n"
     );
     std::fs::write(ctx.join("Containerfile"), containerfile).unwrap();
-    let storage = work.join("storage");
-    let podman = |args: &[&str]| {
-        let mut full: Vec<String> = vec![
-            "--root".into(),
-            storage.join("root").display().to_string(),
-            "--runroot".into(),
-            storage.join("run").display().to_string(),
-            "--storage-driver".into(),
-            "vfs".into(),
-        ];
-        full.extend(args.iter().map(|s| s.to_string()));
-        run_ok(
-            "podman",
-            &full.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-    };
-    podman(&[
-        "build",
-        "--isolation",
-        "chroot",
-        "-q",
-        "-t",
-        "localhost/rimgfs-oracle:1",
-        ctx.to_str().unwrap(),
-    ]);
-    let out = work.join("image.tar");
-    podman(&[
-        "save",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-        "localhost/rimgfs-oracle:1",
-    ]);
-    podman(&["rmi", "-f", "localhost/rimgfs-oracle:1"]);
-    out
+    common::podman_build(work, &ctx, "localhost/rimgfs-oracle:1", "image.tar")
 }
 
 fn which(tool: &str) -> PathBuf {

@@ -55,6 +55,41 @@ pub fn run_ok(prog: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Builds the context directory `ctx` (holding a `Containerfile`) with
+/// `podman build --isolation chroot` in a private vfs storage under `work`, saves the image as
+/// a docker-archive `work/<name>` and returns that path.
+pub fn podman_build(work: &Path, ctx: &Path, tag: &str, name: &str) -> PathBuf {
+    let storage = work.join("storage");
+    let podman = |args: &[&str]| {
+        let mut full: Vec<String> = vec![
+            "--root".into(),
+            storage.join("root").display().to_string(),
+            "--runroot".into(),
+            storage.join("run").display().to_string(),
+            "--storage-driver".into(),
+            "vfs".into(),
+        ];
+        full.extend(args.iter().map(|s| s.to_string()));
+        run_ok(
+            "podman",
+            &full.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    };
+    podman(&[
+        "build",
+        "--isolation",
+        "chroot",
+        "-q",
+        "-t",
+        tag,
+        ctx.to_str().unwrap(),
+    ]);
+    let out = work.join(name);
+    podman(&["save", "-q", "-o", out.to_str().unwrap(), tag]);
+    podman(&["rmi", "-f", tag]);
+    out
+}
+
 /// A temporary directory for one test: images, cache, scratch.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
