@@ -36,9 +36,8 @@ const MAX_READAHEAD: u32 = 1 << 20;
 
 /// The filesystem handed to fuser.
 pub struct Fuse {
-    ov: Overlay,
-    /// The writable view, when the mount has an upper layer.
-    cow: Option<Cow>,
+    /// What is served.
+    view: View,
     /// Whether passthrough may be tried: the kernel offered it and no backing open has been
     /// refused (it needs CAP_SYS_ADMIN).
     passthrough: AtomicBool,
@@ -55,26 +54,42 @@ pub struct Fuse {
     cow_io: Mutex<HashMap<u64, (Option<BackingId>, u32)>>,
 }
 
+/// A read-only view of the image, or the writable one (which holds its own lower view).
+enum View {
+    ReadOnly(Overlay),
+    Writable(Box<Cow>),
+}
+
 impl Fuse {
+    /// The writable view, when the mount has an upper layer.
+    fn cow(&self) -> Option<&Cow> {
+        match &self.view {
+            View::Writable(c) => Some(c),
+            View::ReadOnly(_) => None,
+        }
+    }
+
+    /// The lower (image) view.
+    fn ov(&self) -> &Overlay {
+        match &self.view {
+            View::ReadOnly(o) => o,
+            View::Writable(c) => c.lower(),
+        }
+    }
+
     /// Wraps a read-only overlay.
     pub fn new(ov: Overlay) -> Fuse {
-        Fuse::build(ov, None)
+        Fuse::build(View::ReadOnly(ov))
     }
 
     /// Wraps a writable view.
     pub fn writable(cow: Cow) -> Fuse {
-        // The read-only view is only consulted for lower data; the writable view owns it.
-        let ov = Overlay::new(
-            std::sync::Arc::new(crate::tree::LowerTree::empty()),
-            Vec::new(),
-        );
-        Fuse::build(ov, Some(cow))
+        Fuse::build(View::Writable(Box::new(cow)))
     }
 
-    fn build(ov: Overlay, cow: Option<Cow>) -> Fuse {
+    fn build(view: View) -> Fuse {
         Fuse {
-            ov,
-            cow,
+            view,
             passthrough: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             no_open: AtomicBool::new(false),
@@ -103,7 +118,7 @@ impl Fuse {
         }
         let file = (self.passthrough.load(Ordering::Relaxed) && fh != 0)
             .then(|| {
-                let c = self.cow.as_ref()?;
+                let c = self.cow()?;
                 c.may_pass_through(fh).then(|| c.handle_file(fh)).flatten()
             })
             .flatten();
@@ -133,7 +148,7 @@ impl Fuse {
 
     /// Opens `ino` in passthrough mode if it qualifies; gives the reply back otherwise.
     fn open_passthrough(&self, ino: u64, reply: ReplyOpen) -> Option<ReplyOpen> {
-        if !self.passthrough.load(Ordering::Relaxed) || !self.ov.wants_passthrough(ino) {
+        if !self.passthrough.load(Ordering::Relaxed) || !self.ov().wants_passthrough(ino) {
             return Some(reply);
         }
         let Ok(mut map) = self.backing.lock() else {
@@ -144,7 +159,7 @@ impl Fuse {
             reply.opened_passthrough(FileHandle(ino), FopenFlags::empty(), id);
             return None;
         }
-        let file = match self.ov.backing_file(ino) {
+        let file = match self.ov().backing_file(ino) {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("passthrough for inode {ino} unavailable ({e}); serving by reads");
@@ -238,7 +253,7 @@ impl Filesystem for Fuse {
             let _ = config.add_capabilities(cap);
         }
         let _ = config.set_max_readahead(MAX_READAHEAD);
-        if self.cow.is_some() {
+        if self.cow().is_some() {
             // Directory handles carry listing snapshots and file handles the upper files;
             // open upper files are handed to the kernel (passthrough) where it may.
             let pt = nix::unistd::geteuid().is_root()
@@ -263,7 +278,7 @@ impl Filesystem for Fuse {
         self.no_opendir.store(nod, Ordering::Relaxed);
         // Without passthrough an open needs no state either (reads are by inode), so the
         // kernel may skip open and release altogether, keeping the page cache.
-        if !self.ov.passthrough_enabled() {
+        if !self.ov().passthrough_enabled() {
             let no = config
                 .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
                 .is_ok();
@@ -274,24 +289,24 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup(parent={}, name={:?})", parent.0, show(name));
-        let r = match &self.cow {
+        let r = match self.cow() {
             Some(c) => c.lookup(parent.0, name.as_bytes()),
-            None => self.ov.lookup(parent.0, name.as_bytes()),
+            None => self.ov().lookup(parent.0, name.as_bytes()),
         };
         reply_entry(r, reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if let Some(c) = &self.cow {
+        if let Some(c) = self.cow() {
             c.forget(ino.0, nlookup);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         debug!("getattr(ino={})", ino.0);
-        let r = match &self.cow {
+        let r = match self.cow() {
             Some(c) => c.getattr(ino.0, fh.map(|h| h.0)),
-            None => self.ov.getattr(ino.0),
+            None => self.ov().getattr(ino.0),
         };
         match r {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
@@ -321,7 +336,7 @@ impl Filesystem for Fuse {
             "setattr(ino={}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?})",
             ino.0
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         let times =
@@ -343,9 +358,9 @@ impl Filesystem for Fuse {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         debug!("readlink(ino={})", ino.0);
-        let r = match &self.cow {
+        let r = match self.cow() {
             Some(c) => c.readlink(ino.0),
-            None => self.ov.readlink(ino.0).map(<[u8]>::to_vec),
+            None => self.ov().readlink(ino.0).map(<[u8]>::to_vec),
         };
         match r {
             Ok(t) => reply.data(&t),
@@ -368,7 +383,7 @@ impl Filesystem for Fuse {
             parent.0,
             show(name)
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         reply_entry(
@@ -397,7 +412,7 @@ impl Filesystem for Fuse {
             parent.0,
             show(name)
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         reply_entry(c.mkdir(parent.0, name.as_bytes(), mode, caller(req)), reply);
@@ -405,7 +420,7 @@ impl Filesystem for Fuse {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!("unlink(parent={}, name={:?})", parent.0, show(name));
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         reply_empty(c.unlink(parent.0, name.as_bytes()), reply);
@@ -413,7 +428,7 @@ impl Filesystem for Fuse {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!("rmdir(parent={}, name={:?})", parent.0, show(name));
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         reply_empty(c.rmdir(parent.0, name.as_bytes()), reply);
@@ -428,7 +443,7 @@ impl Filesystem for Fuse {
         reply: ReplyEntry,
     ) {
         debug!("symlink(parent={}, name={:?})", parent.0, show(link_name));
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         let t = target.as_os_str().as_bytes();
@@ -455,7 +470,7 @@ impl Filesystem for Fuse {
             newparent.0,
             show(newname)
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         if flags.bits() & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
@@ -487,7 +502,7 @@ impl Filesystem for Fuse {
             newparent.0,
             show(newname)
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         reply_entry(
@@ -498,7 +513,7 @@ impl Filesystem for Fuse {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={}, flags={:#o})", ino.0, flags.0);
-        if let Some(c) = &self.cow {
+        if let Some(c) = self.cow() {
             let fh = match c.open(ino.0, flags.0, caller(req)) {
                 Ok(fh) => fh,
                 Err(e) => return reply.error(errno(e)),
@@ -513,7 +528,7 @@ impl Filesystem for Fuse {
                 _ => reply.opened(FileHandle(fh), FopenFlags::empty()),
             };
         }
-        match self.ov.open(ino.0, flags.0) {
+        match self.ov().open(ino.0, flags.0) {
             Ok(()) if self.no_open.load(Ordering::Relaxed) => reply.error(FErrno::ENOSYS),
             Ok(()) => {
                 if let Some(reply) = self.open_passthrough(ino.0, reply) {
@@ -539,7 +554,7 @@ impl Filesystem for Fuse {
             parent.0,
             show(name)
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         let (a, fh) = match c.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
@@ -567,7 +582,7 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         debug!("release(ino={}, fh={})", ino.0, fh.0);
-        if let Some(c) = &self.cow {
+        if let Some(c) = self.cow() {
             c.release(fh.0);
             self.cow_release(ino.0);
             return reply.ok();
@@ -601,9 +616,9 @@ impl Filesystem for Fuse {
             "read(ino={}, fh={}, offset={offset}, size={size})",
             ino.0, fh.0
         );
-        let r = match &self.cow {
+        let r = match self.cow() {
             Some(c) => c.read(ino.0, fh.0, offset, size),
-            None => self.ov.read(ino.0, offset, size),
+            None => self.ov().read(ino.0, offset, size),
         };
         match r {
             Ok(data) => reply.data(&data),
@@ -629,7 +644,7 @@ impl Filesystem for Fuse {
             fh.0,
             data.len()
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
@@ -660,7 +675,7 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         debug!("fsync(ino={}, fh={}, datasync={datasync})", ino.0, fh.0);
-        match &self.cow {
+        match self.cow() {
             Some(c) => reply_empty(c.fsync(fh.0, datasync), reply),
             None => reply.ok(),
         }
@@ -680,7 +695,7 @@ impl Filesystem for Fuse {
             "fallocate(ino={}, fh={}, offset={offset}, length={length}, mode={mode})",
             ino.0, fh.0
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         reply_empty(c.fallocate(fh.0, offset, length, mode), reply);
@@ -688,13 +703,13 @@ impl Filesystem for Fuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!("opendir(ino={})", ino.0);
-        if let Some(c) = &self.cow {
+        if let Some(c) = self.cow() {
             return match c.opendir(ino.0) {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
             };
         }
-        match self.ov.opendir(ino.0) {
+        match self.ov().opendir(ino.0) {
             Ok(()) if self.no_opendir.load(Ordering::Relaxed) => reply.error(FErrno::ENOSYS),
             Ok(()) => reply.opened(
                 FileHandle(0),
@@ -721,9 +736,9 @@ impl Filesystem for Fuse {
                 OsStr::from_bytes(l.name),
             )
         };
-        let r = match &self.cow {
+        let r = match self.cow() {
             Some(c) => c.readdir(ino.0, fh.0, offset, add),
-            None => self.ov.readdir(ino.0, offset, add),
+            None => self.ov().readdir(ino.0, offset, add),
         };
         match r {
             Ok(()) => reply.ok(),
@@ -758,11 +773,11 @@ impl Filesystem for Fuse {
                 true
             }
         };
-        let r = match &self.cow {
+        let r = match self.cow() {
             Some(c) => c.readdir(ino.0, fh.0, offset, |l| add(l, c.listed_attr(ino.0, &l))),
             None => self
-                .ov
-                .readdir(ino.0, offset, |l| add(l, self.ov.getattr(l.ino))),
+                .ov()
+                .readdir(ino.0, offset, |l| add(l, self.ov().getattr(l.ino))),
         };
         match r.and(failed.map_or(Ok(()), Err)) {
             Ok(()) => reply.ok(),
@@ -778,7 +793,7 @@ impl Filesystem for Fuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        if let Some(c) = &self.cow {
+        if let Some(c) = self.cow() {
             c.release(fh.0);
         }
         reply.ok();
@@ -792,7 +807,7 @@ impl Filesystem for Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match &self.cow {
+        match self.cow() {
             Some(c) => reply_empty(c.fsyncdir(ino.0), reply),
             None => reply.ok(),
         }
@@ -800,12 +815,12 @@ impl Filesystem for Fuse {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         debug!("statfs()");
-        let s = match &self.cow {
+        let s = match self.cow() {
             Some(c) => match c.statfs() {
                 Ok(s) => s,
                 Err(e) => return reply.error(errno(e)),
             },
-            None => self.ov.statfs(),
+            None => self.ov().statfs(),
         };
         reply.statfs(
             s.blocks,
@@ -834,7 +849,7 @@ impl Filesystem for Fuse {
             ino.0,
             show(name)
         );
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         reply_empty(c.setxattr(ino.0, name.as_bytes(), value, flags), reply);
@@ -846,25 +861,25 @@ impl Filesystem for Fuse {
             ino.0,
             show(name)
         );
-        let r = match &self.cow {
+        let r = match self.cow() {
             Some(c) => c.getxattr(ino.0, name.as_bytes()),
-            None => self.ov.getxattr(ino.0, name.as_bytes()),
+            None => self.ov().getxattr(ino.0, name.as_bytes()),
         };
         reply_xattr(r, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         debug!("listxattr(ino={}, size={size})", ino.0);
-        let r = match &self.cow {
+        let r = match self.cow() {
             Some(c) => c.listxattr(ino.0),
-            None => self.ov.listxattr(ino.0),
+            None => self.ov().listxattr(ino.0),
         };
         reply_xattr(r, size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         debug!("removexattr(ino={}, name={:?})", ino.0, show(name));
-        let Some(c) = &self.cow else {
+        let Some(c) = self.cow() else {
             return reply.error(errno(Errno::EROFS));
         };
         reply_empty(c.removexattr(ino.0, name.as_bytes()), reply);
@@ -872,11 +887,11 @@ impl Filesystem for Fuse {
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         debug!("access(ino={}, mask={:#o})", ino.0, mask.bits());
-        if self.cow.is_some() {
+        if self.cow().is_some() {
             // Writable mounts use default_permissions; the kernel checks before asking.
             return reply.ok();
         }
-        match self.ov.access(ino.0, mask.bits(), req.uid(), req.gid()) {
+        match self.ov().access(ino.0, mask.bits(), req.uid(), req.gid()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
