@@ -709,6 +709,7 @@ mod tests {
     use super::*;
     use crate::image::container::BlobLoc;
     use crate::layer::LayerIndex;
+    use crate::layer::data::LayerData;
     use crate::layer::entry::{EntryKind, LayerEntry};
     use crate::layer::prepare::PreparedLayer;
 
@@ -931,11 +932,11 @@ mod tests {
                 entries,
                 tar_size: 0,
             },
-            data: BlobLoc {
+            data: LayerData::host(BlobLoc {
                 file: PathBuf::new(),
                 offset: 0,
                 len: 0,
-            },
+            }),
         };
         LowerTree::build(&[layer]).unwrap()
     }

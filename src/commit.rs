@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -706,19 +706,24 @@ impl<W: Write> LayerWriter<'_, '_, W> {
             path: self.view.upper.path.join(std::ffi::OsStr::from_bytes(path)),
             reason: "no lower file holds its data".into(),
         })?;
-        let loc = tree
+        let data = tree
             .data_files
             .get(usize::from(d.layer))
             .ok_or_else(|| Error::BadUpper {
                 path: self.view.upper.path.join(std::ffi::OsStr::from_bytes(path)),
                 reason: format!("lower data in unknown layer {}", d.layer),
             })?;
-        let mut f = File::open(&loc.file).ctx("open", &loc.file)?;
-        f.seek(SeekFrom::Start(d.offset)).ctx("seek", &loc.file)?;
+        let what = match data.host_range() {
+            Some(loc) => loc.file.clone(),
+            None => format!("layer {}", d.layer).into(),
+        };
         Ok(Data {
-            reader: Box::new(io::BufReader::new(f)),
+            reader: Box::new(io::BufReader::with_capacity(
+                1 << 20,
+                data.reader(d.offset, d.size),
+            )),
             size: d.size,
-            what: loc.file.clone(),
+            what,
         })
     }
 

@@ -62,7 +62,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 .map(|l| l.diff_id.hex().to_string())
                 .collect();
             let store = overlay::PassthroughStore {
-                dir: img.cache.root().join("files"),
+                dir: img.cache.root().join("passthrough"),
                 layer_keys: keys,
             };
             let mut ov = overlay::Overlay::new(tree, stack.layer_labels());

@@ -3,20 +3,18 @@
 //! This is where a FUSE request is answered; `fuse.rs` only decodes and replies. Inode numbers
 //! are `NodeId + 1` (the root is 1, as FUSE requires), stable across mounts of the same image.
 //!
-//! Locking: the lower tree is immutable and shared without locks. The only lock is the
-//! short-held mutex of the LRU of open layer files; `read_at` itself runs unlocked on an
-//! `Arc<File>`, so reads never serialise.
+//! Locking: none. The lower tree is immutable and shared without locks, and file data is read
+//! through each layer's [`LayerData`], which takes none either, so reads never serialise.
 //!
 //! Never panics: an impossible state answers `EIO` and logs at error.
-//! Dependencies: tree, layer::entry, nix (Errno), lru.
+//! Dependencies: tree, layer (entry, data), nix (Errno).
 
 use std::fs::File;
-use std::num::NonZeroUsize;
-use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use crate::layer::data::LayerData;
 use crate::tree::LowerTree;
 use crate::tree::node::{DataRef, Node, NodeId, NodeKind};
 
@@ -29,8 +27,6 @@ pub const PROVENANCE_XATTR: &[u8] = b"user.rimgfs.layer";
 pub const BLOCK_SIZE: u32 = 4096;
 /// Longest name the view accepts (as every Linux filesystem).
 pub const MAX_NAME_LEN: u32 = 255;
-/// Layer files kept open at once; images rarely have more layers than this.
-const OPEN_LAYER_FILES: usize = 128;
 /// Files at least this big are read through kernel passthrough from a copy of their own in
 /// the cache: one copy on first open buys native read speed afterwards. Smaller files are
 /// served from the layer by offset, where the copy would cost more than it saves.
@@ -104,7 +100,6 @@ pub struct Overlay {
     tree: Arc<LowerTree>,
     /// `"<index> <digest>"` per layer, for the provenance attribute.
     pub layer_labels: Vec<String>,
-    files: Mutex<lru::LruCache<u16, Arc<File>>>,
     passthrough: Option<PassthroughStore>,
 }
 
@@ -116,11 +111,9 @@ pub fn ino_of(id: NodeId) -> u64 {
 impl Overlay {
     /// A view of `tree`.
     pub fn new(tree: Arc<LowerTree>, layer_labels: Vec<String>) -> Overlay {
-        let cap = NonZeroUsize::new(OPEN_LAYER_FILES).unwrap_or(NonZeroUsize::MIN);
         Overlay {
             tree,
             layer_labels,
-            files: Mutex::new(lru::LruCache::new(cap)),
             passthrough: None,
         }
     }
@@ -164,25 +157,15 @@ impl Overlay {
                 return Ok(f);
             }
         }
+        let data = self.layer_data(d)?;
+        if let Some(own) = data.own_file(d.offset, d.size) {
+            return own.map_err(|e| io_errno(&e, "open layer file"));
+        }
         std::fs::create_dir_all(&dir).map_err(|e| io_errno(&e, "create passthrough dir"))?;
         let tmp = dir.join(format!(".tmp.{}.{}", std::process::id(), d.offset));
         let copy = || -> std::io::Result<()> {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut src = File::open(
-                &self
-                    .tree
-                    .data_files
-                    .get(usize::from(d.layer))
-                    .ok_or(std::io::ErrorKind::NotFound)?
-                    .file,
-            )?;
-            src.seek(SeekFrom::Start(d.offset))?;
             let mut out = File::create(&tmp)?;
-            // std::io::copy uses copy_file_range for file-to-file copies.
-            let n = std::io::copy(&mut src.take(d.size), &mut out)?;
-            if n != d.size {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
+            data.copy_to(d.offset, d.size, &mut out)?;
             // Durable before it is visible: after a crash, a file of the right size must
             // also hold the right bytes.
             out.sync_all()?;
@@ -315,43 +298,27 @@ impl Overlay {
         }
         let len = (data.size - offset).min(u64::from(size)) as usize;
         let mut buf = vec![0u8; len];
-        let file = self.layer_file(&data)?;
-        let mut got = 0;
-        while got < len {
-            match file.read_at(&mut buf[got..], data.offset + offset + got as u64) {
-                Ok(0) => {
-                    log::error!(
-                        "layer {} data file is shorter than its index says",
-                        data.layer
-                    );
-                    return Err(Errno::EIO);
+        self.layer_data(&data)?
+            .read_exact_at(&mut buf, data.offset + offset)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    log::error!("layer {}: {e}", data.layer);
+                    Errno::EIO
+                } else {
+                    io_errno(&e, "read layer data")
                 }
-                Ok(k) => got += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_errno(&e, "read layer data")),
-            }
-        }
+            })?;
         Ok(buf)
     }
 
-    fn layer_file(&self, d: &DataRef) -> OpResult<Arc<File>> {
-        if let Some(f) = self.files.lock().map_err(|_| Errno::EIO)?.get(&d.layer) {
-            return Ok(f.clone());
-        }
-        let loc = self
-            .tree
+    fn layer_data(&self, d: &DataRef) -> OpResult<&LayerData> {
+        self.tree
             .data_files
             .get(usize::from(d.layer))
             .ok_or_else(|| {
-                log::error!("no data file for layer {}", d.layer);
+                log::error!("no data for layer {}", d.layer);
                 Errno::EIO
-            })?;
-        let f = Arc::new(File::open(&loc.file).map_err(|e| io_errno(&e, "open layer data"))?);
-        self.files
-            .lock()
-            .map_err(|_| Errno::EIO)?
-            .put(d.layer, f.clone());
-        Ok(f)
+            })
     }
 
     /// Lists a directory from `offset` on, handing each entry to `add` until it returns

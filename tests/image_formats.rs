@@ -730,6 +730,7 @@ fn cache_second_open_reuses_index_and_layers() {
         if codec != Codec::None {
             // A warm open serves the cached decompressed layers.
             for f in &second.tree.data_files {
+                let f = f.host_range().unwrap();
                 assert!(f.file.starts_with(sb.cache()), "{codec:?}: {f:?}");
             }
         }
@@ -841,6 +842,7 @@ fn cache_damaged_layer_is_rebuilt_never_served() {
                 .assert_same(&first, &format!("{codec:?} layer {how}"));
             // The rebuilt files hash to the diff_ids again.
             for (l, f) in again.stack.image.layers.iter().zip(&again.tree.data_files) {
+                let f = f.host_range().unwrap();
                 let data = std::fs::read(&f.file).unwrap();
                 assert_eq!(
                     sha256(&data),

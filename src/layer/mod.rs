@@ -7,6 +7,7 @@
 //! their meaning is applied by `tree`. Dependencies: error, tar, entry, whiteout.
 
 pub mod codec;
+pub mod data;
 pub mod entry;
 pub mod prepare;
 pub mod whiteout;

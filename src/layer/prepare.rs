@@ -13,6 +13,7 @@ use std::io::{self, IsTerminal};
 use std::path::Path;
 
 use super::codec::{self, FileStamp};
+use super::data::LayerData;
 use super::{LayerIndex, build_index};
 use crate::cache::Cache;
 use crate::error::{Context, Error, Result};
@@ -23,13 +24,13 @@ use crate::image::digest::{Digest, HashingReader, TeeReader};
 /// Layers smaller than this are indexed without a progress bar.
 const PROGRESS_MIN_BYTES: u64 = 32 << 20;
 
-/// A layer ready to serve: its index and the file range its offsets point into.
+/// A layer ready to serve: its index and the bytes its offsets point into.
 #[derive(Debug)]
 pub struct PreparedLayer {
     /// The entries.
     pub index: LayerIndex,
     /// The uncompressed tar's bytes (archive member, blob file or cache file).
-    pub data: BlobLoc,
+    pub data: LayerData,
 }
 
 /// Indexes and verifies a layer, using the cache when it can.
@@ -54,7 +55,7 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
                     }
                     return Ok(PreparedLayer {
                         index,
-                        data: layer.blob.clone(),
+                        data: LayerData::host(layer.blob.clone()),
                     });
                 }
             }
@@ -69,7 +70,7 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
             cache.mark_verified(&fingerprint, &layer.diff_id)?;
             Ok(PreparedLayer {
                 index,
-                data: layer.blob.clone(),
+                data: LayerData::host(layer.blob.clone()),
             })
         }
         c => {
@@ -123,12 +124,12 @@ impl<R: io::Read> io::Read for DecodeErrors<R> {
     }
 }
 
-fn whole_file(path: &Path, len: u64) -> BlobLoc {
-    BlobLoc {
+fn whole_file(path: &Path, len: u64) -> LayerData {
+    LayerData::host(BlobLoc {
         file: path.to_path_buf(),
         offset: 0,
         len,
-    }
+    })
 }
 
 /// A failure while reading a layer: about the layer's contents, or about something else

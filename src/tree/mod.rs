@@ -20,7 +20,7 @@ pub mod node;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::image::container::BlobLoc;
+use crate::layer::data::LayerData;
 use crate::layer::entry::{EntryKind, LayerEntry, Meta, Xattr, split_parent};
 use crate::layer::prepare::PreparedLayer;
 use crate::layer::whiteout::{Class, META_PREFIX, classify};
@@ -45,8 +45,8 @@ pub struct LowerTree {
     nodes: Vec<Node>,
     entries: Vec<DirEntry>,
     names: Vec<u8>,
-    /// The data file of each layer, for `DataRef::layer`.
-    pub data_files: Vec<BlobLoc>,
+    /// The bytes of each layer, for `DataRef::layer`.
+    pub data_files: Vec<LayerData>,
     /// Sum of regular file sizes (each inode once).
     pub total_bytes: u64,
 }
@@ -60,7 +60,7 @@ impl LowerTree {
                 layer: i,
                 reason: "too many layers".into(),
             })?;
-            b.apply(layer, &l.index.entries, l.data.offset)
+            b.apply(layer, &l.index.entries)
                 .map_err(|reason| TreeError { layer: i, reason })?;
         }
         let mut tree = b.freeze();
@@ -266,7 +266,7 @@ impl Builder {
         self.nodes.len() - 1
     }
 
-    fn apply(&mut self, layer: u16, entries: &[LayerEntry], base: u64) -> Result<(), String> {
+    fn apply(&mut self, layer: u16, entries: &[LayerEntry]) -> Result<(), String> {
         // Pass 1: whiteouts and opaque markers, which only ever hide lower layers' entries.
         for e in entries {
             let Some((parent, name)) = split_parent(&e.path) else {
@@ -343,7 +343,7 @@ impl Builder {
                     let kind = match other {
                         EntryKind::File { offset, size } => NodeKind::File(DataRef {
                             layer,
-                            offset: base + offset,
+                            offset: *offset,
                             size: *size,
                         }),
                         EntryKind::Symlink(t) => NodeKind::Symlink(t.clone()),

@@ -12,12 +12,12 @@ use crate::layer::entry::{Meta, Xattr};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u32);
 
-/// Where a regular file's bytes are: `size` bytes at `offset` of the layer's data file.
+/// Where a regular file's bytes are: `size` bytes at `offset` of the layer's uncompressed tar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataRef {
     /// The layer (index into `LowerTree::data_files`).
     pub layer: u16,
-    /// Absolute offset in that file.
+    /// Offset from the start of that layer's tar.
     pub offset: u64,
     /// Length.
     pub size: u64,

@@ -11,7 +11,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 
 use super::{Upper, UpperEntry, is_private_xattr};
@@ -168,18 +168,10 @@ fn set_meta(upper: &Upper, dir: &DirFd, name: &OsStr, meta: &Meta, st_mode: u32)
 
 /// Copies a file's bytes from its layer into `out`.
 fn copy_data(tree: &LowerTree, d: &DataRef, out: &mut File) -> io::Result<()> {
-    let loc = tree
-        .data_files
+    tree.data_files
         .get(usize::from(d.layer))
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-    let mut src = File::open(&loc.file)?;
-    src.seek(SeekFrom::Start(d.offset))?;
-    // std::io::copy uses copy_file_range between two files.
-    let n = io::copy(&mut src.take(d.size), out)?;
-    if n != d.size {
-        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-    }
-    Ok(())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?
+        .copy_to(d.offset, d.size, out)
 }
 
 /// Gives a metadata-only copy `dir/name` its data: a full copy with the upper entry's current
@@ -230,6 +222,7 @@ mod tests {
     use super::*;
     use crate::image::container::BlobLoc;
     use crate::layer::LayerIndex;
+    use crate::layer::data::LayerData;
     use crate::layer::entry::{EntryKind, LayerEntry};
     use crate::layer::prepare::PreparedLayer;
 
@@ -274,11 +267,11 @@ mod tests {
                 entries,
                 tar_size: DATA.len() as u64,
             },
-            data: BlobLoc {
+            data: LayerData::host(BlobLoc {
                 file: data,
                 offset: 0,
                 len: DATA.len() as u64,
-            },
+            }),
         };
         LowerTree::build(&[layer]).unwrap()
     }

@@ -262,14 +262,10 @@ impl Listing {
             let (kind, sha, target, rdev) = match &n.kind {
                 NodeKind::Dir { .. } => ('d', None, None, None),
                 NodeKind::File(d) => {
-                    let loc = &tree.data_files[usize::from(d.layer)];
                     let mut buf = vec![0u8; d.size as usize];
-                    std::os::unix::fs::FileExt::read_exact_at(
-                        &std::fs::File::open(&loc.file).unwrap(),
-                        &mut buf,
-                        d.offset,
-                    )
-                    .unwrap();
+                    tree.data_files[usize::from(d.layer)]
+                        .read_exact_at(&mut buf, d.offset)
+                        .unwrap();
                     ('-', Some(sha256(&buf)), None, None)
                 }
                 NodeKind::Symlink(t) => ('l', None, Some(t.to_vec()), None),

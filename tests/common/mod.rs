@@ -189,14 +189,10 @@ pub fn read_node(tree: &LowerTree, n: &Node) -> Vec<u8> {
     let NodeKind::File(d) = n.kind else {
         panic!("not a regular file: {n:?}")
     };
-    let loc = &tree.data_files[usize::from(d.layer)];
     let mut buf = vec![0u8; d.size as usize];
-    std::os::unix::fs::FileExt::read_exact_at(
-        &std::fs::File::open(&loc.file).unwrap(),
-        &mut buf,
-        d.offset,
-    )
-    .unwrap();
+    tree.data_files[usize::from(d.layer)]
+        .read_exact_at(&mut buf, d.offset)
+        .unwrap();
     buf
 }
 
