@@ -36,7 +36,7 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
                     Compression::Gzip => "gzip",
                     Compression::Zstd => "zstd",
                 },
-                "size": l.blob.len,
+                "size": l.blob.len(),
                 "uncompressed_size": p.index.tar_size,
                 "entries": p.index.entries.len(),
             })
@@ -57,7 +57,7 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
     };
     if json_out {
         let v = json!({
-            "source": img.container.path.display().to_string(),
+            "source": img.origin.display().to_string(),
             "refs": img.refs,
             "platform": platform,
             "manifest_digest": img.manifest_digest.as_ref().map(|d| d.to_string()),
@@ -78,7 +78,7 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
     }
     let mut w = String::new();
     let line = |w: &mut String, k: &str, v: &str| w.push_str(&format!("{k:<12} {v}\n"));
-    line(&mut w, "Source:", &img.container.path.display().to_string());
+    line(&mut w, "Source:", &img.origin.display().to_string());
     line(&mut w, "Refs:", &img.refs.join(", "));
     line(&mut w, "Platform:", &platform);
     if let Some(d) = &img.manifest_digest {

@@ -31,8 +31,9 @@ use serde_json::{Value, json};
 
 use crate::changes::{Merged, MergedView, UpperKind, UpperNode, join};
 use crate::error::{Context, Error, Result};
+use crate::image;
 use crate::image::config::{MT_OCI_INDEX, MT_OCI_MANIFEST};
-use crate::image::container::{BlobLoc, Compression};
+use crate::image::container::Compression;
 use crate::image::digest::{Algorithm, Digest, Hasher, HashingReader};
 use crate::layer::entry::Meta;
 use crate::layer::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
@@ -118,9 +119,9 @@ pub fn commit(stack: &Stack, view: &MergedView<'_>, opts: &CommitOptions) -> Res
         };
         blobs.push(Blob {
             digest,
-            size: l.blob.len,
+            size: l.blob.len(),
             media_type,
-            source: Source::Loc(l.blob.clone()),
+            source: Source::Layer(l.blob.clone()),
         });
     }
     blobs.push(Blob {
@@ -137,7 +138,7 @@ pub fn commit(stack: &Stack, view: &MergedView<'_>, opts: &CommitOptions) -> Res
         &now,
         opts.message.as_deref(),
     )
-    .ok_or_else(|| Error::bad_image(&stack.image.container.path, "config is not an object"))?;
+    .ok_or_else(|| Error::bad_image(&stack.image.origin, "config is not an object"))?;
     let config = Blob::bytes(config, MT_OCI_CONFIG);
     let manifest = json!({
         "schemaVersion": 2,
@@ -243,7 +244,7 @@ struct Blob {
 }
 
 enum Source {
-    Loc(BlobLoc),
+    Layer(image::Blob),
     File(PathBuf),
     Bytes(Vec<u8>),
 }
@@ -264,7 +265,7 @@ impl Blob {
 
     fn reader(&self) -> Result<Box<dyn Read + '_>> {
         Ok(match &self.source {
-            Source::Loc(loc) => Box::new(loc.reader()?),
+            Source::Layer(b) => b.reader()?,
             Source::File(p) => Box::new(io::BufReader::new(File::open(p).ctx("open", p)?)),
             Source::Bytes(b) => Box::new(&b[..]),
         })
@@ -281,12 +282,13 @@ fn to_json(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-fn hash_blob(loc: &BlobLoc) -> Result<Digest> {
-    let mut r = HashingReader::new(loc.reader()?, Some(Algorithm::Sha256));
-    r.drain().ctx("read", &loc.file)?;
+fn hash_blob(blob: &image::Blob) -> Result<Digest> {
+    let what = PathBuf::from(blob.describe());
+    let mut r = HashingReader::new(blob.reader()?, Some(Algorithm::Sha256));
+    r.drain().ctx("read", &what)?;
     r.finish()
         .0
-        .ok_or_else(|| Error::bad_image(&loc.file, "blob could not be hashed"))
+        .ok_or_else(|| Error::bad_image(&what, "blob could not be hashed"))
 }
 
 /// The config with the new layer: its diff_id, a history entry, a new creation time.

@@ -44,7 +44,7 @@ impl Stack {
     /// Builds the merged tree of the prepared layers.
     pub fn tree(&self) -> Result<LowerTree> {
         LowerTree::build(&self.layers).map_err(|e| Error::BadLayer {
-            path: self.image.container.path.clone(),
+            path: self.image.origin.clone(),
             layer: self
                 .image
                 .layers
@@ -67,7 +67,7 @@ impl Stack {
 /// Prepares the first `count` layers, several at a time: indexing is CPU-bound (hashing,
 /// decompressing) and layers are independent.
 fn prepare_all(image: &Image, count: usize, cache: &Cache) -> Result<Vec<PreparedLayer>> {
-    let path = &image.container.path;
+    let path = &image.origin;
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(count.max(1));

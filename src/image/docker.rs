@@ -59,7 +59,7 @@ pub(super) fn open(container: Container, selector: Option<&Selector>) -> Result<
     }
     let layers = super::layer_refs(&container, &config, blobs)?;
     Ok(Image {
-        container,
+        origin: path,
         refs: chosen.refs,
         manifest_digest: None,
         config_digest,

@@ -16,7 +16,9 @@ pub mod container;
 pub mod digest;
 mod docker;
 mod oci;
+pub mod remote;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::cache::Cache;
@@ -24,6 +26,7 @@ use crate::error::{Error, Result};
 use config::{ImageConfig, Platform};
 use container::{BlobLoc, Compression, Container};
 use digest::Digest;
+use remote::RemoteBlob;
 
 /// How the image argument names its source (skopeo-style transport prefixes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +139,51 @@ pub struct LayerRef {
     /// Compression, from the blob's magic number (which wins over the media type).
     pub compression: Compression,
     /// Where the blob's bytes are.
-    pub blob: BlobLoc,
+    pub blob: Blob,
+}
+
+/// Where a layer blob's bytes are.
+#[derive(Clone, Debug)]
+pub enum Blob {
+    /// In a range of a host file (an archive member, a blob file).
+    Local(BlobLoc),
+    /// In a repository, fetched by range.
+    Remote(RemoteBlob),
+}
+
+impl Blob {
+    /// The blob's length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Blob::Local(l) => l.len,
+            Blob::Remote(r) => r.len,
+        }
+    }
+
+    /// Whether the blob is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A reader over the whole blob, from its first byte.
+    pub fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        match self {
+            Blob::Local(l) => Ok(Box::new(l.reader()?)),
+            Blob::Remote(r) => r.fetch.stream(&r.digest, 0).map_err(|e| Error::Io {
+                op: "fetch",
+                path: PathBuf::from(format!("{} {}", r.fetch.describe(), r.digest)),
+                source: e,
+            }),
+        }
+    }
+
+    /// Names the blob in messages: its file, or its repository and digest.
+    pub fn describe(&self) -> String {
+        match self {
+            Blob::Local(l) => l.file.display().to_string(),
+            Blob::Remote(r) => format!("{} {}", r.fetch.describe(), r.digest),
+        }
+    }
 }
 
 impl LayerRef {
@@ -154,8 +201,9 @@ impl LayerRef {
 /// An image chosen from a source, with its layer stack.
 #[derive(Debug)]
 pub struct Image {
-    /// The container it came from.
-    pub container: Container,
+    /// What it was opened from (a file, a directory, or a reference such as `docker://…`);
+    /// messages name it.
+    pub origin: PathBuf,
     /// The references that name it.
     pub refs: Vec<String>,
     /// Digest of its manifest (OCI sources).
@@ -333,7 +381,7 @@ pub(crate) fn layer_refs(
             diff_id,
             media_type,
             compression,
-            blob,
+            blob: Blob::Local(blob),
         });
     }
     Ok(layers)

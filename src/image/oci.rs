@@ -70,7 +70,7 @@ pub(super) fn open(
     }
     let layers = super::layer_refs(&container, &config, blobs)?;
     Ok(Image {
-        container,
+        origin: container.path.clone(),
         refs: chosen.refs,
         manifest_digest: Some(manifest_digest),
         config_digest: Some(config_digest),

@@ -17,9 +17,9 @@ use super::data::LayerData;
 use super::{LayerIndex, build_index};
 use crate::cache::Cache;
 use crate::error::{Context, Error, Result};
-use crate::image::LayerRef;
 use crate::image::container::{BlobLoc, Compression, Container};
 use crate::image::digest::{Digest, HashingReader, TeeReader};
+use crate::image::{Blob, LayerRef};
 
 /// Layers smaller than this are indexed without a progress bar.
 const PROGRESS_MIN_BYTES: u64 = 32 << 20;
@@ -35,6 +35,23 @@ pub struct PreparedLayer {
 
 /// Indexes and verifies a layer, using the cache when it can.
 pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<PreparedLayer> {
+    match &layer.blob {
+        Blob::Local(loc) => prepare_local(layer, loc, image_path, cache),
+        Blob::Remote(_) => Err(Error::BadLayer {
+            path: image_path.to_path_buf(),
+            layer: layer.describe(),
+            reason: "layers in a registry cannot be served yet".into(),
+        }),
+    }
+}
+
+/// A layer whose blob lies in a host file.
+fn prepare_local(
+    layer: &LayerRef,
+    loc: &BlobLoc,
+    image_path: &Path,
+    cache: &Cache,
+) -> Result<PreparedLayer> {
     let bad = |reason: String| Error::BadLayer {
         path: image_path.to_path_buf(),
         layer: layer.describe(),
@@ -46,20 +63,20 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
         .and_then(|d| codec::decode(&d));
     match layer.compression {
         Compression::None => {
-            let fingerprint = Container::fingerprint(&layer.blob)?;
+            let fingerprint = Container::fingerprint(loc)?;
             if let Some((index, _)) = cached {
-                if index.tar_size == layer.blob.len {
+                if index.tar_size == loc.len {
                     if !cache.is_verified(&fingerprint, &layer.diff_id) {
-                        verify_in_place(layer, image_path)?;
+                        verify_in_place(layer, loc, image_path)?;
                         cache.mark_verified(&fingerprint, &layer.diff_id)?;
                     }
                     return Ok(PreparedLayer {
                         index,
-                        data: LayerData::host(layer.blob.clone()),
+                        data: LayerData::host(loc.clone()),
                     });
                 }
             }
-            let index = index_in_place(layer, image_path).map_err(|e| match e {
+            let index = index_in_place(layer, loc, image_path).map_err(|e| match e {
                 IndexFail::Layer(r) => bad(r),
                 IndexFail::Other(e) => e,
             })?;
@@ -70,7 +87,7 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
             cache.mark_verified(&fingerprint, &layer.diff_id)?;
             Ok(PreparedLayer {
                 index,
-                data: LayerData::host(layer.blob.clone()),
+                data: LayerData::host(loc.clone()),
             })
         }
         c => {
@@ -90,12 +107,12 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
             }
             let mut index = None;
             cache.write_atomic(&content, |out| {
-                index = Some(decompress_and_index(layer, c, out, image_path).map_err(
-                    |e| match e {
+                index = Some(
+                    decompress_and_index(layer, loc, c, out, image_path).map_err(|e| match e {
                         IndexFail::Layer(r) => bad(r),
                         IndexFail::Other(e) => e,
-                    },
-                )?);
+                    })?,
+                );
                 Ok(())
             })?;
             let index = index.ok_or_else(|| bad("indexing produced nothing".into()))?;
@@ -146,12 +163,12 @@ impl From<Error> for IndexFail {
 }
 
 /// A progress bar on stderr for big layers, hidden when stderr is not a terminal.
-fn progress(layer: &LayerRef) -> indicatif::ProgressBar {
-    if layer.blob.len < PROGRESS_MIN_BYTES || !io::stderr().is_terminal() {
+fn progress(layer: &LayerRef, len: u64) -> indicatif::ProgressBar {
+    if len < PROGRESS_MIN_BYTES || !io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::with_draw_target(
-        Some(layer.blob.len),
+        Some(len),
         indicatif::ProgressDrawTarget::stderr(),
     );
     if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -164,17 +181,21 @@ fn progress(layer: &LayerRef) -> indicatif::ProgressBar {
 }
 
 /// Indexes an uncompressed layer where it lies, verifying its diff_id in the same pass.
-fn index_in_place(layer: &LayerRef, image_path: &Path) -> Result<LayerIndex, IndexFail> {
-    let pb = progress(layer);
+fn index_in_place(
+    layer: &LayerRef,
+    loc: &BlobLoc,
+    image_path: &Path,
+) -> Result<LayerIndex, IndexFail> {
+    let pb = progress(layer, loc.len);
     let mut hr = HashingReader::new(
-        layer.blob.reader_wrapped(|f| pb.wrap_read(f))?,
+        loc.reader_wrapped(|f| pb.wrap_read(f))?,
         Some(layer.diff_id.algorithm()),
     );
     let mut index = build_index(&mut hr).map_err(IndexFail::Layer)?;
     hr.drain().ctx("read", image_path)?;
     pb.finish_and_clear();
     let (found, len) = hr.finish();
-    check_len(layer, len, image_path)?;
+    check_len(layer, loc, len, image_path)?;
     check_digest(&layer.diff_id, found, "diff_id", layer, image_path)?;
     if let Some(bd) = &layer.blob_digest {
         if bd.algorithm() == layer.diff_id.algorithm() && bd != &layer.diff_id {
@@ -192,10 +213,10 @@ fn index_in_place(layer: &LayerRef, image_path: &Path) -> Result<LayerIndex, Ind
 }
 
 /// Re-hashes an uncompressed layer whose index is cached but whose file is new to the cache.
-fn verify_in_place(layer: &LayerRef, image_path: &Path) -> Result<()> {
-    let pb = progress(layer);
+fn verify_in_place(layer: &LayerRef, loc: &BlobLoc, image_path: &Path) -> Result<()> {
+    let pb = progress(layer, loc.len);
     let mut hr = HashingReader::new(
-        layer.blob.reader_wrapped(|f| pb.wrap_read(f))?,
+        loc.reader_wrapped(|f| pb.wrap_read(f))?,
         Some(layer.diff_id.algorithm()),
     );
     hr.drain().ctx("read", image_path)?;
@@ -215,15 +236,15 @@ fn verify_in_place(layer: &LayerRef, image_path: &Path) -> Result<()> {
 /// Decompresses a layer into `out` while indexing it and checking both digests.
 fn decompress_and_index(
     layer: &LayerRef,
+    loc: &BlobLoc,
     c: Compression,
     out: &mut impl io::Write,
     image_path: &Path,
 ) -> Result<LayerIndex, IndexFail> {
-    let pb = progress(layer);
+    let pb = progress(layer, loc.len);
     let corrupt = |e: io::Error| IndexFail::Layer(format!("corrupt {c:?} stream: {e}"));
     let blob_alg = layer.blob_digest.as_ref().map(Digest::algorithm);
-    let mut compressed =
-        HashingReader::new(layer.blob.reader_wrapped(|f| pb.wrap_read(f))?, blob_alg);
+    let mut compressed = HashingReader::new(loc.reader_wrapped(|f| pb.wrap_read(f))?, blob_alg);
     let (mut index, found_diff, len) = {
         let dec = DecodeErrors(c.decoder(&mut compressed).map_err(corrupt)?, c);
         let mut tar = HashingReader::new(
@@ -239,7 +260,7 @@ fn decompress_and_index(
     compressed.drain().ctx("read", image_path)?;
     pb.finish_and_clear();
     let (found_blob, blob_len) = compressed.finish();
-    check_len(layer, blob_len, image_path)?;
+    check_len(layer, loc, blob_len, image_path)?;
     if let Some(bd) = &layer.blob_digest {
         check_digest(bd, found_blob, "blob", layer, image_path)?;
     }
@@ -248,12 +269,17 @@ fn decompress_and_index(
     Ok(index)
 }
 
-fn check_len(layer: &LayerRef, len: u64, image_path: &Path) -> Result<(), IndexFail> {
-    if len != layer.blob.len {
+fn check_len(
+    layer: &LayerRef,
+    loc: &BlobLoc,
+    len: u64,
+    image_path: &Path,
+) -> Result<(), IndexFail> {
+    if len != loc.len {
         return Err(IndexFail::Other(Error::SizeMismatch {
             path: image_path.to_path_buf(),
             what: format!("layer {}", layer.describe()),
-            expected: layer.blob.len,
+            expected: loc.len,
             found: len,
         }));
     }
