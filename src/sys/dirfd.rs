@@ -1,205 +1,12 @@
-//! Every `unsafe` host call of rimgfs, behind safe wrappers.
-//!
-//! SAFETY (module-wide): each wrapper documents the condition its unsafe call needs; callers
-//! get a safe function whose contract is stated in its doc comment.
+//! Directories held open by descriptor: every operation on the upper and work trees goes
+//! through one, by `*at()` calls on single names, so nothing planted in the tree can lead an
+//! operation outside it. Extended attributes of entries are in [`super::xattr`].
 //! Dependencies: libc, nix.
-#![allow(unsafe_code)]
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 
-/// Which side of a fork we are on.
-pub enum Forked {
-    /// The original process; the child's pid.
-    Parent(nix::unistd::Pid),
-    /// The new process.
-    Child,
-}
-
-/// Forks the process.
-///
-/// Must be called while the process has a single thread (before any worker thread is
-/// started, after scoped threads were joined), so the child inherits no lock held by a thread
-/// that does not exist in it.
-pub fn fork_single_threaded() -> io::Result<Forked> {
-    // SAFETY: the caller guarantees the process is single-threaded, which is the condition
-    // under which fork(2) leaves the child in a consistent state.
-    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
-        nix::unistd::ForkResult::Child => Ok(Forked::Child),
-    }
-}
-
-/// Number of threads of this process, from `/proc/self/status` (`None` if unreadable).
-pub fn thread_count() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Makes the standard descriptor `target` (0, 1 or 2) refer to `file`.
-pub fn redirect_fd(file: &std::fs::File, target: i32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    if !(0..=2).contains(&target) {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: both descriptors are valid for the duration of the call (`file` is borrowed,
-    // `target` is a standard descriptor); dup2 only replaces what `target` refers to.
-    let r = unsafe { libc::dup2(file.as_raw_fd(), target) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Keeps the daemon's resident memory to what it uses: returns memory freed after indexing to
-/// the kernel, and pins glibc's mmap threshold so the large per-thread FUSE request buffers
-/// are always fresh, lazily-touched mappings (glibc's dynamic threshold would otherwise move
-/// them onto the heap after the first one is freed, where calloc must zero every page).
-pub fn tune_allocator() {
-    /// Allocations from this size on get their own mapping.
-    const MMAP_THRESHOLD: i32 = 1 << 20;
-    // SAFETY: mallopt and malloc_trim only adjust glibc allocator state; they are safe to call
-    // at any time from any thread.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        libc::malloc_trim(0);
-    }
-}
-
-/// The setuid helper that mounts FUSE for users who may not call mount(2).
-pub const FUSERMOUNT: &str = "fusermount3";
-
-/// Mounts a FUSE filesystem on `mnt` through `fusermount3 -o OPTIONS -- MNT` and returns the
-/// `/dev/fuse` descriptor it passes back over a socket (libfuse's `_FUSE_COMMFD` protocol).
-/// This works where the caller cannot even open `/dev/fuse` (mode 0600).
-pub fn fusermount(mnt: &std::path::Path, options: &str) -> io::Result<std::os::fd::OwnedFd> {
-    use std::io::IoSliceMut;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::net::UnixStream;
-    use std::process::{Command, Stdio};
-
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-
-    let (ours, theirs) = UnixStream::pair()?;
-    // The helper must inherit its end; std creates both ends close-on-exec.
-    fcntl(&theirs, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
-    let child = Command::new(FUSERMOUNT)
-        .arg("-o")
-        .arg(options)
-        .arg("--")
-        .arg(mnt)
-        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("{FUSERMOUNT}: {e}")))?;
-    drop(theirs);
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut cmsg = nix::cmsg_space!(std::os::fd::RawFd);
-    let received: Option<OwnedFd> = loop {
-        match recvmsg::<()>(
-            ours.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::empty(),
-        ) {
-            Ok(msg) => {
-                let mut fd = None;
-                for c in msg.cmsgs().into_iter().flatten() {
-                    if let ControlMessageOwned::ScmRights(fds) = c {
-                        for raw in fds {
-                            // SAFETY: SCM_RIGHTS installed `raw` as a new descriptor of this
-                            // process that nothing else owns; wrapping it makes it closed once.
-                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                            fd.get_or_insert(owned);
-                        }
-                    }
-                }
-                break fd;
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break None,
-        }
-    };
-    drop(ours);
-    let out = child.wait_with_output()?;
-    match received {
-        Some(fd) => {
-            fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
-            Ok(fd)
-        }
-        None => {
-            let msg = String::from_utf8_lossy(&out.stderr);
-            let msg = msg.trim().trim_start_matches("fusermount3: ");
-            Err(io::Error::other(
-                if msg.is_empty() {
-                    "fusermount3 failed"
-                } else {
-                    msg
-                }
-                .to_string(),
-            ))
-        }
-    }
-}
-
-/// Unmounts a FUSE mount through `fusermount3 -u` (`-z` for lazy).
-pub fn fuse_unmount(mnt: &std::path::Path, lazy: bool) -> io::Result<()> {
-    let mut cmd = std::process::Command::new(FUSERMOUNT);
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    let out = cmd
-        .arg(mnt)
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("{FUSERMOUNT}: {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let msg = String::from_utf8_lossy(&out.stderr);
-    Err(io::Error::other(
-        msg.trim().trim_start_matches("fusermount3: ").to_string(),
-    ))
-}
-
-/// `fallocate(2)` on an open file (`mode`: `FALLOC_FL_*`).
-pub fn fallocate(f: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (off, len) = match (i64::try_from(offset), i64::try_from(len)) {
-        (Ok(o), Ok(l)) => (o, l),
-        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-    };
-    // SAFETY: a valid descriptor borrowed from `f`; fallocate takes no pointers.
-    cvt(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) }).map(drop)
-}
-
-/// Whether an open file has the extended attribute `name` (errors count as no).
-pub fn has_xattr(f: &std::fs::File, name: &[u8]) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(n) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: valid descriptor and C string; a null buffer of size 0 asks for the size only.
-    unsafe { libc::fgetxattr(f.as_raw_fd(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
-}
-
-/// Removes the extended attribute `name` of an open file, if it has it.
-pub fn remove_xattr_fd(f: &std::fs::File, name: &[u8]) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let n = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: valid descriptor and C string.
-    match cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), n.as_ptr()) }) {
-        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
-        r => r.map(drop),
-    }
-}
+use super::{c_bytes, cstr, cvt};
 
 /// A directory held open by descriptor, through which every operation on the upper tree goes.
 ///
@@ -208,39 +15,20 @@ pub fn remove_xattr_fd(f: &std::fs::File, name: &[u8]) -> io::Result<()> {
 /// the upper directory (a symlink, `..`, a magic link) can lead an operation outside it, even
 /// though the daemon runs as root.
 #[derive(Debug)]
-pub struct DirFd(std::os::fd::OwnedFd);
+pub struct DirFd(pub(super) std::os::fd::OwnedFd);
 
 /// What `DirFd::stat` reports about an entry.
 pub type FileStat = libc::stat;
 
-fn one_component(name: &std::ffi::OsStr) -> io::Result<&std::ffi::OsStr> {
+/// `name` itself if it is one path component (not empty, `.`, `..`, no `/` or NUL), else
+/// `EINVAL`.
+pub(super) fn one_component(name: &std::ffi::OsStr) -> io::Result<&std::ffi::OsStr> {
     use std::os::unix::ffi::OsStrExt;
     let b = name.as_bytes();
     if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     Ok(name)
-}
-
-fn cstr(name: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
 }
 
 impl DirFd {
@@ -397,102 +185,6 @@ impl DirFd {
         )
         .map_err(io::Error::from)
     }
-
-    /// The path of an entry through this directory's descriptor, for the calls that have no
-    /// `*at()` form (`l*xattr`, chmod of a non-directory): `/proc/self/fd/N/name` resolves the
-    /// descriptor itself, and the `l*` calls do not follow the final component.
-    fn proc_path(&self, name: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::ffi::OsStrExt;
-        let mut p = format!("/proc/self/fd/{}/", self.0.as_raw_fd()).into_bytes();
-        p.extend_from_slice(one_component(name)?.as_bytes());
-        std::ffi::CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-    }
-
-    /// Reads an extended attribute of an entry, not following a symlink.
-    pub fn get_xattr(&self, name: &std::ffi::OsStr, attr: &[u8]) -> io::Result<Vec<u8>> {
-        let p = self.proc_path(name)?;
-        let a =
-            std::ffi::CString::new(attr).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        loop {
-            // SAFETY: valid C strings; a null buffer with size 0 asks for the size only.
-            let size = cvt_size(unsafe {
-                libc::lgetxattr(p.as_ptr(), a.as_ptr(), std::ptr::null_mut(), 0)
-            })?;
-            let mut buf = vec![0u8; size];
-            // SAFETY: `buf` is writable for `buf.len()` bytes.
-            match cvt_size(unsafe {
-                libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-            }) {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Ok(buf);
-                }
-                // Grew between the two calls: ask again.
-                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Sets an extended attribute of an entry (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`).
-    pub fn set_xattr(
-        &self,
-        name: &std::ffi::OsStr,
-        attr: &[u8],
-        value: &[u8],
-        flags: i32,
-    ) -> io::Result<()> {
-        let p = self.proc_path(name)?;
-        let a =
-            std::ffi::CString::new(attr).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: valid C strings; `value` is readable for its length.
-        cvt(unsafe {
-            libc::lsetxattr(
-                p.as_ptr(),
-                a.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            )
-        })
-        .map(drop)
-    }
-
-    /// Removes an extended attribute of an entry.
-    pub fn remove_xattr(&self, name: &std::ffi::OsStr, attr: &[u8]) -> io::Result<()> {
-        let p = self.proc_path(name)?;
-        let a =
-            std::ffi::CString::new(attr).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: valid C strings.
-        cvt(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
-    }
-
-    /// Lists the extended attribute names of an entry.
-    pub fn list_xattr(&self, name: &std::ffi::OsStr) -> io::Result<Vec<Vec<u8>>> {
-        let p = self.proc_path(name)?;
-        loop {
-            // SAFETY: valid C string; a null buffer with size 0 asks for the size only.
-            let size = cvt_size(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
-            let mut buf = vec![0u8; size];
-            // SAFETY: `buf` is writable for `buf.len()` bytes.
-            match cvt_size(unsafe {
-                libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-            }) {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Ok(buf
-                        .split(|&b| b == 0)
-                        .filter(|s| !s.is_empty())
-                        .map(<[u8]>::to_vec)
-                        .collect());
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Sets the permission bits of an entry that is not a symlink (symlinks have none).
     pub fn chmod(&self, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -520,8 +212,7 @@ impl DirFd {
         if unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        let p = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let p = c_bytes(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
         // SAFETY: valid C string naming the pinned inode.
         cvt(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) }).map(drop)
     }

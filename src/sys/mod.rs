@@ -1,0 +1,51 @@
+//! Every `unsafe` host call of rimgfs, behind safe wrappers, grouped by what they touch:
+//! [`dirfd`] the upper tree through directory descriptors, [`xattr`] extended attributes,
+//! [`mod@file`] open files, [`process`] the process itself (fork, descriptors, allocator),
+//! [`mod@fusermount`] the setuid mount helper.
+//!
+//! SAFETY (module-wide): each wrapper documents the condition its unsafe call needs; callers
+//! get a safe function whose contract is stated in its doc comment. No module outside `sys`
+//! may use `unsafe` (the crate denies it).
+//! Dependencies: libc, nix.
+#![allow(unsafe_code)]
+
+pub mod dirfd;
+pub mod file;
+pub mod fusermount;
+pub mod process;
+pub mod xattr;
+
+use std::ffi::{CString, OsStr};
+use std::io;
+
+pub use dirfd::{DirFd, FileStat};
+pub use file::fallocate;
+pub use fusermount::{FUSERMOUNT, fuse_unmount, fusermount};
+pub use process::{Forked, fork_single_threaded, redirect_fd, thread_count, tune_allocator};
+pub use xattr::{has_xattr, remove_xattr_fd};
+
+/// A C string of `bytes`; `EINVAL` if they hold a NUL (no host name or attribute can).
+fn c_bytes(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    c_bytes(name.as_bytes())
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
