@@ -43,14 +43,17 @@ impl Stack {
 
     /// Builds the merged tree of the prepared layers.
     pub fn tree(&self) -> Result<LowerTree> {
-        LowerTree::build(&self.layers).map_err(|e| Error::BadLayer {
-            path: self.image.origin.clone(),
-            layer: self
-                .image
-                .layers
-                .get(e.layer)
-                .map_or_else(|| e.layer.to_string(), |l| l.describe()),
-            reason: e.reason,
+        LowerTree::build(&self.layers).map_err(|e| match e.layer {
+            Some(i) => Error::BadLayer {
+                path: self.image.origin.clone(),
+                layer: self
+                    .image
+                    .layers
+                    .get(i)
+                    .map_or_else(|| i.to_string(), |l| l.describe()),
+                reason: e.reason,
+            },
+            None => Error::bad_image(&self.image.origin, e.reason),
         })
     }
 

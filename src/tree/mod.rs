@@ -13,11 +13,14 @@
 //!    of duplicate entries the last wins; the root takes its attributes from a `./` entry.
 //!
 //! Building uses a mutable arena; `freeze` then renumbers the reachable nodes breadth first
-//! (deterministic inode numbers) into the immutable [`LowerTree`], which needs no locks.
+//! (deterministic inode numbers) into the immutable [`LowerTree`], which needs no locks. Its
+//! arenas are indexed by `u32` (half the memory of `usize` per entry): a tree past 4 Gi
+//! inodes, entries or name bytes is refused at build time, never truncated.
 //! Dependencies: layer (index, entry, whiteout), image::container (BlobLoc).
 
 pub mod node;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::layer::data::LayerData;
@@ -30,11 +33,12 @@ use node::{DataRef, DirEntry, Node, NodeId, NodeKind};
 /// parents): what Docker and umoci create.
 const IMPLICIT_DIR_MODE: u32 = 0o755;
 
-/// A layer-rule violation: which layer, and what.
+/// A layer-rule violation (which layer, and what), or a merged tree too large to number.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TreeError {
-    /// Layer index, bottom = 0.
-    pub layer: usize,
+    /// Layer index, bottom = 0; `None` when no one layer is at fault (the merged tree is
+    /// larger than its 32-bit numbering).
+    pub layer: Option<usize>,
     /// The problem, naming the path.
     pub reason: String,
 }
@@ -57,20 +61,40 @@ impl LowerTree {
         let mut b = Builder::new();
         for (i, l) in layers.iter().enumerate() {
             let layer = u16::try_from(i).map_err(|_| TreeError {
-                layer: i,
+                layer: Some(i),
                 reason: "too many layers".into(),
             })?;
             b.apply(layer, &l.index.entries)
-                .map_err(|reason| TreeError { layer: i, reason })?;
+                .map_err(|reason| TreeError {
+                    layer: Some(i),
+                    reason,
+                })?;
         }
-        let mut tree = b.freeze();
+        let mut tree = b.freeze().map_err(|reason| TreeError {
+            layer: None,
+            reason,
+        })?;
         tree.data_files = layers.iter().map(|l| l.data.clone()).collect();
         Ok(tree)
     }
 
     /// An empty tree (just a root directory).
     pub fn empty() -> LowerTree {
-        Builder::new().freeze()
+        let root = implicit_dir(0);
+        LowerTree {
+            nodes: vec![Node {
+                meta: root.meta,
+                layer: root.layer,
+                nlink: 2,
+                parent: Self::ROOT,
+                kind: NodeKind::Dir { first: 0, len: 0 },
+                xattrs: Box::default(),
+            }],
+            entries: Vec::new(),
+            names: Vec::new(),
+            data_files: Vec::new(),
+            total_bytes: 0,
+        }
     }
 
     /// The root directory.
@@ -95,7 +119,10 @@ impl LowerTree {
     pub fn children(&self, dir: NodeId) -> &[DirEntry] {
         match self.node(dir).map(|n| &n.kind) {
             Some(NodeKind::Dir { first, len }) => {
-                &self.entries[*first as usize..(*first + *len) as usize]
+                let first = *first as usize;
+                self.entries
+                    .get(first..first + *len as usize)
+                    .unwrap_or_default()
             }
             _ => &[],
         }
@@ -114,7 +141,8 @@ impl LowerTree {
         let kids = self.children(dir);
         kids.binary_search_by(|e| self.name(e).cmp(name))
             .ok()
-            .map(|i| kids[i].node)
+            .and_then(|i| kids.get(i))
+            .map(|e| e.node)
     }
 
     /// Resolves a path relative to the root without following symlinks (`""` is the root).
@@ -373,8 +401,9 @@ impl Builder {
         Ok(())
     }
 
-    /// Renumbers reachable nodes breadth first and lays children out contiguously.
-    fn freeze(mut self) -> LowerTree {
+    /// Renumbers reachable nodes breadth first and lays children out contiguously; an error
+    /// if the result is too large for the arenas' 32-bit indexes.
+    fn freeze(mut self) -> Result<LowerTree, String> {
         let mut new_id: HashMap<usize, u32> = HashMap::new();
         let mut order: Vec<usize> = vec![0];
         new_id.insert(0, 0);
@@ -390,35 +419,43 @@ impl Builder {
             else {
                 continue;
             };
-            let first = entries.len() as u32;
+            let first = arena_index(entries.len(), ENTRIES)?;
             let new_id_d = new_id[&d];
-            let mut subdirs = 0;
+            let mut subdirs: u32 = 0;
             for (name, child) in kids {
-                let id = *new_id.entry(child).or_insert_with(|| {
-                    order.push(child);
-                    nlink.push(0);
-                    parent.push(new_id_d);
-                    if matches!(self.nodes[child].kind, BKind::Dir(_)) {
-                        queue.push_back(child);
+                let id = match new_id.entry(child) {
+                    Entry::Occupied(known) => *known.get(),
+                    Entry::Vacant(new) => {
+                        let id = arena_index(order.len(), INODES)?;
+                        new.insert(id);
+                        order.push(child);
+                        nlink.push(0);
+                        parent.push(new_id_d);
+                        if matches!(self.nodes[child].kind, BKind::Dir(_)) {
+                            queue.push_back(child);
+                        }
+                        id
                     }
-                    (order.len() - 1) as u32
-                });
+                };
+                // Link counts are bounded by the entry count; saturating keeps an absurd one
+                // from wrapping.
                 if matches!(self.nodes[child].kind, BKind::Dir(_)) {
-                    subdirs += 1;
+                    subdirs = subdirs.saturating_add(1);
                     nlink[id as usize] = 2;
                 } else {
-                    nlink[id as usize] += 1;
+                    nlink[id as usize] = nlink[id as usize].saturating_add(1);
                 }
                 entries.push(DirEntry {
-                    name_start: names.len() as u32,
-                    name_len: name.len() as u32,
+                    name_start: arena_index(names.len(), NAME_BYTES)?,
+                    name_len: arena_index(name.len(), NAME_BYTES)?,
                     node: NodeId(id),
                 });
                 names.extend_from_slice(&name);
             }
             let id = new_id[&d] as usize;
-            nlink[id] = 2 + subdirs;
-            ranges.insert(d, (first, entries.len() as u32 - first));
+            nlink[id] = subdirs.saturating_add(2);
+            let len = arena_index(entries.len() - first as usize, ENTRIES)?;
+            ranges.insert(d, (first, len));
         }
         // Directories were emptied above; their kind is rebuilt from `ranges`.
         let mut total_bytes = 0;
@@ -443,14 +480,29 @@ impl Builder {
             });
         }
         names.shrink_to_fit();
-        LowerTree {
+        Ok(LowerTree {
             nodes,
             entries,
             names,
             data_files: Vec::new(),
             total_bytes,
-        }
+        })
     }
+}
+
+/// What [`arena_index`] counts, for its error.
+const INODES: &str = "inodes";
+const ENTRIES: &str = "directory entries";
+const NAME_BYTES: &str = "bytes of names";
+
+/// A position or length in one of the tree's arenas as the `u32` the arena stores.
+fn arena_index(n: usize, what: &str) -> Result<u32, String> {
+    u32::try_from(n).map_err(|_| {
+        format!(
+            "the merged tree is too large: more than {} {what}",
+            u32::MAX
+        )
+    })
 }
 
 /// Whether a parent path lies inside AUFS metadata (`.wh..wh.plnk/...`): like the
@@ -484,4 +536,41 @@ fn sorted_xattrs(x: &[Xattr]) -> Vec<Xattr> {
         m.insert(k, v);
     }
     m.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_index_refuses_what_u32_cannot_hold() {
+        let max = u32::MAX as usize;
+        assert_eq!(arena_index(max, INODES), Ok(u32::MAX));
+        let e = arena_index(max + 1, INODES).unwrap_err();
+        assert_eq!(
+            e,
+            "the merged tree is too large: more than 4294967295 inodes"
+        );
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn empty_tree_is_the_root_an_empty_stack_builds() {
+        let built = LowerTree::build(&[]).unwrap();
+        let empty = LowerTree::empty();
+        assert_eq!(format!("{:?}", empty.nodes), format!("{:?}", built.nodes));
+        assert!(empty.children(LowerTree::ROOT).is_empty());
+        assert_eq!(empty.entry_count(), 1);
+    }
+
+    #[test]
+    fn children_out_of_the_entry_arena_are_none() {
+        for (first, len) in [(5, 3), (0, 1), (u32::MAX, u32::MAX)] {
+            let mut t = LowerTree::empty();
+            t.nodes[0].kind = NodeKind::Dir { first, len };
+            assert!(t.children(LowerTree::ROOT).is_empty(), "{first}+{len}");
+            assert_eq!(t.lookup(LowerTree::ROOT, b"x"), None);
+            assert_eq!(t.resolve(b"/x"), None);
+        }
+    }
 }
