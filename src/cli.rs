@@ -1,7 +1,11 @@
 //! Command line: clap types, and their conversion into validated configurations.
 //!
-//! The doc comments are the `--help` text. `MountArgs::to_config` is the one place where
-//! mount options are checked, so it is unit-tested. Dependencies: clap, image, error.
+//! The doc comments are the `--help` text. Each subcommand's arguments are one struct, run by
+//! its file in [`crate::app`]; options several commands share are flattened structs:
+//! [`ImageArgs`] (which image, where the cache is) and [`MountArgs`]. `MountArgs::to_config`
+//! is the one place where mount options are checked into a [`MountOptions`], so it is
+//! unit-tested. Dependencies: clap, image, cache, mount (`MountOptions`), commit (`Format`),
+//! error.
 
 use std::path::PathBuf;
 
@@ -11,6 +15,7 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::image::config::Platform;
 use crate::image::{ImageSpec, OpenOptions, parse_selector};
+use crate::mount::MountOptions;
 
 /// Mount a container image as its merged filesystem.
 #[derive(Debug, Parser)]
@@ -24,117 +29,146 @@ pub struct Cli {
     pub cmd: Command,
 }
 
-/// The commands.
+/// The commands. Each variant's doc comment is its `--help` summary; its arguments are one
+/// struct below, handed whole to the command's `app` module.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount IMAGE's merged root filesystem on MOUNTPOINT, writable: changes go to --upper DIR,
     /// or to an ephemeral upper layer removed at unmount (--read-only for none).
-    Mount {
-        /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N].
-        image: String,
-        /// An existing directory to mount on.
-        mountpoint: PathBuf,
-        /// Image selection.
-        #[command(flatten)]
-        select: ImageArgs,
-        /// Mount options.
-        #[command(flatten)]
-        mount: MountArgs,
-    },
+    Mount(MountCommand),
     /// Unmount a rimgfs mount (also one whose daemon died).
-    Umount {
-        /// The mount point.
-        mountpoint: PathBuf,
-        /// Detach now and clean up when no longer busy.
-        #[arg(short, long)]
-        lazy: bool,
-    },
+    Umount(UmountCommand),
     /// Show an image's references, platform, config, layers and history.
-    Inspect {
-        /// The image.
-        image: String,
-        /// Image selection.
-        #[command(flatten)]
-        select: ImageArgs,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect(InspectCommand),
     /// List a directory of the merged image without mounting it.
-    Ls {
-        /// The image.
-        image: String,
-        /// Path inside the image.
-        #[arg(default_value = "/")]
-        path: String,
-        /// Image selection.
-        #[command(flatten)]
-        select: ImageArgs,
-        /// Long format: mode, links, owner, group, size, mtime, name, link target.
-        #[arg(short, long)]
-        long: bool,
-        /// List subdirectories recursively (full paths).
-        #[arg(short = 'R', long)]
-        recursive: bool,
-        /// With -l, also show the layer that provides each entry.
-        #[arg(long)]
-        layers: bool,
-        /// Show the image as it was after layer N (0 = bottom).
-        #[arg(long, value_name = "N")]
-        layer: Option<usize>,
-    },
+    Ls(LsCommand),
     /// Write a file of the merged image to stdout (symlinks are followed inside the image).
-    Cat {
-        /// The image.
-        image: String,
-        /// Path inside the image.
-        path: String,
-        /// Image selection.
-        #[command(flatten)]
-        select: ImageArgs,
-        /// Show the image as it was after layer N (0 = bottom).
-        #[arg(long, value_name = "N")]
-        layer: Option<usize>,
-    },
+    Cat(CatCommand),
     /// List what an overlayfs upper directory changes in IMAGE, as `docker diff` does:
     /// A added, C changed (also every directory above a change), D deleted.
-    Diff {
-        /// The image the upper directory was made over.
-        image: String,
-        /// The overlayfs upper directory (kernel or fuse-overlayfs format).
-        #[arg(long, value_name = "DIR")]
-        upper: PathBuf,
-        /// Image selection.
-        #[command(flatten)]
-        select: ImageArgs,
-        /// Print a JSON list of {"path", "kind"} instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Diff(DiffCommand),
     /// Write a new image: IMAGE's layers as they are, plus one layer of what an overlayfs
     /// upper directory changes.
-    Commit {
-        /// The image the upper directory was made over.
-        image: String,
-        /// The overlayfs upper directory (kernel or fuse-overlayfs format).
-        #[arg(long, value_name = "DIR")]
-        upper: PathBuf,
-        /// Where to write the new image (a directory for --format oci).
-        #[arg(short, long, value_name = "OUT")]
-        output: PathBuf,
-        /// Name the new image by this reference.
-        #[arg(long, value_name = "REF")]
-        tag: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = CommitFormat::DockerArchive)]
-        format: CommitFormat,
-        /// Comment of the new layer's history entry.
-        #[arg(short, long, value_name = "TEXT")]
-        message: Option<String>,
-        /// Image selection.
-        #[command(flatten)]
-        select: ImageArgs,
-    },
+    Commit(CommitCommand),
+}
+
+/// Arguments of `rimgfs mount`.
+#[derive(Debug, Args)]
+pub struct MountCommand {
+    /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N].
+    pub image: String,
+    /// An existing directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Image selection.
+    #[command(flatten)]
+    pub select: ImageArgs,
+    /// Mount options.
+    #[command(flatten)]
+    pub mount: MountArgs,
+}
+
+/// Arguments of `rimgfs umount`.
+#[derive(Debug, Args)]
+pub struct UmountCommand {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// Detach now and clean up when no longer busy.
+    #[arg(short, long)]
+    pub lazy: bool,
+}
+
+/// Arguments of `rimgfs inspect`.
+#[derive(Debug, Args)]
+pub struct InspectCommand {
+    /// The image.
+    pub image: String,
+    /// Image selection.
+    #[command(flatten)]
+    pub select: ImageArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `rimgfs ls`.
+#[derive(Debug, Args)]
+pub struct LsCommand {
+    /// The image.
+    pub image: String,
+    /// Path inside the image.
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Image selection.
+    #[command(flatten)]
+    pub select: ImageArgs,
+    /// Long format: mode, links, owner, group, size, mtime, name, link target.
+    #[arg(short, long)]
+    pub long: bool,
+    /// List subdirectories recursively (full paths).
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// With -l, also show the layer that provides each entry.
+    #[arg(long)]
+    pub layers: bool,
+    /// Show the image as it was after layer N (0 = bottom).
+    #[arg(long, value_name = "N")]
+    pub layer: Option<usize>,
+}
+
+/// Arguments of `rimgfs cat`.
+#[derive(Debug, Args)]
+pub struct CatCommand {
+    /// The image.
+    pub image: String,
+    /// Path inside the image.
+    pub path: String,
+    /// Image selection.
+    #[command(flatten)]
+    pub select: ImageArgs,
+    /// Show the image as it was after layer N (0 = bottom).
+    #[arg(long, value_name = "N")]
+    pub layer: Option<usize>,
+}
+
+/// Arguments of `rimgfs diff`.
+#[derive(Debug, Args)]
+pub struct DiffCommand {
+    /// The image the upper directory was made over.
+    pub image: String,
+    /// The overlayfs upper directory (kernel or fuse-overlayfs format).
+    #[arg(long, value_name = "DIR")]
+    pub upper: PathBuf,
+    /// Image selection.
+    #[command(flatten)]
+    pub select: ImageArgs,
+    /// Print a JSON list of {"path", "kind"} instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `rimgfs commit`.
+#[derive(Debug, Args)]
+pub struct CommitCommand {
+    /// The image the upper directory was made over.
+    pub image: String,
+    /// The overlayfs upper directory (kernel or fuse-overlayfs format).
+    #[arg(long, value_name = "DIR")]
+    pub upper: PathBuf,
+    /// Where to write the new image (a directory for --format oci).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Name the new image by this reference.
+    #[arg(long, value_name = "REF")]
+    pub tag: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CommitFormat::DockerArchive)]
+    pub format: CommitFormat,
+    /// Comment of the new layer's history entry.
+    #[arg(short, long, value_name = "TEXT")]
+    pub message: Option<String>,
+    /// Image selection.
+    #[command(flatten)]
+    pub select: ImageArgs,
 }
 
 /// Output formats of `commit`.
@@ -230,41 +264,6 @@ impl ImageArgs {
             cache,
         })
     }
-}
-
-/// Validated mount options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountOptions {
-    /// Honour setuid/setgid bits.
-    pub suid: bool,
-    /// Allow device nodes to be opened.
-    pub dev: bool,
-    /// Allow execution.
-    pub exec: bool,
-    /// Update access times (never stored; only passed to the kernel).
-    pub atime: bool,
-    /// Let the kernel check permissions against the image's modes.
-    pub default_permissions: bool,
-    /// Serve big files through kernel passthrough (root only); without it, opens cost no
-    /// round trip to the daemon, which favours many small files.
-    pub passthrough: bool,
-    /// Let other users access the mount.
-    pub allow_other: bool,
-    /// Let root access the mount.
-    pub allow_root: bool,
-    /// Read-only.
-    pub read_only: bool,
-    /// The upper directory of a writable mount (`None` with `read_only`: no upper; `None`
-    /// otherwise: an ephemeral one).
-    pub upper: Option<PathBuf>,
-    /// Its work directory.
-    pub work: Option<PathBuf>,
-    /// Stay in the foreground.
-    pub foreground: bool,
-    /// Show layers 0..=N only.
-    pub layer: Option<usize>,
-    /// Worker threads.
-    pub threads: usize,
 }
 
 impl MountArgs {
@@ -404,12 +403,12 @@ mod tests {
         .unwrap();
         assert_eq!(cli.verbose, 2);
         match cli.cmd {
-            Command::Mount {
+            Command::Mount(MountCommand {
                 image,
                 mountpoint,
                 mount,
                 ..
-            } => {
+            }) => {
                 assert_eq!(image, "img.tar");
                 assert_eq!(mountpoint, PathBuf::from("/mnt"));
                 assert!(mount.foreground);

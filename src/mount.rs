@@ -4,7 +4,7 @@
 //! reach the user's terminal), then forks. The child mounts, and reports over a pipe either
 //! `ok` once the kernel handshake is done (the mount is then usable) or the error; the parent
 //! exits with that outcome. SIGINT, SIGTERM and SIGHUP make the daemon unmount and exit.
-//! Dependencies: overlay, fuse, cli, sys, error, nix, fuser.
+//! Dependencies: fuse, sys, error, nix, fuser.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -12,13 +12,48 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::cli::MountOptions;
 use crate::error::{Error, Result};
 use crate::fuse::Fuse;
 use crate::sys::{Forked, fork_single_threaded};
 
 /// Message the daemon sends when the mount is ready.
 const READY: &[u8] = b"ok";
+
+/// Validated mount options: what the kernel is asked for, where changes go, how the daemon
+/// runs. The command line converts into it (`cli::MountArgs::to_config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Honour setuid/setgid bits.
+    pub suid: bool,
+    /// Allow device nodes to be opened.
+    pub dev: bool,
+    /// Allow execution.
+    pub exec: bool,
+    /// Update access times (never stored; only passed to the kernel).
+    pub atime: bool,
+    /// Let the kernel check permissions against the image's modes.
+    pub default_permissions: bool,
+    /// Serve big files through kernel passthrough (root only); without it, opens cost no
+    /// round trip to the daemon, which favours many small files.
+    pub passthrough: bool,
+    /// Let other users access the mount.
+    pub allow_other: bool,
+    /// Let root access the mount.
+    pub allow_root: bool,
+    /// Read-only.
+    pub read_only: bool,
+    /// The upper directory of a writable mount (`None` with `read_only`: no upper; `None`
+    /// otherwise: an ephemeral one).
+    pub upper: Option<PathBuf>,
+    /// Its work directory.
+    pub work: Option<PathBuf>,
+    /// Stay in the foreground.
+    pub foreground: bool,
+    /// Show layers 0..=N only.
+    pub layer: Option<usize>,
+    /// Worker threads.
+    pub threads: usize,
+}
 
 /// Checks that `mnt` is a directory that is not already a mount point, and returns its
 /// absolute path.

@@ -17,6 +17,7 @@
 //! Dependencies: sys (DirFd), layer::whiteout.
 
 pub mod copy_up;
+pub mod ephemeral;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
