@@ -163,3 +163,34 @@ pub fn chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// Shows a name in a message: UTF-8 as it is, control characters and bytes that are not
+/// UTF-8 escaped (`\n`, `\xff`), so a message naming it stays on one line.
+pub fn show(name: &[u8]) -> String {
+    let mut s = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                s.extend(c.escape_default());
+            } else {
+                s.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_escapes_what_breaks_a_line() {
+        assert_eq!(show(b"caf\xc3\xa9/a b"), "caf\u{e9}/a b");
+        assert_eq!(show(b"a\nb\tc\0"), "a\\nb\\tc\\u{0}");
+        assert_eq!(show(b"x\xffy"), "x\\xffy");
+    }
+}

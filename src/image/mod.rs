@@ -9,7 +9,7 @@
 //! ```
 //! Nothing here reads a layer: `LayerRef` only says where its bytes are. Small documents
 //! (indexes, manifests, configs) are verified against their digests as they are read.
-//! Dependencies: error, cache, digest, config, container.
+//! Dependencies: error, cache, digest, config, container, tar.
 
 pub mod config;
 pub mod container;
@@ -17,6 +17,7 @@ pub mod digest;
 mod docker;
 mod oci;
 pub mod remote;
+pub mod tar;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
