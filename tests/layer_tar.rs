@@ -1,7 +1,7 @@
 //! Layer tars read as GNU tar and the engines read them, compared with GNU tar's extraction
 //! of the same bytes: PAX records framed by their lengths (binary xattrs, newlines in names
-//! and link targets, values that look like records), malformed records refused with one line
-//! naming the image, the layer and the entry, and
+//! and link targets, values that look like records), malformed records and names no Linux
+//! filesystem can hold refused with one line naming the image, the layer and the entry, and
 //! `commit` writing such entries so that both GNU tar and rimgfs read them back.
 #![allow(missing_docs)]
 
@@ -244,6 +244,87 @@ fn pax_record_with_wrong_length_is_one_line_error_naming_layer_and_entry() {
         out.stderr.contains("victim: bad pax record"),
         "{}",
         out.stderr
+    );
+}
+
+/// `n` bytes of name.
+fn name(n: usize) -> String {
+    "n".repeat(n)
+}
+
+// See: A layer entry whose name component is longer than 255 bytes is served.
+#[test]
+fn names_linux_cannot_hold_are_refused_naming_layer_and_entry() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "last component",
+            format!("L1: file /d/{} 0644 'x'", name(256)),
+            "a name of 256 bytes",
+        ),
+        (
+            "parent component",
+            format!("L1: file /{}/f 0644 'x'", name(300)),
+            "a name of 300 bytes",
+        ),
+        (
+            "component from a pax path",
+            format!("L1: file /p/{} 0644 'x' pax", name(256)),
+            "a name of 256 bytes",
+        ),
+        (
+            "whiteout of a name no layer can have",
+            format!("L1: whiteout /d/{}", name(256)),
+            "a name of 256 bytes",
+        ),
+        (
+            "symlink target",
+            format!("L1: symlink /l /{}", name(4095)),
+            "a symlink target of 4096 bytes",
+        ),
+        (
+            "empty xattr name",
+            "L1: file /x 0644 'x' xattr==v".to_string(),
+            "an xattr name of 0 bytes",
+        ),
+        (
+            "long xattr name",
+            format!("L1: file /x 0644 'x' xattr=user.{}=v", name(252)),
+            "an xattr name of 257 bytes",
+        ),
+    ];
+    for (what, layer, why) in cases {
+        let sb = Sandbox::new();
+        let spec = format!("L0: file /ok 0644 'ok'\n{layer}");
+        let err = try_open_spec(&sb, &spec, None)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: must be refused"));
+        let msg = message(&err);
+        let image = sb.path("image.tar");
+        for want in [image.to_str().unwrap(), "layer 1", why] {
+            assert!(msg.contains(want), "{what}: {want:?} missing from: {msg}");
+        }
+        assert!(!msg.contains('\n'), "{what}: {msg}");
+    }
+}
+
+#[test]
+fn names_at_the_linux_limits_are_served() {
+    let sb = Sandbox::new();
+    let longest = name(255);
+    let spec = format!(
+        "L0: file /d/{longest} 0644 'x'; file /d/keep 0644 'y'; symlink /l /{target}\n\
+         L0: file /x 0644 'x' xattr=user.{xname}=v\n\
+         L1: whiteout /d/{longest}",
+        target = name(4094),
+        xname = name(250),
+    );
+    let img = open_spec(&sb, &spec);
+    assert_eq!(img.names("/d"), ["keep"]);
+    assert_eq!(img.get("/l").kind.size(), 4095);
+    assert_eq!(
+        img.get("/x")
+            .xattr(format!("user.{}", name(250)).as_bytes()),
+        Some(&b"v"[..])
     );
 }
 
