@@ -20,7 +20,8 @@
 //!   (GNU tar applies them to the members that follow);
 //! - links, devices, directories and fifos have no payload whatever their size field says
 //!   (GNU tar skips a size given to anything but a hard link);
-//! - a pre-POSIX member (typeflag `\0`) whose name ends in `/` is a directory;
+//! - a pre-POSIX member (typeflag `\0`) whose name ends in `/` is a directory (GNU tar
+//!   takes a `0` or `7` member so too);
 //! - the archive ends at the first zero block, or where the input ends on a block boundary;
 //! - GNU sparse members (`S`, or `GNU.sparse.*` records) are refused: their payload is not
 //!   the file's bytes, and layer writers never make them.
@@ -507,6 +508,9 @@ impl<I: TarInput> TarWalker<I> {
                             parse_pax_records(&body).map_err(|e| {
                                 TarError(format!("global pax header at offset {at}: {e}"))
                             })?;
+                            // Go returns a global header as a member of its own, which ends
+                            // the extensions read before it.
+                            (long_name, long_link, pax) = (None, None, None);
                         }
                         b'L' => long_name = Some(cstr(&body).to_vec()),
                         _ => long_link = Some(cstr(&body).to_vec()),
@@ -858,6 +862,9 @@ mod tests {
             member(b"PaxHeaders/l", b'x', &pax, b""),
             member(b"././@LongLink", b'K', b"gnu-target\0", b""),
             member(b"l", b'2', b"", b"header-target"),
+            // Extensions before a global header die with it.
+            member(b"PaxHeaders/lost", b'x', &rec(b"path", b"lost"), b""),
+            member(b"g2", b'g', &rec(b"comment", b"git archive\n"), b""),
             member(b"old-dir/", b'\0', b"", b""),
             member(b"file/", b'0', b"abc", b""),
             vec![0u8; 1024],
@@ -871,11 +878,14 @@ mod tests {
         assert_eq!(l.kind, TarKind::Symlink);
         assert_eq!((l.mtime, l.mtime_nsec), (-2, 500_000_000));
         assert_eq!(l.xattrs, vec![(b"user.a".to_vec(), b"2\n".to_vec())]);
-        assert_eq!(got[1].kind, TarKind::Dir);
+        assert_eq!(
+            (got[1].kind, got[1].path.as_slice()),
+            (TarKind::Dir, &b"old-dir/"[..])
+        );
         // Only a pre-POSIX typeflag makes a trailing slash a directory.
         assert_eq!(got[2].kind, TarKind::Regular);
-        assert_eq!((got[2].size, got[2].data_offset), (3, 512 * 9));
-        assert_eq!(&tar[512 * 9..512 * 9 + 3], b"abc");
+        assert_eq!((got[2].size, got[2].data_offset), (3, 512 * 13));
+        assert_eq!(&tar[512 * 13..512 * 13 + 3], b"abc");
     }
 
     #[test]
