@@ -57,8 +57,13 @@ pub enum Error {
         digest: String,
     },
     /// A digest string is not of the form `algorithm:hex`.
-    #[error("invalid digest {0:?}")]
-    BadDigest(String),
+    #[error("{path}: invalid digest {digest:?}")]
+    BadDigest {
+        /// The image (file or directory) whose document names it.
+        path: PathBuf,
+        /// The string found.
+        digest: String,
+    },
     /// A manifest, index or config could not be understood.
     #[error("{path}: {reason}")]
     BadImage {
@@ -112,6 +117,14 @@ pub enum Error {
     /// Bad command-line usage (exit status 2).
     #[error("{0}")]
     Usage(String),
+    /// An error about another file (a cache file) met while using an image: names the image.
+    #[error("{path}: {source}")]
+    InImage {
+        /// The image (file or directory) being used.
+        path: PathBuf,
+        /// The error, which names its own file.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -127,7 +140,39 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::InImage { source, .. } => source.exit_code(),
             _ => 1,
+        }
+    }
+
+    /// The host file or directory the error names, if any.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Error::Io { path, .. }
+            | Error::DigestMismatch { path, .. }
+            | Error::SizeMismatch { path, .. }
+            | Error::MissingBlob { path, .. }
+            | Error::BadDigest { path, .. }
+            | Error::BadImage { path, .. }
+            | Error::BadLayer { path, .. }
+            | Error::BadUpper { path, .. }
+            | Error::UnknownRef { path, .. }
+            | Error::Mount { path, .. }
+            | Error::InImage { path, .. } => Some(path),
+            Error::NotFound { .. } | Error::Usage(_) => None,
+        }
+    }
+
+    /// Makes an error met while using `image` name it: an error about a file outside it (the
+    /// cache's copy of a compressed archive, a cache entry) is wrapped in [`Error::InImage`].
+    pub fn in_image(self, image: &Path) -> Error {
+        match self.file() {
+            Some(p) if p.starts_with(image) => self,
+            _ if matches!(self, Error::Usage(_)) => self,
+            _ => Error::InImage {
+                path: image.to_path_buf(),
+                source: Box::new(self),
+            },
         }
     }
 }
@@ -149,7 +194,8 @@ impl<T> Context<T> for std::result::Result<T, io::Error> {
 }
 
 /// Formats an error with all its causes: `a: b: c`, skipping a cause whose text the
-/// outer message already contains (thiserror variants often print their source).
+/// outer message already contains (thiserror variants often print their source). Control
+/// characters are escaped, so the message is one line whatever a cause quotes.
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
@@ -161,5 +207,70 @@ pub fn chain(err: &dyn std::error::Error) -> String {
         }
         cur = e.source();
     }
-    out
+    show(out.as_bytes())
+}
+
+/// Shows a name in a message: UTF-8 as it is, control characters and bytes that are not
+/// UTF-8 escaped (`\n`, `\xff`), so a message naming it stays on one line.
+pub fn show(name: &[u8]) -> String {
+    let mut s = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                s.extend(c.escape_default());
+            } else {
+                s.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_is_one_line() {
+        let inner = io::Error::other("line one\nline two\r");
+        let e = Error::Io {
+            op: "read",
+            path: PathBuf::from("img.tar"),
+            source: inner,
+        };
+        assert_eq!(chain(&e), "img.tar: read: line one\\nline two\\r");
+    }
+
+    #[test]
+    fn in_image_wraps_only_errors_about_other_files() {
+        let io = |p: &str| Error::Io {
+            op: "open",
+            path: PathBuf::from(p),
+            source: io::Error::other("gone"),
+        };
+        let img = Path::new("dir/oci");
+        assert!(matches!(
+            io("dir/oci/blobs/x").in_image(img),
+            Error::Io { .. }
+        ));
+        let wrapped = io("/cache/archives/a.tar").in_image(img);
+        assert_eq!(
+            chain(&wrapped),
+            "dir/oci: /cache/archives/a.tar: open: gone"
+        );
+        assert!(matches!(
+            Error::Usage("u".into()).in_image(img),
+            Error::Usage(_)
+        ));
+    }
+
+    #[test]
+    fn show_escapes_what_breaks_a_line() {
+        assert_eq!(show(b"caf\xc3\xa9/a b"), "caf\u{e9}/a b");
+        assert_eq!(show(b"a\nb\tc\0"), "a\\nb\\tc\\u{0}");
+        assert_eq!(show(b"x\xffy"), "x\\xffy");
+    }
 }

@@ -931,3 +931,148 @@ fn cache_shared_layer_is_stored_once() {
     assert_eq!(cache_files(&sb.cache(), "layers").len(), 3);
     assert_eq!(cache_files(&sb.cache(), "index").len(), 3);
 }
+
+/// Whether `v` holds a descriptor of `old`; every one is pointed at `new` of `size` bytes.
+fn repoint(v: &mut serde_json::Value, old: &str, new: &str, size: usize) -> bool {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut found = false;
+            if m.get("digest").and_then(|d| d.as_str()) == Some(old) {
+                m.insert("digest".into(), new.into());
+                m.insert("size".into(), size.into());
+                found = true;
+            }
+            for x in m.values_mut() {
+                found |= repoint(x, old, new, size);
+            }
+            found
+        }
+        serde_json::Value::Array(a) => a
+            .iter_mut()
+            .fold(false, |found, x| repoint(x, old, new, size) | found),
+        _ => false,
+    }
+}
+
+/// Replaces member `i`'s bytes; a blob moves to its new digest, and every document naming it
+/// is repointed (and moved in turn), so only the change itself is wrong.
+fn relink(files: &mut Files, i: usize, bytes: Vec<u8>) {
+    let name = files.0[i].0.clone();
+    let Some(hex) = name.strip_prefix("blobs/sha256/") else {
+        files.0[i].1 = bytes;
+        return;
+    };
+    let (old, new) = (format!("sha256:{hex}"), sha256(&bytes));
+    let size = bytes.len();
+    files.0[i] = (format!("blobs/sha256/{}", &new["sha256:".len()..]), bytes);
+    for j in 0..files.0.len() {
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&files.0[j].1) else {
+            continue;
+        };
+        if j != i && repoint(&mut v, &old, &new, size) {
+            relink(files, j, serde_json::to_vec(&v).unwrap());
+        }
+    }
+}
+
+/// Edits the JSON document `name` (a member path, or `@index` for the blob index.json's
+/// first entry names) and relinks what names it.
+fn edit_json(files: &mut Files, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let name = if name == "@index" {
+        let index: serde_json::Value =
+            serde_json::from_slice(&files.0.iter().find(|(n, _)| n == "index.json").unwrap().1)
+                .unwrap();
+        let d = index["manifests"][0]["digest"].as_str().unwrap();
+        format!("blobs/sha256/{}", &d["sha256:".len()..])
+    } else {
+        name.to_string()
+    };
+    let i = files.0.iter().position(|(n, _)| *n == name).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&files.0[i].1).unwrap();
+    edit(&mut v);
+    relink(files, i, serde_json::to_vec(&v).unwrap());
+}
+
+// See: a malformed digest in an OCI index or manifest prints no image path.
+#[test]
+fn error_invalid_digest_names_the_image() {
+    const BAD: &str = "sha256:../../x";
+    let image = ImageDef::from_spec(SPEC);
+    let b = image.build();
+    type Edit = Box<dyn Fn(&mut Files)>;
+    let (manifest, config) = (b.manifest.path(), b.config.path());
+    let cases: Vec<(&str, Shape, Edit)> = vec![
+        (
+            "index.json entry",
+            Shape::OciDir,
+            Box::new(|f| {
+                edit_json(f, "index.json", |v| {
+                    v["manifests"][0]["digest"] = BAD.into()
+                })
+            }),
+        ),
+        (
+            "nested index entry",
+            Shape::Containerd,
+            Box::new(|f| {
+                // Without manifest.json, the archive is read as the OCI layout it holds.
+                f.remove("manifest.json");
+                edit_json(f, "@index", |v| v["manifests"][0]["digest"] = BAD.into());
+            }),
+        ),
+        (
+            "manifest config",
+            Shape::OciArchive,
+            Box::new(move |f| edit_json(f, &manifest, |v| v["config"]["digest"] = BAD.into())),
+        ),
+        (
+            "manifest layer",
+            Shape::OciDir,
+            Box::new({
+                let manifest = b.manifest.path();
+                move |f| edit_json(f, &manifest, |v| v["layers"][1]["digest"] = BAD.into())
+            }),
+        ),
+        (
+            "config diff_id",
+            Shape::OciArchive,
+            Box::new(move |f| edit_json(f, &config, |v| v["rootfs"]["diff_ids"][2] = BAD.into())),
+        ),
+    ];
+    for (what, shape, edit) in cases {
+        let mut files = shape.files(std::slice::from_ref(&image));
+        edit(&mut files);
+        let sb = Sandbox::new();
+        let p = sb.path("img");
+        img::write_files(&files, shape, &p, Codec::None);
+        let msg = open_err(s(&p), &sb.cache());
+        let want = format!("{}: invalid digest \"{BAD}\"", s(&p));
+        assert!(msg.contains(&want), "{what}: {want:?} missing from: {msg}");
+    }
+}
+
+#[test]
+fn error_about_a_cache_file_names_the_image() {
+    // Where the cache cannot be written: the decompressed copy of a compressed archive, a
+    // layer's index, a decompressed layer. The error names the cache file and the image.
+    let cases = [
+        ("archive copy", Codec::Gzip, Codec::None, "archives"),
+        ("layer index", Codec::None, Codec::None, "index"),
+        ("decompressed layer", Codec::None, Codec::Zstd, "layers"),
+    ];
+    for (what, archive, layers, blocked) in cases {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.cache()).unwrap();
+        std::fs::write(
+            sb.cache().join(blocked),
+            "a file where a directory should be",
+        )
+        .unwrap();
+        let image = ImageDef::from_spec(SPEC).codec(layers);
+        let p = sb.write("img.tar", Shape::DockerLegacy, &[image], archive);
+        let msg = open_err(s(&p), &sb.cache());
+        let cache_file = sb.cache().join(blocked);
+        assert!(msg.starts_with(&format!("{}: ", s(&p))), "{what}: {msg}");
+        assert!(msg.contains(s(&cache_file)), "{what}: {msg}");
+    }
+}

@@ -11,7 +11,9 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::tar::{SeekInput, TarKind, TarWalker};
 use crate::cache::Cache;
+use crate::error::show;
 use crate::error::{Context, Error, Result};
 
 /// Largest manifest, index or config rimgfs reads into memory; real ones are a few KiB.
@@ -150,12 +152,7 @@ impl Container {
             Compression::None => path.to_path_buf(),
             c => decompress_archive(path, &meta, c, cache)?,
         };
-        let members = scan_tar(&file).map_err(|e| match e {
-            Error::Io { source, .. } => {
-                Error::bad_image(path, format!("not a tar archive: {source}"))
-            }
-            e => e,
-        })?;
+        let members = scan_tar(&file, path)?;
         Ok(Container {
             path: path.to_path_buf(),
             kind: Kind::Tar { file, members },
@@ -269,39 +266,39 @@ fn clean_member_name(name: &str) -> Option<String> {
 }
 
 /// Lists the members of a tar with their data offsets, reading only headers (seeking over
-/// data), so a large archive is scanned in milliseconds.
-fn scan_tar(file: &Path) -> Result<HashMap<String, Member>> {
+/// data), so a large archive is scanned in milliseconds. `image` is the archive as the user
+/// named it (`file` may be its decompressed copy in the cache).
+fn scan_tar(file: &Path, image: &Path) -> Result<HashMap<String, Member>> {
     let f = File::open(file).ctx("open", file)?;
     let len = f.metadata().ctx("stat", file)?.len();
-    let mut ar = tar::Archive::new(BufReader::new(f));
+    let mut walker = TarWalker::new(SeekInput(BufReader::new(f)));
     let mut members = HashMap::new();
     let mut count = 0usize;
-    for entry in ar.entries_with_seek().ctx("read", file)? {
-        let entry = entry.ctx("read", file)?;
+    while let Some(entry) = walker
+        .next_entry()
+        .map_err(|e| Error::bad_image(image, e.to_string()))?
+    {
         count += 1;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let raw = String::from_utf8_lossy(&entry.path).into_owned();
         let Some(name) = clean_member_name(&raw) else {
             continue;
         };
-        let offset = entry.raw_file_position();
-        let size = entry.size();
+        let (offset, size) = (entry.data_offset, entry.size);
         if offset.saturating_add(size) > len {
-            return Err(Error::Io {
-                op: "read",
-                path: file.to_path_buf(),
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("archive is truncated (member {name})"),
+            return Err(Error::bad_image(
+                image,
+                format!(
+                    "the archive is truncated (in member {})",
+                    show(name.as_bytes())
                 ),
-            });
+            ));
         }
-        let et = entry.header().entry_type();
-        let link = if et.is_symlink() || et.is_hard_link() {
-            entry.link_name_bytes().and_then(|t| {
-                let t = String::from_utf8_lossy(&t).into_owned();
+        let link = match entry.kind {
+            TarKind::Symlink | TarKind::HardLink if !entry.link.is_empty() => {
+                let t = String::from_utf8_lossy(&entry.link).into_owned();
                 // Symlink targets are relative to the member's directory; hard-link targets
                 // are relative to the archive root.
-                let joined = if et.is_symlink() && !t.starts_with('/') {
+                let joined = if entry.kind == TarKind::Symlink && !t.starts_with('/') {
                     match name.rsplit_once('/') {
                         Some((dir, _)) => format!("{dir}/{t}"),
                         None => t,
@@ -310,18 +307,16 @@ fn scan_tar(file: &Path) -> Result<HashMap<String, Member>> {
                     t
                 };
                 clean_member_name(&joined)
-            })
-        } else {
-            None
+            }
+            _ => None,
         };
         members.insert(name, Member { offset, size, link });
     }
     if count == 0 {
-        return Err(Error::Io {
-            op: "read",
-            path: file.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidData, "empty archive"),
-        });
+        return Err(Error::bad_image(
+            image,
+            "not a tar archive (it holds no members)",
+        ));
     }
     Ok(members)
 }

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::path::Path;
 
 use sha2::{Digest as _, Sha256, Sha512};
 
@@ -23,28 +24,47 @@ pub enum Algorithm {
     Sha512,
 }
 
+/// A string that is not a valid digest. It is not an [`Error`] by itself: the caller says
+/// which image it came from ([`InvalidDigest::in_image`], [`Digest::parse_in`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidDigest(pub String);
+
+impl InvalidDigest {
+    /// The error for this string found in `image`'s documents.
+    pub fn in_image(self, image: &Path) -> Error {
+        Error::BadDigest {
+            path: image.to_path_buf(),
+            digest: self.0,
+        }
+    }
+}
+
 impl Digest {
     /// Parses `algorithm:hex`; only lower-case hex of the algorithm's exact length is valid
     /// (image-spec descriptor.md, "Digests").
-    pub fn parse(s: &str) -> Result<Digest> {
-        let (alg, hex) = s
-            .split_once(':')
-            .ok_or_else(|| Error::BadDigest(s.to_string()))?;
+    pub fn parse(s: &str) -> Result<Digest, InvalidDigest> {
+        let bad = || InvalidDigest(s.to_string());
+        let (alg, hex) = s.split_once(':').ok_or_else(bad)?;
         let len = match alg {
             "sha256" => 64,
             "sha512" => 128,
-            _ => return Err(Error::BadDigest(s.to_string())),
+            _ => return Err(bad()),
         };
         let hex_ok =
             hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !hex_ok {
-            return Err(Error::BadDigest(s.to_string()));
+            return Err(bad());
         }
         Ok(Digest(s.to_string()))
     }
 
+    /// Parses a digest found in a document of `image`; the error names the image.
+    pub fn parse_in(s: &str, image: &Path) -> Result<Digest> {
+        Digest::parse(s).map_err(|e| e.in_image(image))
+    }
+
     /// Digest of a sha256 hex string (as found in legacy archive file names).
-    pub fn sha256_hex(hex: &str) -> Result<Digest> {
+    pub fn sha256_hex(hex: &str) -> Result<Digest, InvalidDigest> {
         Digest::parse(&format!("sha256:{hex}"))
     }
 

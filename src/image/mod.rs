@@ -9,7 +9,7 @@
 //! ```
 //! Nothing here reads a layer: `LayerRef` only says where its bytes are. Small documents
 //! (indexes, manifests, configs) are verified against their digests as they are read.
-//! Dependencies: error, cache, digest, config, container.
+//! Dependencies: error, cache, digest, config, container, tar.
 
 pub mod config;
 pub mod container;
@@ -17,6 +17,7 @@ pub mod digest;
 mod docker;
 mod oci;
 pub mod remote;
+pub mod tar;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -226,8 +227,13 @@ pub(crate) struct Candidate<T> {
     pub target: T,
 }
 
-/// Opens the source and picks the image.
+/// Opens the source and picks the image. Every error names the image (see
+/// [`Error::in_image`]).
 pub fn open(spec: &ImageSpec, opts: &OpenOptions, cache: &Cache) -> Result<Image> {
+    open_source(spec, opts, cache).map_err(|e| e.in_image(&spec.path))
+}
+
+fn open_source(spec: &ImageSpec, opts: &OpenOptions, cache: &Cache) -> Result<Image> {
     let container = Container::open(&spec.path, cache)?;
     let selector = opts.selector.clone().or_else(|| spec.selector.clone());
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
@@ -373,7 +379,7 @@ pub(crate) fn layer_refs(
     for (index, ((blob, blob_digest, media_type), diff_id)) in
         blobs.into_iter().zip(&config.rootfs.diff_ids).enumerate()
     {
-        let diff_id = Digest::parse(diff_id)?;
+        let diff_id = Digest::parse_in(diff_id, path)?;
         let compression = Compression::sniff(&blob.head(8)?);
         layers.push(LayerRef {
             index,

@@ -58,13 +58,13 @@ pub(super) fn open(
             ));
         }
     }
-    let config_digest = Digest::parse(&manifest.config.digest)?;
+    let config_digest = Digest::parse_in(&manifest.config.digest, &path)?;
     let config_bytes = read_blob(&container, &manifest.config)?;
     let (config, config_raw) = super::parse_config(&path, &config_bytes)?;
 
     let mut blobs = Vec::with_capacity(manifest.layers.len());
     for d in &manifest.layers {
-        let digest = Digest::parse(&d.digest)?;
+        let digest = Digest::parse_in(&d.digest, &path)?;
         let loc = blob_loc(&container, &digest, d.size)?;
         blobs.push((loc, Some(digest), d.media_type.clone().unwrap_or_default()));
     }
@@ -103,7 +103,7 @@ fn resolve(
     if depth > MAX_INDEX_DEPTH {
         return Err(Error::bad_image(path, "indexes nest too deeply"));
     }
-    let digest = Digest::parse(&desc.digest)?;
+    let digest = Digest::parse_in(&desc.digest, path)?;
     let bytes = read_blob(container, desc)?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::bad_image(path, format!("{digest}: {e}")))?;
@@ -194,7 +194,7 @@ fn blob_loc(container: &Container, digest: &Digest, size: Option<u64>) -> Result
 
 /// Reads a small blob and verifies its digest.
 fn read_blob(container: &Container, desc: &Descriptor) -> Result<Vec<u8>> {
-    let digest = Digest::parse(&desc.digest)?;
+    let digest = Digest::parse_in(&desc.digest, &container.path)?;
     blob_loc(container, &digest, desc.size)?;
     let bytes = container.read_small(&digest.blob_path())?;
     let found = Digest::of_bytes(digest.algorithm(), &bytes);

@@ -10,8 +10,10 @@ use super::LayerIndex;
 use super::entry::{EntryKind, LayerEntry, Meta};
 use crate::image::digest::{Algorithm, Digest};
 
-/// Format tag; bump the digit when the body layout changes.
-const MAGIC: &[u8; 8] = b"RIMGIX01";
+/// Format tag; bump the digit when the body layout changes, or when the indexer reads the
+/// same tar differently (02: PAX records framed by their lengths), so no index an older
+/// reader got wrong is served.
+const MAGIC: &[u8; 8] = b"RIMGIX02";
 const SHA256_LEN: usize = 32;
 
 /// Identity of the content file an index belongs to (size, inode, mtime).

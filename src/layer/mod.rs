@@ -1,10 +1,13 @@
 //! Layer indexes: one pass over a layer tar turns it into a list of entries that say where
 //! each file's bytes are, so the layer is never extracted.
 //!
-//! Handles ustar, GNU (long names and links, base-256 numbers, negative mtimes) and PAX
-//! (paths, sizes, ids, fractional and negative `mtime`, `SCHILY.xattr.*` including empty
-//! values) headers, and names that are not UTF-8. Whiteouts are kept as ordinary entries here;
-//! their meaning is applied by `tree`. Dependencies: error, tar, entry, whiteout.
+//! The tar is read by [`TarWalker`] (ustar, GNU, PAX records framed by their lengths;
+//! see there), here turned into [`LayerEntry`]s: paths normalised, names that no Linux
+//! filesystem can hold refused (a component over 255 bytes, a symlink target over 4095, an
+//! xattr Linux cannot set), since such an entry cannot be part of the root filesystem an
+//! engine extracts (Docker's extraction fails on it too). Whiteouts are kept as ordinary
+//! entries here; their meaning is applied by `tree`.
+//! Dependencies: error, image::tar (the walker), entry, whiteout.
 
 pub mod codec;
 pub mod data;
@@ -14,7 +17,10 @@ pub mod whiteout;
 
 use std::io::Read;
 
+use crate::error::show;
+use crate::image::tar::{TarEntry, TarInput, TarKind, TarWalker};
 use entry::{EntryKind, LayerEntry, Meta, Xattr, normalize_path};
+use whiteout::Class;
 
 /// Everything rimgfs knows about one layer's contents.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,19 +31,28 @@ pub struct LayerIndex {
     pub tar_size: u64,
 }
 
-/// PAX key prefix for extended attributes (as written by GNU tar, Docker, podman).
-const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
-/// PAX key for a modification time with optional sign and fraction.
-const PAX_MTIME: &[u8] = b"mtime";
+/// Longest name component Linux filesystems hold (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target Linux stores: `PATH_MAX` (4096) less the terminating NUL.
+pub const SYMLINK_MAX: usize = 4095;
+/// Longest extended attribute name Linux accepts (`XATTR_NAME_MAX`).
+const XATTR_NAME_MAX: usize = 255;
+/// Largest extended attribute value Linux accepts (`XATTR_SIZE_MAX`).
+const XATTR_SIZE_MAX: usize = 65536;
 
-/// Reads a layer tar from `reader` and indexes it. The returned error is a reason phrase; the
-/// caller names the layer and file.
+/// Reads a layer tar from `reader` and indexes it. The returned error is a reason phrase
+/// naming the entry; the caller names the layer.
 pub fn build_index<R: Read>(reader: R) -> Result<LayerIndex, String> {
-    let mut ar = tar::Archive::new(reader);
+    index_input(reader)
+}
+
+/// Indexes a layer tar from any [`TarInput`], e.g. one that holds only headers and skips
+/// over payloads (see [`crate::image::tar`]). Offsets in the index are those of the layer tar.
+pub fn index_input<I: TarInput>(input: I) -> Result<LayerIndex, String> {
+    let mut walker = TarWalker::new(input);
     let mut entries = Vec::new();
-    for e in ar.entries().map_err(|e| e.to_string())? {
-        let mut e = e.map_err(|e| format!("bad tar: {e}"))?;
-        if let Some(entry) = index_entry(&mut e)? {
+    while let Some(e) = walker.next_entry().map_err(|e| e.to_string())? {
+        if let Some(entry) = index_entry(e)? {
             entries.push(entry);
         }
     }
@@ -47,67 +62,66 @@ pub fn build_index<R: Read>(reader: R) -> Result<LayerIndex, String> {
     })
 }
 
-fn index_entry<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Option<LayerEntry>, String> {
-    let raw_path = e.path_bytes().into_owned();
-    let shown = String::from_utf8_lossy(&raw_path).into_owned();
+fn index_entry(e: TarEntry) -> Result<Option<LayerEntry>, String> {
+    let shown = show(&e.path);
     let path =
-        normalize_path(&raw_path).map_err(|err| format!("unsafe path {shown:?}: {err:?}"))?;
-    let header = e.header().clone();
-    let et = header.entry_type();
-    let num = |r: std::io::Result<u64>, what: &str| {
-        r.map_err(|err| format!("{shown}: bad {what}: {err}"))
-            .and_then(|v| u32::try_from(v).map_err(|_| format!("{shown}: {what} {v} out of range")))
+        normalize_path(&e.path).map_err(|err| format!("unsafe path \"{shown}\": {err:?}"))?;
+    if let Some(n) = longest_name(&path).filter(|&n| n > NAME_MAX) {
+        return Err(format!(
+            "{shown}: a name of {n} bytes (Linux file names have at most {NAME_MAX})"
+        ));
+    }
+    let id = |v: u64, what: &str| {
+        u32::try_from(v).map_err(|_| format!("{shown}: {what} {v} out of range"))
     };
-    let mut meta = Meta {
-        mode: header
-            .mode()
-            .map_err(|err| format!("{shown}: bad mode: {err}"))?
-            & 0o7777,
-        uid: num(header.uid(), "uid")?,
-        gid: num(header.gid(), "gid")?,
-        mtime: raw_mtime(&header),
-        mtime_nsec: 0,
+    let meta = Meta {
+        mode: e.mode & 0o7777,
+        uid: id(e.uid, "uid")?,
+        gid: id(e.gid, "gid")?,
+        mtime: e.mtime,
+        mtime_nsec: e.mtime_nsec,
     };
-    let mut xattrs: Vec<Xattr> = Vec::new();
-    if let Some(exts) = e
-        .pax_extensions()
-        .map_err(|err| format!("{shown}: bad pax header: {err}"))?
-    {
-        for ext in exts {
-            let ext = ext.map_err(|err| format!("{shown}: bad pax header: {err}"))?;
-            let key = ext.key_bytes();
-            if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) {
-                xattrs.push((name.into(), ext.value_bytes().into()));
-            } else if key == PAX_MTIME {
-                if let Some((s, ns)) = parse_pax_time(ext.value_bytes()) {
-                    meta.mtime = s;
-                    meta.mtime_nsec = ns;
-                }
-            }
+    for (name, value) in &e.xattrs {
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(format!(
+                "{shown}: an xattr name of {} bytes (Linux takes 1 to {XATTR_NAME_MAX})",
+                name.len()
+            ));
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(format!(
+                "{shown}: xattr {}: a value of {} bytes (Linux takes at most {XATTR_SIZE_MAX})",
+                show(name),
+                value.len()
+            ));
         }
     }
-    let dev = |r: std::io::Result<Option<u32>>| r.ok().flatten().unwrap_or(0);
-    let kind = match et {
-        tar::EntryType::Directory => EntryKind::Dir,
-        // Pre-POSIX tars mark directories with a trailing slash on a regular entry.
-        tar::EntryType::Regular if raw_path.ends_with(b"/") => EntryKind::Dir,
-        tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File {
-            offset: e.raw_file_position(),
-            size: e.size(),
+    let kind = match e.kind {
+        TarKind::Dir => EntryKind::Dir,
+        TarKind::Regular => EntryKind::File {
+            offset: e.data_offset,
+            size: e.size,
         },
-        tar::EntryType::Symlink => EntryKind::Symlink(
-            e.link_name_bytes()
-                .ok_or_else(|| format!("{shown}: symlink without target"))?
-                .into(),
-        ),
-        tar::EntryType::Link => {
-            let target = e
-                .link_name_bytes()
-                .ok_or_else(|| format!("{shown}: hard link without target"))?;
-            let t = normalize_path(&target).map_err(|err| {
+        TarKind::Symlink => {
+            if e.link.is_empty() {
+                return Err(format!("{shown}: symlink without target"));
+            }
+            if e.link.len() > SYMLINK_MAX {
+                return Err(format!(
+                    "{shown}: a symlink target of {} bytes (Linux stores at most {SYMLINK_MAX})",
+                    e.link.len()
+                ));
+            }
+            EntryKind::Symlink(e.link.into())
+        }
+        TarKind::HardLink => {
+            if e.link.is_empty() {
+                return Err(format!("{shown}: hard link without target"));
+            }
+            let t = normalize_path(&e.link).map_err(|err| {
                 format!(
-                    "{shown}: unsafe hard link target {:?}: {err:?}",
-                    String::from_utf8_lossy(&target)
+                    "{shown}: unsafe hard link target \"{}\": {err:?}",
+                    show(&e.link)
                 )
             })?;
             if t.is_empty() {
@@ -115,27 +129,28 @@ fn index_entry<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Option<LayerEntry>,
             }
             EntryKind::HardLink(t.into())
         }
-        tar::EntryType::Char => EntryKind::CharDev {
-            major: dev(header.device_major()),
-            minor: dev(header.device_minor()),
+        TarKind::Char => EntryKind::CharDev {
+            major: e.dev_major,
+            minor: e.dev_minor,
         },
-        tar::EntryType::Block => EntryKind::BlockDev {
-            major: dev(header.device_major()),
-            minor: dev(header.device_minor()),
+        TarKind::Block => EntryKind::BlockDev {
+            major: e.dev_major,
+            minor: e.dev_minor,
         },
-        tar::EntryType::Fifo => EntryKind::Fifo,
-        tar::EntryType::GNUSparse => {
-            return Err(format!("{shown}: GNU sparse files are not supported"));
-        }
-        tar::EntryType::XGlobalHeader => return Ok(None),
-        other => {
+        TarKind::Fifo => EntryKind::Fifo,
+        TarKind::Other(t) => {
             log::warn!(
-                "skipping tar entry {shown:?} of unknown type {:?}",
-                other.as_byte() as char
+                "skipping tar entry \"{shown}\" of unknown type {:?}",
+                t as char
             );
             return Ok(None);
         }
     };
+    let xattrs: Vec<Xattr> = e
+        .xattrs
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     Ok(Some(LayerEntry {
         path: path.into(),
         meta,
@@ -144,49 +159,18 @@ fn index_entry<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Option<LayerEntry>,
     }))
 }
 
-/// The header's mtime field, honouring GNU base-256 (two's complement for negative times),
-/// which `tar::Header::mtime` reads as unsigned.
-fn raw_mtime(h: &tar::Header) -> i64 {
-    let field = &h.as_old().mtime;
-    if field[0] & 0x80 != 0 {
-        // Base-256: the first byte's top bit is the marker; 0xff means negative.
-        let negative = field[0] == 0xff;
-        let mut v: i64 = if negative { -1 } else { 0 };
-        for (i, &b) in field.iter().enumerate() {
-            let b = if i == 0 && !negative { b & 0x7f } else { b };
-            v = (v << 8) | i64::from(b);
-        }
-        return v;
-    }
-    h.mtime()
-        .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-/// Parses a PAX time: `[-]seconds[.fraction]`. Returns seconds and nanoseconds with the
-/// POSIX convention that the nanoseconds are added (so -1.5 is (-2, 500000000)).
-fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s),
+/// The length of a normalised path's longest name as it would be on disk: a whiteout
+/// `.wh.NAME` stands for `NAME` and is never created itself, and the opaque marker and
+/// AUFS meta files are not part of the tree.
+fn longest_name(path: &[u8]) -> Option<usize> {
+    let mut comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    let last = comps.pop()?;
+    let last_len = match whiteout::classify(last) {
+        Class::Normal => last.len(),
+        Class::Whiteout(target) => target.len(),
+        Class::Opaque | Class::Ignored => 0,
     };
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = int.parse().ok()?;
-    let mut ns: u32 = 0;
-    for (i, c) in frac.bytes().take(9).enumerate() {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        ns += u32::from(c - b'0') * 10u32.pow(8 - i as u32);
-    }
-    if !neg {
-        return Some((secs, ns));
-    }
-    if ns == 0 {
-        Some((-secs, 0))
-    } else {
-        Some((-secs - 1, 1_000_000_000 - ns))
-    }
+    comps.iter().map(|c| c.len()).chain([last_len]).max()
 }
 
 #[cfg(test)]
@@ -194,29 +178,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pax_time_table() {
-        let cases: &[(&str, Option<(i64, u32)>)] = &[
-            ("1700000000", Some((1_700_000_000, 0))),
-            ("1700000000.25", Some((1_700_000_000, 250_000_000))),
-            ("-1", Some((-1, 0))),
-            ("-1.5", Some((-2, 500_000_000))),
-            ("12.x", None),
-            ("", None),
+    fn longest_name_table() {
+        let long = "n".repeat(256);
+        let cases: Vec<(String, usize)> = vec![
+            ("".into(), 0),
+            ("a/bb/c".into(), 2),
+            (format!("d/{long}"), 256),
+            (format!("{long}/x"), 256),
+            (format!("d/.wh.{}", "n".repeat(255)), 255),
+            (format!("d/.wh.{long}"), 256),
+            (format!("d/.wh..wh.{long}"), 1),
         ];
-        for (s, want) in cases {
-            assert_eq!(parse_pax_time(s.as_bytes()), *want, "{s}");
+        for (p, want) in cases {
+            assert_eq!(longest_name(p.as_bytes()), Some(want), "{p}");
         }
-    }
-
-    #[test]
-    fn base256_negative_mtime() {
-        let mut h = tar::Header::new_gnu();
-        let field = &mut h.as_old_mut().mtime;
-        field.fill(0xff);
-        field[11] = 0xfe; // -2 in 96-bit two's complement
-        assert_eq!(raw_mtime(&h), -2);
-        let mut h = tar::Header::new_gnu();
-        h.set_mtime(1234);
-        assert_eq!(raw_mtime(&h), 1234);
     }
 }

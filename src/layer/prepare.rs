@@ -33,10 +33,13 @@ pub struct PreparedLayer {
     pub data: LayerData,
 }
 
-/// Indexes and verifies a layer, using the cache when it can.
+/// Indexes and verifies a layer, using the cache when it can. Every error names the image
+/// (`image_path`, see [`Error::in_image`]).
 pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<PreparedLayer> {
     match &layer.blob {
-        Blob::Local(loc) => prepare_local(layer, loc, image_path, cache),
+        Blob::Local(loc) => {
+            prepare_local(layer, loc, image_path, cache).map_err(|e| e.in_image(image_path))
+        }
         Blob::Remote(_) => Err(Error::BadLayer {
             path: image_path.to_path_buf(),
             layer: layer.describe(),

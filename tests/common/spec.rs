@@ -20,8 +20,9 @@
 //! Options after the arguments: `uid=N gid=N mtime=N` (negative N uses GNU base-256),
 //! `mtime=pax:S` (PAX `mtime` record, e.g. `-1.5`), `xattr=NAME=VALUE` (a PAX
 //! `SCHILY.xattr.NAME` record; VALUE may be empty), `pax` (path and link target in PAX records
-//! instead of GNU long-name entries), `gen=N` (file content: N deterministic pseudo-random
-//! bytes). Tokens may be single-quoted with `\n \t \0 \\ \' \xNN` escapes, so any byte
+//! instead of the header or GNU long-name entries), `paxrec=KEY=VALUE` (one more PAX record,
+//! any key), `paxraw=BYTES` (the PAX header's body is exactly BYTES, framed or not), `gen=N`
+//! (file content: N deterministic pseudo-random bytes). Tokens may be single-quoted with `\n \t \0 \\ \' \xNN` escapes, so any byte
 //! (non-UTF-8, spaces, `;`) can be written. Names longer than 100 bytes get a GNU `L`/`K`
 //! entry (or PAX with `pax`).
 //!
@@ -61,8 +62,13 @@ pub struct Entry {
     /// A PAX `mtime` record, overriding `mtime`.
     pub pax_mtime: Option<String>,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Long names and link targets go in PAX records rather than GNU `L`/`K` entries.
+    /// Names and link targets go in PAX records rather than the header or GNU `L`/`K`
+    /// entries.
     pub pax_path: bool,
+    /// More PAX records, after the others.
+    pub pax_records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The exact body of the PAX header, instead of the records.
+    pub pax_raw: Option<Vec<u8>>,
 }
 
 /// A parsed spec: entries per layer, bottom first.
@@ -262,6 +268,8 @@ fn parse_statement(toks: &[Token]) -> Result<Entry, String> {
         pax_mtime: None,
         xattrs: Vec::new(),
         pax_path: false,
+        pax_records: Vec::new(),
+        pax_raw: None,
     };
     match verb.as_str() {
         "dir" => {
@@ -352,6 +360,14 @@ fn parse_statement(toks: &[Token]) -> Result<Entry, String> {
                 e.xattrs.push((v[..i].to_vec(), v[i + 1..].to_vec()));
             }
             b"pax" => e.pax_path = true,
+            b"paxrec" => {
+                let i = v
+                    .iter()
+                    .position(|&b| b == b'=')
+                    .ok_or("paxrec=KEY=VALUE")?;
+                e.pax_records.push((v[..i].to_vec(), v[i + 1..].to_vec()));
+            }
+            b"paxraw" => e.pax_raw = Some(v.to_vec()),
             b"gen" => {
                 let n: usize = vs()?.parse().map_err(|_| "bad gen size")?;
                 match &mut e.kind {
@@ -371,7 +387,7 @@ fn parse_statement(toks: &[Token]) -> Result<Entry, String> {
 }
 
 /// PAX extended-header records: `"<len> <key>=<value>\n"`, where len counts itself.
-fn pax_records(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+pub fn pax_records(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (k, v) in records {
         let body = k.len() + v.len() + 3; // ' ', '=', '\n'
@@ -426,7 +442,7 @@ pub fn append_entry(b: &mut tar::Builder<Vec<u8>>, e: &Entry) {
             b.append(&h, &data[..]).unwrap();
         }
     }
-    if let Some(t) = link.filter(|t| t.len() > NAME_FIELD) {
+    if let Some(t) = link.filter(|t| t.len() > NAME_FIELD || e.pax_path) {
         if e.pax_path {
             pax.push((b"linkpath".to_vec(), t.to_vec()));
         } else {
@@ -445,8 +461,9 @@ pub fn append_entry(b: &mut tar::Builder<Vec<u8>>, e: &Entry) {
     for (k, v) in &e.xattrs {
         pax.push(([&b"SCHILY.xattr."[..], k].concat(), v.clone()));
     }
-    if !pax.is_empty() {
-        let data = pax_records(&pax);
+    pax.extend(e.pax_records.iter().cloned());
+    if !pax.is_empty() || e.pax_raw.is_some() {
+        let data = e.pax_raw.clone().unwrap_or_else(|| pax_records(&pax));
         let mut pname = b"PaxHeaders.0/".to_vec();
         pname.extend_from_slice(&e.name[..e.name.len().min(80)]);
         let h = extension_header(tar::EntryType::XHeader, &pname, data.len());
@@ -455,7 +472,7 @@ pub fn append_entry(b: &mut tar::Builder<Vec<u8>>, e: &Entry) {
 
     let mut h = tar::Header::new_gnu();
     set_name_field(&mut h.as_old_mut().name, &e.name);
-    if let Some(t) = link {
+    if let Some(t) = link.filter(|_| !e.pax_path) {
         set_name_field(&mut h.as_old_mut().linkname, t);
     }
     h.set_mode(e.mode);
