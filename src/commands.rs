@@ -7,6 +7,7 @@ use std::io::Write;
 use serde_json::json;
 
 use crate::error::{Context, Error, Result};
+use crate::image::Image;
 use crate::image::container::Compression;
 use crate::overlay::Overlay;
 use crate::stack::Stack;
@@ -16,16 +17,23 @@ use crate::tree::node::{Node, NodeId, NodeKind};
 /// Symlink hops `cat` follows before giving up (the kernel's limit).
 const MAX_SYMLINK_HOPS: usize = 40;
 
-/// `rimgfs inspect`.
-pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()> {
-    let img = &stack.image;
-    let tree = stack.tree()?;
+/// `rimgfs inspect`: what the manifest and config say, and with `stack` (the layers
+/// prepared) their uncompressed sizes and entry counts and the merged tree's size. Registry
+/// images are inspected without it, so no layer blob is fetched.
+pub fn inspect(
+    img: &Image,
+    stack: Option<&Stack>,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let tree = stack.map(Stack::tree).transpose()?;
     let cfg = &img.config;
     let layers: Vec<_> = img
         .layers
         .iter()
-        .zip(&stack.layers)
-        .map(|(l, p)| {
+        .enumerate()
+        .map(|(i, l)| {
+            let prepared = stack.and_then(|s| s.layers.get(i));
             json!({
                 "index": l.index,
                 "digest": l.digest().to_string(),
@@ -37,8 +45,8 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
                     Compression::Zstd => "zstd",
                 },
                 "size": l.blob.len(),
-                "uncompressed_size": p.index.tar_size,
-                "entries": p.index.entries.len(),
+                "uncompressed_size": prepared.map(|p| p.index.tar_size),
+                "entries": prepared.map(|p| p.index.entries.len()),
             })
         })
         .collect();
@@ -65,13 +73,14 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
             "created": cfg.created,
             "config": cfg.config,
             "layers": layers,
-            "tree": {
+            "tree": tree.as_ref().map(|tree| json!({
                 "entries": tree.entry_count(),
                 "inodes": tree.len(),
                 "bytes": tree.heap_bytes(),
                 "file_bytes": tree.total_bytes,
-            },
+            })),
             "history": cfg.history,
+            "image_config": img.config_raw,
         });
         let s = serde_json::to_string_pretty(&v).map_err(|e| Error::Usage(e.to_string()))?;
         return writeln!(out, "{s}").map_err(stdout_err);
@@ -90,17 +99,19 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
     if let Some(c) = &cfg.created {
         line(&mut w, "Created:", c);
     }
-    line(
-        &mut w,
-        "Tree:",
-        &format!(
-            "{} entries, {} inodes, {} bytes of files; {} bytes in memory when mounted",
-            tree.entry_count(),
-            tree.len(),
-            tree.total_bytes,
-            tree.heap_bytes()
-        ),
-    );
+    if let Some(tree) = &tree {
+        line(
+            &mut w,
+            "Tree:",
+            &format!(
+                "{} entries, {} inodes, {} bytes of files; {} bytes in memory when mounted",
+                tree.entry_count(),
+                tree.len(),
+                tree.total_bytes,
+                tree.heap_bytes()
+            ),
+        );
+    }
     if let Some(rc) = &cfg.config {
         let join =
             |v: &Option<Vec<String>>| v.as_ref().map(|v| format!("{v:?}")).unwrap_or_default();
@@ -124,6 +135,7 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
         // serde_json::Value ignores width specifiers; format each cell as a string first.
         let cell = |k: &str| match &l[k] {
             serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
             v => v.to_string(),
         };
         w.push_str(&format!(

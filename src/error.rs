@@ -109,6 +109,22 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A configuration file (registries.conf, an auth file) could not be used.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A registry could not be reached, refused access, or answered wrongly.
+    #[error("{image}: {reason}")]
+    Registry {
+        /// The image, as `docker://registry/repository[:tag][@digest]`.
+        image: String,
+        /// What happened, naming the registry (never a credential).
+        reason: String,
+    },
     /// Bad command-line usage (exit status 2).
     #[error("{0}")]
     Usage(String),

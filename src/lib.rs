@@ -85,8 +85,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             json,
         } => {
             let img = select.to_config(&image)?;
+            if img.spec.is_remote() {
+                // Manifest and config only: no layer blob is fetched.
+                let image = image::open(&img.spec, &img.open, &img.cache)?;
+                return commands::inspect(&image, None, json, stdout);
+            }
             let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, None)?;
-            commands::inspect(&stack, json, stdout)
+            commands::inspect(&stack.image, Some(&stack), json, stdout)
         }
         Command::Ls {
             image,
