@@ -97,6 +97,14 @@ impl Failure {
         }
     }
 
+    /// The same failure, its message prefixed with what was being fetched.
+    pub fn context(self, what: &str) -> Failure {
+        Failure {
+            message: format!("{what}: {}", self.message),
+            ..self
+        }
+    }
+
     /// A failure another attempt may not have (a broken body, a short read).
     pub fn transient(message: String) -> Failure {
         Failure {
@@ -169,6 +177,16 @@ pub enum Method {
     Get,
     /// HEAD.
     Head,
+}
+
+impl Method {
+    /// The method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+        }
+    }
 }
 
 /// A cached token.
@@ -551,7 +569,7 @@ impl Session {
                 .map_err(|_| Failure::fatal(format!("{}: bad URL {}", self.host, redact(&url))))?;
             let host = uri.authority().map_or("", |a| a.as_str()).to_string();
             let agent = self.net.agent(&host, self.insecure)?;
-            log::debug!("{method:?} {}", redact(&url));
+            log::debug!("{} {}", method.as_str(), redact(&url));
             let mut req = match method {
                 Method::Get => agent.get(&url),
                 Method::Head => agent.head(&url),

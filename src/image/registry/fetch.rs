@@ -89,7 +89,9 @@ impl Inner {
             None => {}
         }
         let path = format!("/v2/{}/blobs/{digest}", self.repository);
-        let resp = session.request(Method::Get, &path, &headers, &self.repository)?;
+        let resp = session
+            .request(Method::Get, &path, &headers, &self.repository)
+            .map_err(|f| f.context(&format!("blob {digest}")))?;
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()
@@ -195,11 +197,24 @@ fn io_error(name: &str, f: Failure) -> io::Error {
 
 impl BlobFetch for RepoBlobs {
     fn stream(&self, digest: &Digest, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+        let end = self.inner.sizes.get(digest).copied();
+        if let Some(size) = end.filter(|&size| offset >= size) {
+            if offset > size {
+                return Err(io_error(
+                    &self.inner.name,
+                    Failure::fatal(format!(
+                        "blob {digest}: offset {offset} is beyond its end ({size} bytes)"
+                    )),
+                ));
+            }
+            // At the end: nothing to ask for (a range there is not satisfiable).
+            return Ok(Box::new(io::empty()));
+        }
         let mut s = Stream {
             inner: self.inner.clone(),
             digest: digest.clone(),
             pos: offset,
-            end: None,
+            end,
             body: None,
             failures: 0,
         };
