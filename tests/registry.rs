@@ -280,14 +280,45 @@ fn stored_blobs(reg: &Registry, reference: &str, at: &Path) -> BTreeMap<String, 
     out
 }
 
-#[test]
-fn fetcher_ranges_and_streams_equal_the_stored_blobs() {
-    let Some(reg) = Registry::plain() else { return };
+/// `team/app:1` (two gzip layers) in a registry with `auth`, its stored blobs (copied out
+/// with skopeo), a proxy in front, and the image opened through the proxy by the library.
+struct Remote {
+    reg: Registry,
+    _sb: Sandbox,
+    blobs: BTreeMap<String, Vec<u8>>,
+    proxy: Proxy,
+    img: image::Image,
+}
+
+fn remote_image(auth: Auth, tweak: impl FnOnce(&mut OpenOptions)) -> Option<Remote> {
+    let reg = Registry::with_auth(auth)?;
     let sb = Sandbox::new();
     reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
     let blobs = stored_blobs(&reg, &reg.reference("team/app:1"), &sb.path("layout"));
     let proxy = Proxy::start(&reg.addr);
-    let img = open_remote(&proxy.reference("team/app:1"), &sb.cache(), |_| {});
+    let img = open_remote(&proxy.reference("team/app:1"), &sb.cache(), tweak);
+    Some(Remote {
+        reg,
+        _sb: sb,
+        blobs,
+        proxy,
+        img,
+    })
+}
+
+#[test]
+fn fetcher_ranges_and_streams_equal_the_stored_blobs() {
+    // Every field bound: the registry must outlive the test.
+    let Some(Remote {
+        reg: _reg,
+        _sb,
+        blobs,
+        proxy,
+        img,
+    }) = remote_image(Auth::None, |_| {})
+    else {
+        return;
+    };
     assert_eq!(img.layers.len(), 2);
     for i in 0..2 {
         let rb = remote(&img, i);
@@ -346,15 +377,20 @@ fn fetcher_ranges_and_streams_equal_the_stored_blobs() {
 /// What every fault must end in: the right bytes, or an error naming the blob.
 #[test]
 fn fetcher_faults_end_in_success_or_a_named_error() {
-    let Some(reg) = Registry::plain() else { return };
-    let sb = Sandbox::new();
-    reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
-    let blobs = stored_blobs(&reg, &reg.reference("team/app:1"), &sb.path("layout"));
-    let proxy = Proxy::start(&reg.addr);
-    let img = open_remote(&proxy.reference("team/app:1"), &sb.cache(), |o| {
+    // Every field bound: the registry must outlive the test.
+    let Some(Remote {
+        reg: _reg,
+        _sb,
+        blobs,
+        proxy,
+        img,
+    }) = remote_image(Auth::None, |o| {
         o.registry.net.read_timeout = Duration::from_secs(2);
         o.registry.net.attempts = 3;
-    });
+    })
+    else {
+        return;
+    };
     let rb = remote(&img, 0);
     let want = &blobs[rb.digest.as_str()];
     let n = want.len() as u64;
@@ -430,28 +466,27 @@ fn fetcher_faults_end_in_success_or_a_named_error() {
 
 #[test]
 fn redirects_never_carry_credentials_to_another_host() {
-    let Some(reg) = Registry::start(RegistryConfig {
-        auth: Auth::Basic,
-        ..Default::default()
-    }) else {
+    let Some(Remote {
+        reg,
+        _sb,
+        blobs,
+        proxy,
+        img,
+    }) = remote_image(Auth::Basic, |o| {
+        o.registry.net.creds.creds = Some((
+            USER.into(),
+            rimgfs::image::registry::creds::Secret::new(PASSWORD.into()),
+        ));
+    })
+    else {
         return;
     };
-    let sb = Sandbox::new();
-    reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
-    let blobs = stored_blobs(&reg, &reg.reference("team/app:1"), &sb.path("layout"));
     // "Storage": another host:port, let in by its own means rather than the client's.
     let basic = format!(
         "Basic {}",
         base64_encode(format!("{USER}:{PASSWORD}").as_bytes())
     );
     let storage = Proxy::start_with(&reg.addr, Some(basic));
-    let proxy = Proxy::start(&reg.addr);
-    let img = open_remote(&proxy.reference("team/app:1"), &sb.cache(), |o| {
-        o.registry.net.creds.creds = Some((
-            USER.into(),
-            rimgfs::image::registry::creds::Secret::new(PASSWORD.into()),
-        ));
-    });
     let rb = remote(&img, 1);
     let want = &blobs[rb.digest.as_str()];
     proxy.inject(
@@ -482,13 +517,28 @@ fn base64_encode(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-#[test]
-fn offline_after_a_warm_inspect_makes_no_request() {
-    let Some(reg) = Registry::plain() else { return };
-    let env = Env::new();
+/// `team/app:1` in a registry with `auth`, and its reference.
+fn pushed(auth: Auth) -> Option<(Registry, String)> {
+    let reg = Registry::with_auth(auth)?;
+    let r = reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
+    Some((reg, r))
+}
+
+/// `team/app:1` in a registry with `auth`, a proxy in front of it, an environment, and the
+/// image's reference through the proxy.
+fn proxied(auth: Auth) -> Option<(Registry, Proxy, Env, String)> {
+    let reg = Registry::with_auth(auth)?;
     reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
     let proxy = Proxy::start(&reg.addr);
     let r = proxy.reference("team/app:1");
+    Some((reg, proxy, Env::new(), r))
+}
+
+#[test]
+fn offline_after_a_warm_inspect_makes_no_request() {
+    let Some((reg, proxy, env, r)) = proxied(Auth::None) else {
+        return;
+    };
     let cold = env.run(&["inspect", "--json", &r, "--offline"]);
     assert_eq!(cold.code, Some(1));
     assert!(cold.stderr.contains("not in the cache"), "{}", cold.stderr);
@@ -535,11 +585,9 @@ fn age_tag_resolutions(cache: &Path, age: Duration) {
 
 #[test]
 fn a_stale_tag_is_checked_with_head_and_a_moved_tag_followed() {
-    let Some(reg) = Registry::plain() else { return };
-    let env = Env::new();
-    reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
-    let proxy = Proxy::start(&reg.addr);
-    let r = proxy.reference("team/app:1");
+    let Some((reg, proxy, env, r)) = proxied(Auth::None) else {
+        return;
+    };
     let first = env.inspect(&r, insecure());
     let past_ttl = rimgfs::image::registry::TAG_TTL + Duration::from_secs(1);
     age_tag_resolutions(&env.sb.cache(), past_ttl);
@@ -604,16 +652,22 @@ fn plain_http_needs_tls_verify_false_or_an_insecure_entry() {
     assert!(msg.contains("blocked"), "{msg}");
 }
 
+/// A TLS registry holding `team/app:1`, an environment without its CA, and the reference.
+fn tls_registry(client_certs: bool) -> Option<(Registry, Env, String)> {
+    let reg = Registry::start(RegistryConfig {
+        tls: true,
+        client_certs,
+        ..Default::default()
+    })?;
+    let r = reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
+    Some((reg, Env::uncached(), r))
+}
+
 #[test]
 fn tls_trust_from_cert_dir_and_certs_d() {
-    let Some(reg) = Registry::start(RegistryConfig {
-        tls: true,
-        ..Default::default()
-    }) else {
+    let Some((reg, env, r)) = tls_registry(false) else {
         return;
     };
-    let env = Env::uncached();
-    let r = reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
     let ca = reg.ca.as_ref().unwrap();
     let msg = env.inspect_err(&r, &[]);
     assert!(msg.contains("TLS") || msg.contains("certificate"), "{msg}");
@@ -632,15 +686,9 @@ fn tls_trust_from_cert_dir_and_certs_d() {
 
 #[test]
 fn tls_client_certificates_from_certs_d() {
-    let Some(reg) = Registry::start(RegistryConfig {
-        tls: true,
-        client_certs: true,
-        ..Default::default()
-    }) else {
+    let Some((reg, env, r)) = tls_registry(true) else {
         return;
     };
-    let env = Env::uncached();
-    let r = reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
     let ca = reg.ca.as_ref().unwrap();
     let without = ca.cert_dir(&env.sb.path("ca-only"), false);
     let msg = env.inspect_err(&r, &["--cert-dir", without.to_str().unwrap()]);
@@ -651,14 +699,10 @@ fn tls_client_certificates_from_certs_d() {
 
 #[test]
 fn basic_auth_with_and_without_credentials() {
-    let Some(reg) = Registry::start(RegistryConfig {
-        auth: Auth::Basic,
-        ..Default::default()
-    }) else {
+    let Some((reg, r)) = pushed(Auth::Basic) else {
         return;
     };
     let env = Env::uncached();
-    let r = reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
     let creds = format!("{USER}:{PASSWORD}");
     env.inspect(&r, &["--tls-verify=false", "--creds", &creds]);
     let msg = env.inspect_err(&r, &["--tls-verify=false"]);
@@ -693,17 +737,10 @@ fn write(path: &Path, text: &str) -> PathBuf {
 
 #[test]
 fn bearer_auth_anonymous_pull() {
-    let Some(reg) = Registry::start(RegistryConfig {
-        auth: Auth::Bearer {
-            anonymous_pull: true,
-            identity_token: None,
-        },
-        ..Default::default()
-    }) else {
+    let Some((reg, r)) = pushed(Auth::bearer(true)) else {
         return;
     };
     let env = Env::new();
-    let r = reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
     env.inspect(&r, insecure());
     let anon: Vec<String> = reg
         .token_requests()
@@ -822,17 +859,10 @@ fn bearer_auth_credentials_from_each_source_in_order() {
 
 #[test]
 fn no_secret_in_any_output_at_trace_level() {
-    let Some(reg) = Registry::start(RegistryConfig {
-        auth: Auth::Bearer {
-            anonymous_pull: false,
-            identity_token: None,
-        },
-        ..Default::default()
-    }) else {
+    let Some((_reg, r)) = pushed(Auth::bearer(false)) else {
         return;
     };
     let env = Env::uncached();
-    let r = reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
     let creds = format!("{USER}:{PASSWORD}");
     let secrets = [
         PASSWORD.to_string(),
@@ -840,24 +870,8 @@ fn no_secret_in_any_output_at_trace_level() {
         // Every JWT starts with the base64 of `{"`.
         "eyJ".to_string(),
     ];
-    for args in [
-        vec![
-            "-vvv",
-            "inspect",
-            &r,
-            "--tls-verify=false",
-            "--creds",
-            &creds,
-        ],
-        vec![
-            "-vvv",
-            "inspect",
-            &r,
-            "--tls-verify=false",
-            "--creds",
-            "tester:wrong-pw-secret",
-        ],
-    ] {
+    for c in [creds.as_str(), "tester:wrong-pw-secret"] {
+        let args = ["-vvv", "inspect", &r, "--tls-verify=false", "--creds", c];
         let out = env.run(&args);
         assert!(
             out.stderr.contains("debug: GET http"),
@@ -906,25 +920,13 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn creds_password_is_not_in_the_process_command_line() {
-    let Some(reg) = Registry::start(RegistryConfig {
-        auth: Auth::Basic,
-        ..Default::default()
-    }) else {
+    let Some((_reg, proxy, env, r)) = proxied(Auth::Basic) else {
         return;
     };
-    let env = Env::new();
-    reg.push_def(&def(Codec::Gzip), "team/app:1", Format::Oci);
-    let proxy = Proxy::start(&reg.addr);
     // Hold the manifest's answer, so the process is alive and past its start-up.
     proxy.inject("/manifests/", Fault::Stall, 1);
     let creds = format!("{USER}:{PASSWORD}");
-    let mut cmd = env.command(&[
-        "inspect",
-        &proxy.reference("team/app:1"),
-        "--tls-verify=false",
-        "--creds",
-        &creds,
-    ]);
+    let mut cmd = env.command(&["inspect", &r, "--tls-verify=false", "--creds", &creds]);
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();

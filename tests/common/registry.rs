@@ -57,6 +57,16 @@ pub enum Auth {
     },
 }
 
+impl Auth {
+    /// Bearer tokens, with or without anonymous pulls.
+    pub fn bearer(anonymous_pull: bool) -> Auth {
+        Auth::Bearer {
+            anonymous_pull,
+            identity_token: None,
+        }
+    }
+}
+
 /// Which registry to start.
 #[derive(Clone, Debug, Default)]
 pub struct RegistryConfig {
@@ -342,6 +352,14 @@ impl Registry {
     /// A plain HTTP registry without auth.
     pub fn plain() -> Option<Registry> {
         Registry::start(RegistryConfig::default())
+    }
+
+    /// A plain HTTP registry with `auth`.
+    pub fn with_auth(auth: Auth) -> Option<Registry> {
+        Registry::start(RegistryConfig {
+            auth,
+            ..Default::default()
+        })
     }
 
     /// `docker://ADDR/name` for a `name[:tag|@digest]` in this registry.
