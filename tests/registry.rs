@@ -643,6 +643,25 @@ fn plain_http_needs_tls_verify_false_or_an_insecure_entry() {
     // --tls-verify=true overrides the entry.
     let msg = env.inspect_err("docker://example.test/app:1", &["--tls-verify=true"]);
     assert!(msg.contains(&reg.addr), "{msg}");
+    // A mirror that is down falls through to the location.
+    let dead = format!("127.0.0.1:{}", common::registry::free_port());
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"example.test/app\"\nlocation = \"{}/team/app\"\n\
+             insecure = true\n[[registry.mirror]]\nlocation = \"{dead}/app\"\ninsecure = true\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let out = env
+        .run(&["inspect", "--json", "docker://example.test/app:1"])
+        .success();
+    assert!(
+        out.stderr.contains(&format!("mirror {dead}")),
+        "{}",
+        out.stderr
+    );
     std::fs::write(
         &conf,
         "[[registry]]\nprefix = \"example.test\"\nblocked = true\n",
