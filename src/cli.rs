@@ -274,6 +274,10 @@ fn read_password(user: &str) -> std::io::Result<String> {
 /// neither `ps` nor the daemon forked from this process shows it: the value becomes
 /// `USER:*`. Nothing to do without `--creds`.
 pub fn hide_credentials() {
+    let given = std::env::args_os().any(|a| a.as_encoded_bytes().starts_with(b"--creds"));
+    if !given {
+        return;
+    }
     let r = crate::sys::edit_own_args(hide_creds_in);
     if let Err(e) = r {
         log::warn!("cannot hide the --creds password from ps: {e}");

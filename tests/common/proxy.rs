@@ -293,7 +293,9 @@ fn take_fault(st: &State, path: &str) -> Option<Fault> {
     Some(f)
 }
 
-/// Answers one request; returns whether the connection stays usable.
+/// Answers one request; returns whether the connection stays usable. The record is
+/// published before the answer is written, so a client that has read the answer finds
+/// it complete in the log.
 fn answer(
     st: &State,
     head: &Head,
@@ -305,10 +307,11 @@ fn answer(
 ) -> bool {
     let canned = |out: &mut TcpStream, rec: &mut Record, status: u16, extra: &str| {
         rec.status = status;
+        rec.bytes = 2;
+        publish(st, idx, rec);
         let msg = format!(
             "HTTP/1.1 {status} Fault\r\nContent-Length: 2\r\n{extra}Connection: keep-alive\r\n\r\n{{}}"
         );
-        rec.bytes = 2;
         out.write_all(msg.as_bytes()).is_ok()
     };
     match fault {
@@ -356,36 +359,25 @@ fn answer(
     msg.push_str(&format!(
         "Content-Length: {length}\r\nConnection: keep-alive\r\n\r\n"
     ));
-    if out.write_all(msg.as_bytes()).is_err() {
+    let broken = matches!(fault, Some(Fault::CutShort | Fault::Stall));
+    let sent = match (is_head, broken) {
+        (true, _) => &resp_body[..0],
+        (false, true) => &resp_body[..resp_body.len() / 2],
+        (false, false) => &resp_body[..],
+    };
+    rec.bytes = sent.len() as u64;
+    publish(st, idx, rec);
+    if out.write_all(msg.as_bytes()).is_err() || out.write_all(sent).is_err() {
         return false;
     }
-    if is_head {
-        return true;
+    if fault == Some(&Fault::Stall) {
+        let _ = out.flush();
+        let released = st.released.lock().unwrap();
+        let _ = st.wake.wait_timeout_while(released, STALL_LIMIT, |r| {
+            !*r && !st.stop.load(Ordering::SeqCst)
+        });
     }
-    match fault {
-        Some(Fault::CutShort) => {
-            let half = &resp_body[..resp_body.len() / 2];
-            rec.bytes = half.len() as u64;
-            let _ = out.write_all(half);
-            false
-        }
-        Some(Fault::Stall) => {
-            let half = &resp_body[..resp_body.len() / 2];
-            rec.bytes = half.len() as u64;
-            let _ = out.write_all(half);
-            let _ = out.flush();
-            publish(st, idx, rec);
-            let released = st.released.lock().unwrap();
-            let _ = st.wake.wait_timeout_while(released, STALL_LIMIT, |r| {
-                !*r && !st.stop.load(Ordering::SeqCst)
-            });
-            false
-        }
-        _ => {
-            rec.bytes = resp_body.len() as u64;
-            out.write_all(&resp_body).is_ok()
-        }
-    }
+    !broken
 }
 
 /// An upstream answer: status line, headers, body.

@@ -28,7 +28,7 @@ use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 use ureq::{Agent, Body};
 
 use super::auth::{self, Challenge, TOKEN_RENEW_MARGIN, TokenAnswer};
-use super::creds::{self, CredKind, CredOptions, Credential};
+use super::creds::{self, CredKind, CredOptions, Credential, Secret};
 use super::tls;
 
 /// Time to establish a connection (TCP and TLS).
@@ -189,10 +189,10 @@ impl Method {
     }
 }
 
-/// A cached token.
+/// A cached token (a [`Secret`], so no `Debug` of a session shows it).
 #[derive(Clone, Debug)]
 struct Token {
-    value: String,
+    value: Secret,
     renew_at: Instant,
 }
 
@@ -444,7 +444,7 @@ impl Session {
                     .and_then(|s| s.tokens.get(scope).cloned())
                     .filter(|t| t.renew_at > now);
                 let token = match cached {
-                    Some(t) => t.value,
+                    Some(t) => t.value.expose().to_string(),
                     None => self.fetch_token(&realm, service.as_deref(), scope, repository)?,
                 };
                 Ok(Some(format!("Bearer {token}")))
@@ -544,7 +544,7 @@ impl Session {
             s.tokens.insert(
                 scope.to_string(),
                 Token {
-                    value: token.clone(),
+                    value: Secret::new(token.clone()),
                     renew_at,
                 },
             );
@@ -644,6 +644,8 @@ pub fn transport(host: &str, e: ureq::Error) -> Failure {
         ureq::Error::Tls(t) => format!("{host}: TLS: {t}"),
         ureq::Error::Rustls(t) => format!("{host}: TLS: {t}"),
         ureq::Error::HostNotFound => format!("{host}: host not found"),
+        // Its text would quote the URL, whose query may hold a storage signature.
+        ureq::Error::BadUri(_) => format!("{host}: bad URL"),
         other => format!("{host}: {other}"),
     };
     Failure {
@@ -727,7 +729,7 @@ pub fn status_text(status: u16) -> String {
 }
 
 /// The wait before attempt `attempt + 1`.
-fn backoff(attempt: u32) -> Duration {
+pub fn backoff(attempt: u32) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)

@@ -283,6 +283,7 @@ impl Stream {
             )));
         }
         log::info!("{}: {msg}; resuming at byte {}", self.inner.name, self.pos);
+        std::thread::sleep(super::client::backoff(self.failures));
         Ok(())
     }
 }
