@@ -18,6 +18,17 @@ install_packages() {
     apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# Installs docker-registry with a policy-rc.d exiting 101 so its service never starts.
+install_registry() {
+  local p=/usr/sbin/policy-rc.d s=() rc=0
+  [ "$(id -u)" -eq 0 ] || s=(sudo)
+  [ -e "$p" ] && { install_packages docker-registry; return; }
+  printf '#!/bin/sh\nexit 101\n' | "${s[@]}" tee "$p" >/dev/null && "${s[@]}" chmod 755 "$p"
+  install_packages docker-registry || rc=$?
+  "${s[@]}" rm -f "$p"
+  return "$rc"
+}
+
 # Makes cargo available (rustup installs it under ~/.cargo/bin) or fails saying so.
 require_cargo() {
   if ! command -v cargo >/dev/null && [ -f "$HOME/.cargo/env" ]; then

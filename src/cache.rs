@@ -7,6 +7,9 @@
 //! index/<alg>/<hex>.idx      binary layer index with a trailing checksum (layer::codec)
 //! archives/<key>.tar         decompressed whole-archive, key = hash of the source fingerprint
 //! verified/<key>             empty stamp: this (file, offset, len, mtime) hashed to its digest
+//! manifests/<alg>/<hex>      registry manifest, index or config, verified when written and read
+//! tags/<key>.json            a tag's resolution to a manifest digest and when it was made,
+//!                            key = hash of the normalised reference
 //! ```
 //! Every write goes to a temporary file in the same directory and is renamed into place, so a
 //! reader never sees a partial entry. Dependencies: error, image::digest.
@@ -70,6 +73,20 @@ impl Cache {
         self.root
             .join("archives")
             .join(format!("{}.tar", key.hex()))
+    }
+
+    /// Where a registry document (manifest, index, config) with this digest lives.
+    pub fn manifest_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("manifests")
+            .join(digest.algorithm_name())
+            .join(digest.hex())
+    }
+
+    /// Where the resolution of a tag reference (`registry/repository:tag`) lives.
+    pub fn tag_path(&self, reference: &str) -> PathBuf {
+        let key = Digest::of_bytes(Algorithm::Sha256, reference.as_bytes());
+        self.root.join("tags").join(format!("{}.json", key.hex()))
     }
 
     /// Whether a stamp says the blob with this fingerprint was already verified as `digest`.

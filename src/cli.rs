@@ -14,6 +14,8 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::image::config::Platform;
+use crate::image::registry::RegistryOptions;
+use crate::image::registry::creds::{self, CredOptions};
 use crate::image::{ImageSpec, OpenOptions, parse_selector};
 use crate::mount::MountOptions;
 
@@ -55,7 +57,8 @@ pub enum Command {
 /// Arguments of `rimgfs mount`.
 #[derive(Debug, Args)]
 pub struct MountCommand {
-    /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N].
+    /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N], or
+    /// docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST].
     pub image: String,
     /// An existing directory to mount on.
     pub mountpoint: PathBuf,
@@ -204,6 +207,154 @@ pub struct ImageArgs {
     /// Cache directory (default: /var/cache/rimgfs for root, else $XDG_CACHE_HOME/rimgfs).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// How to reach a registry (docker:// images).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Options of `docker://` images (skopeo's names).
+#[derive(Debug, Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Registry credentials; without :PASS the password is asked for on the terminal, or
+    /// read as one line from stdin when it is not a terminal.
+    #[arg(long, value_name = "USER[:PASS]")]
+    pub creds: Option<CredsArg>,
+    /// Registry auth file (auth.json or Docker config.json format), consulted instead of
+    /// the default ones [default: $REGISTRY_AUTH_FILE].
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+    /// Require HTTPS with a verified certificate (true); false also allows unverified
+    /// TLS and plain HTTP [default: true, unless registries.conf says insecure].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+    /// Directory of the registry's certificates: *.crt CAs (added to the system's) and a
+    /// client.cert/client.key pair [default: the certs.d/HOST:PORT directories].
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Contact no registry: use what the cache holds (a tag's last resolution, with a
+    /// warning saying how old it is).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// The value of `--creds`: shown by `Debug` without the password.
+#[derive(Clone)]
+pub struct CredsArg(String);
+
+impl std::str::FromStr for CredsArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(CredsArg(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for CredsArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.0.split(':').next().unwrap_or("");
+        write!(f, "CredsArg({user:?}:<secret>)")
+    }
+}
+
+impl RegistryArgs {
+    /// Validates the registry options, asking for a `--creds` password if it is missing.
+    pub fn to_options(&self) -> Result<RegistryOptions> {
+        let creds = match &self.creds {
+            Some(c) => Some(creds::parse_creds(&c.0, read_password)?),
+            None => None,
+        };
+        if let Some(f) = &self.authfile {
+            creds::check_authfile(f)?;
+        }
+        let mut o = RegistryOptions {
+            tls_verify: self.tls_verify,
+            offline: self.offline,
+            ..Default::default()
+        };
+        o.net.cert_dir = self.cert_dir.clone();
+        o.net.creds = CredOptions {
+            creds,
+            authfile: self.authfile.clone(),
+        };
+        Ok(o)
+    }
+}
+
+/// Asks for `user`'s password on the terminal without echo, or reads a line from stdin
+/// when it is not a terminal.
+fn read_password(user: &str) -> std::io::Result<String> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        let saved = tcgetattr(&stdin)?;
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        eprint!("Password for {user}: ");
+        let _ = std::io::stderr().flush();
+        tcsetattr(&stdin, SetArg::TCSANOW, &quiet)?;
+        let r = stdin.lock().read_line(&mut line);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+        eprintln!();
+        r?;
+    } else {
+        stdin.lock().read_line(&mut line)?;
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Blanks the password of `--creds USER:PASS` in this process's argument area, so that
+/// neither `ps` nor the daemon forked from this process shows it: the value becomes
+/// `USER:*`. Nothing to do without `--creds`.
+pub fn hide_credentials() {
+    let given = std::env::args_os().any(|a| a.as_encoded_bytes().starts_with(b"--creds"));
+    if !given {
+        return;
+    }
+    let r = crate::sys::edit_own_args(hide_creds_in);
+    if let Err(e) = r {
+        log::warn!("cannot hide the --creds password from ps: {e}");
+    }
+}
+
+/// The edit of [`hide_credentials`] on a NUL-separated argument area.
+fn hide_creds_in(area: &mut [u8]) -> bool {
+    const FLAG: &[u8] = b"--creds";
+    let mut changed = false;
+    let mut value_next = false;
+    let mut start = 0;
+    while start < area.len() {
+        let end = area[start..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(area.len(), |i| start + i);
+        let arg = &area[start..end];
+        let value = if value_next {
+            Some(start)
+        } else if arg.starts_with(FLAG) && arg.get(FLAG.len()) == Some(&b'=') {
+            Some(start + FLAG.len() + 1)
+        } else {
+            None
+        };
+        // After `--`, arguments are operands: a `--creds` there is not the option.
+        if arg == b"--" {
+            break;
+        }
+        value_next = arg == FLAG;
+        if let Some(v) = value {
+            if let Some(colon) = area[v..end].iter().position(|&b| b == b':') {
+                let p = v + colon + 1;
+                if p < end {
+                    area[p] = b'*';
+                    area[p + 1..end].fill(0);
+                    changed = true;
+                }
+            }
+        }
+        start = end + 1;
+    }
+    changed
 }
 
 /// Mount options.
@@ -258,9 +409,14 @@ impl ImageArgs {
             None => None,
         };
         let cache = Cache::new(self.cache_dir.clone().unwrap_or_else(Cache::default_root));
+        let registry = self.registry.to_options()?;
         Ok(ImageConfig {
             spec,
-            open: OpenOptions { selector, platform },
+            open: OpenOptions {
+                selector,
+                platform,
+                registry,
+            },
             cache,
         })
     }
@@ -393,6 +549,59 @@ mod tests {
         };
         let c = a.to_config("x.tar").unwrap();
         assert_eq!(c.open.selector, Some(crate::image::Selector::Index(2)));
+    }
+
+    #[test]
+    fn registry_args_parse() {
+        let cli = Cli::try_parse_from([
+            "rimgfs",
+            "inspect",
+            "docker://a.io/x",
+            "--creds=u:p",
+            "--tls-verify=false",
+            "--cert-dir",
+            "/c",
+            "--offline",
+        ])
+        .unwrap();
+        let Command::Inspect(InspectCommand { select, .. }) = cli.cmd else {
+            panic!("parsed {:?}", cli.cmd)
+        };
+        let o = select.registry.to_options().unwrap();
+        assert_eq!(o.tls_verify, Some(false));
+        assert!(o.offline);
+        assert_eq!(o.net.cert_dir.as_deref(), Some(std::path::Path::new("/c")));
+        let (u, p) = o.net.creds.creds.clone().unwrap();
+        assert_eq!((u.as_str(), p.expose()), ("u", "p"));
+        assert!(
+            !format!("{select:?}{o:?}").contains(":p"),
+            "Debug shows no password"
+        );
+        let cli = Cli::try_parse_from(["rimgfs", "ls", "docker://x", "--tls-verify"]).unwrap();
+        let Command::Ls(LsCommand { select, .. }) = cli.cmd else {
+            panic!()
+        };
+        assert_eq!(select.registry.tls_verify, Some(true));
+    }
+
+    #[test]
+    fn creds_are_hidden_in_the_argument_area() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (
+                b"rimgfs\0--creds\0me:s3cret\0x\0",
+                b"rimgfs\0--creds\0me:*\0\0\0\0\0\0x\0",
+            ),
+            (b"a\0--creds=me:pw\0", b"a\0--creds=me:*\0\0"),
+            (b"a\0--creds\0me\0", b"a\0--creds\0me\0"),
+            (b"a\0--\0--creds=me:pw\0", b"a\0--\0--creds=me:pw\0"),
+            (b"a\0--credsx=me:pw\0", b"a\0--credsx=me:pw\0"),
+        ];
+        for (input, want) in cases {
+            let mut area = input.to_vec();
+            let changed = hide_creds_in(&mut area);
+            assert_eq!(&area[..], *want, "{}", String::from_utf8_lossy(input));
+            assert_eq!(changed, input != want);
+        }
     }
 
     #[test]

@@ -114,6 +114,22 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A configuration file (registries.conf, an auth file) could not be used.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A registry could not be reached, refused access, or answered wrongly.
+    #[error("{image}: {reason}")]
+    Registry {
+        /// The image, as `docker://registry/repository[:tag][@digest]`.
+        image: String,
+        /// What happened, naming the registry (never a credential).
+        reason: String,
+    },
     /// Bad command-line usage (exit status 2).
     #[error("{0}")]
     Usage(String),
@@ -158,8 +174,9 @@ impl Error {
             | Error::BadUpper { path, .. }
             | Error::UnknownRef { path, .. }
             | Error::Mount { path, .. }
+            | Error::Config { path, .. }
             | Error::InImage { path, .. } => Some(path),
-            Error::NotFound { .. } | Error::Usage(_) => None,
+            Error::NotFound { .. } | Error::Registry { .. } | Error::Usage(_) => None,
         }
     }
 

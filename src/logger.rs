@@ -23,6 +23,14 @@ impl Log for Logger {
         {
             return;
         }
+        // The HTTP and TLS stacks log URLs with their query (a storage redirect's signature)
+        // at trace level; rimgfs logs its own requests without secrets instead.
+        if ["ureq", "rustls"]
+            .iter()
+            .any(|t| record.target().starts_with(t))
+        {
+            return;
+        }
         let level = match record.level() {
             Level::Error => "error",
             Level::Warn => "warning",

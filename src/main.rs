@@ -14,6 +14,8 @@ fn main() -> ExitCode {
         }
     };
     rimgfs::logger::init(cli.verbose);
+    // Before anything else runs (the mount daemon is forked from this process).
+    rimgfs::cli::hide_credentials();
     match rimgfs::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => rimgfs::report(&e),

@@ -39,6 +39,7 @@ fn opts(selector: Option<&str>, platform: Option<&str>) -> OpenOptions {
     OpenOptions {
         selector: selector.map(|s| parse_selector(s).unwrap()),
         platform: platform.map(|p| Platform::parse(p).unwrap()),
+        ..Default::default()
     }
 }
 

@@ -5,28 +5,43 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::{open_stack, write_out};
+use super::write_out;
 use crate::cli::InspectCommand;
 use crate::error::{Error, Result};
 use crate::image::container::Compression;
+use crate::image::{self, Image};
 use crate::stack::Stack;
 
 /// Runs `rimgfs inspect`.
 pub fn run(a: InspectCommand, out: &mut dyn Write) -> Result<()> {
-    let stack = open_stack(&a.image, &a.select, None)?;
-    inspect(&stack, a.json, out)
+    let img = a.select.to_config(&a.image)?;
+    if img.spec.is_remote() {
+        // Manifest and config only: no layer blob is fetched.
+        let image = image::open(&img.spec, &img.open, &img.cache)?;
+        return inspect(&image, None, a.json, out);
+    }
+    let stack = Stack::open(&img.spec, &img.open, &img.cache, None)?;
+    inspect(&stack.image, Some(&stack), a.json, out)
 }
 
-/// Describes an opened image, as text or (`json_out`) JSON.
-pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()> {
-    let img = &stack.image;
-    let tree = stack.tree()?;
+/// Describes an opened image, as text or (`json_out`) JSON: what the manifest and config
+/// say, and with `stack` (the layers prepared) their uncompressed sizes and entry counts and
+/// the merged tree's size. Registry images are inspected without it, so no layer blob is
+/// fetched.
+pub fn inspect(
+    img: &Image,
+    stack: Option<&Stack>,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let tree = stack.map(Stack::tree).transpose()?;
     let cfg = &img.config;
     let layers: Vec<_> = img
         .layers
         .iter()
-        .zip(&stack.layers)
-        .map(|(l, p)| {
+        .enumerate()
+        .map(|(i, l)| {
+            let prepared = stack.and_then(|s| s.layers.get(i));
             json!({
                 "index": l.index,
                 "digest": l.digest().to_string(),
@@ -38,8 +53,8 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
                     Compression::Zstd => "zstd",
                 },
                 "size": l.blob.len(),
-                "uncompressed_size": p.index.tar_size,
-                "entries": p.index.entries.len(),
+                "uncompressed_size": prepared.map(|p| p.index.tar_size),
+                "entries": prepared.map(|p| p.index.entries.len()),
             })
         })
         .collect();
@@ -61,13 +76,14 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
             "created": cfg.created,
             "config": cfg.config,
             "layers": layers,
-            "tree": {
+            "tree": tree.as_ref().map(|tree| json!({
                 "entries": tree.entry_count(),
                 "inodes": tree.len(),
                 "bytes": tree.heap_bytes(),
                 "file_bytes": tree.total_bytes,
-            },
+            })),
             "history": cfg.history,
+            "image_config": img.config_raw,
         });
         let s = serde_json::to_string_pretty(&v).map_err(|e| Error::Usage(e.to_string()))?;
         return write_out(out, format!("{s}\n").as_bytes());
@@ -86,17 +102,19 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
     if let Some(c) = &cfg.created {
         line(&mut w, "Created:", c);
     }
-    line(
-        &mut w,
-        "Tree:",
-        &format!(
-            "{} entries, {} inodes, {} bytes of files; {} bytes in memory when mounted",
-            tree.entry_count(),
-            tree.len(),
-            tree.total_bytes,
-            tree.heap_bytes()
-        ),
-    );
+    if let Some(tree) = &tree {
+        line(
+            &mut w,
+            "Tree:",
+            &format!(
+                "{} entries, {} inodes, {} bytes of files; {} bytes in memory when mounted",
+                tree.entry_count(),
+                tree.len(),
+                tree.total_bytes,
+                tree.heap_bytes()
+            ),
+        );
+    }
     if let Some(rc) = &cfg.config {
         let join =
             |v: &Option<Vec<String>>| v.as_ref().map(|v| format!("{v:?}")).unwrap_or_default();
@@ -120,6 +138,7 @@ pub fn inspect(stack: &Stack, json_out: bool, out: &mut dyn Write) -> Result<()>
         // serde_json::Value ignores width specifiers; format each cell as a string first.
         let cell = |k: &str| match &l[k] {
             serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
             v => v.to_string(),
         };
         w.push_str(&format!(

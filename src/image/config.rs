@@ -16,6 +16,62 @@ pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.l
 /// Docker image manifest media type.
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
+/// Docker's schema 1 manifest media types, which rimgfs refuses.
+pub const MT_DOCKER_SCHEMA1: [&str; 2] = [
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+];
+
+/// Config media types of container images (OCI and Docker); artifacts (Helm charts,
+/// signatures, SBOMs) use OCI manifests with other config types.
+pub const IMAGE_CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// What a manifest-like document is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DocKind {
+    /// An OCI index or Docker manifest list.
+    Index,
+    /// An OCI or Docker v2 image manifest.
+    Manifest,
+    /// A Docker schema 1 manifest.
+    Schema1,
+    /// Something else, with its media type.
+    Other(String),
+}
+
+/// Classifies a parsed document by its declared media type (a descriptor's or the
+/// document's own), or by its shape when it declares none.
+pub fn doc_kind(declared: Option<&str>, value: &serde_json::Value) -> DocKind {
+    let media_type = declared
+        .map(str::to_string)
+        .or_else(|| {
+            value
+                .get("mediaType")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let schema1 = value.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1);
+    if schema1 || MT_DOCKER_SCHEMA1.contains(&media_type.as_str()) {
+        DocKind::Schema1
+    } else if media_type == MT_OCI_INDEX
+        || media_type == MT_DOCKER_LIST
+        || (media_type.is_empty() && value.get("manifests").is_some())
+    {
+        DocKind::Index
+    } else if media_type == MT_OCI_MANIFEST
+        || media_type == MT_DOCKER_MANIFEST
+        || (media_type.is_empty() && value.get("layers").is_some())
+    {
+        DocKind::Manifest
+    } else {
+        DocKind::Other(media_type)
+    }
+}
+
 /// A content descriptor (image-spec descriptor.md).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -261,6 +317,35 @@ mod tests {
                 .matches(&Platform::parse("linux/arm/v6").unwrap())
         );
         assert!(!Platform::parse("linux/amd64").unwrap().matches(&p));
+    }
+
+    #[test]
+    fn doc_kind_table() {
+        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        let cases = [
+            (
+                None,
+                r#"{"mediaType":"application/vnd.oci.image.index.v1+json"}"#,
+                DocKind::Index,
+            ),
+            (None, r#"{"manifests":[]}"#, DocKind::Index),
+            (Some(MT_DOCKER_MANIFEST), r#"{}"#, DocKind::Manifest),
+            (
+                None,
+                r#"{"schemaVersion":2,"layers":[]}"#,
+                DocKind::Manifest,
+            ),
+            (
+                None,
+                r#"{"schemaVersion":1,"fsLayers":[]}"#,
+                DocKind::Schema1,
+            ),
+            (Some(MT_DOCKER_SCHEMA1[1]), r#"{}"#, DocKind::Schema1),
+            (None, r#"{"mediaType":"x/y"}"#, DocKind::Other("x/y".into())),
+        ];
+        for (declared, doc, want) in cases {
+            assert_eq!(doc_kind(declared, &v(doc)), want, "{doc}");
+        }
     }
 
     #[test]

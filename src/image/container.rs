@@ -110,6 +110,24 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The compression a layer media type declares (OCI, Docker, non-distributable), or
+    /// `None` for a type that is not a layer tar. eStargz and zstd:chunked layers are gzip
+    /// and zstd by type, told apart by their descriptors' annotations.
+    pub fn from_media_type(mt: &str) -> Option<Compression> {
+        let oci = mt
+            .strip_prefix("application/vnd.oci.image.layer.v1.")
+            .or_else(|| mt.strip_prefix("application/vnd.oci.image.layer.nondistributable.v1."));
+        let docker = mt
+            .strip_prefix("application/vnd.docker.image.rootfs.diff.")
+            .or_else(|| mt.strip_prefix("application/vnd.docker.image.rootfs.foreign.diff."));
+        match (oci, docker) {
+            (Some("tar"), _) | (_, Some("tar")) => Some(Compression::None),
+            (Some("tar+gzip"), _) | (_, Some("tar.gzip")) => Some(Compression::Gzip),
+            (Some("tar+zstd"), _) | (_, Some("tar.zstd")) => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
     /// Recognises gzip and zstd magic numbers.
     pub fn sniff(head: &[u8]) -> Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
@@ -363,6 +381,34 @@ fn decompress_archive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_from_media_type_table() {
+        use Compression::*;
+        let cases = [
+            ("application/vnd.oci.image.layer.v1.tar", Some(None)),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Some(Gzip)),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", Some(Zstd)),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Some(Gzip),
+            ),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(Gzip),
+            ),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                Some(Gzip),
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar", Some(None)),
+            ("application/vnd.oci.image.layer.v1.tar+bzip2", Option::None),
+            ("application/vnd.oci.image.config.v1+json", Option::None),
+        ];
+        for (mt, want) in cases {
+            assert_eq!(Compression::from_media_type(mt), want, "{mt}");
+        }
+    }
 
     #[test]
     fn member_names_are_normalised() {

@@ -16,6 +16,7 @@ pub mod container;
 pub mod digest;
 mod docker;
 mod oci;
+pub mod registry;
 pub mod remote;
 pub mod tar;
 
@@ -40,6 +41,8 @@ pub enum Transport {
     OciDir,
     /// `oci-archive:`: an OCI layout in a tar.
     OciArchive,
+    /// `docker://`: an image in a registry.
+    Docker,
 }
 
 /// Which image of a multi-image source to use.
@@ -56,16 +59,29 @@ pub enum Selector {
 pub struct ImageSpec {
     /// The transport.
     pub transport: Transport,
-    /// The file or directory.
+    /// The file or directory (for `docker://`, the normalised reference with its prefix,
+    /// which names the image in messages).
     pub path: PathBuf,
     /// The image within it, if given in the argument.
     pub selector: Option<Selector>,
+    /// The registry reference of a `docker://` image.
+    pub reference: Option<registry::Reference>,
 }
 
 impl ImageSpec {
     /// Parses `[transport:]PATH[:REF|:@N]`. A path that exists as given wins over splitting off
     /// a `:REF` suffix, so file names with colons keep working.
     pub fn parse(arg: &str) -> Result<ImageSpec> {
+        if let Some(r) = arg.strip_prefix(DOCKER_PREFIX) {
+            let reference =
+                registry::Reference::parse(r).map_err(|e| Error::Usage(format!("{arg}: {e}")))?;
+            return Ok(ImageSpec {
+                transport: Transport::Docker,
+                path: PathBuf::from(format!("{DOCKER_PREFIX}{reference}")),
+                selector: None,
+                reference: Some(reference),
+            });
+        }
         let (transport, rest) = [
             ("docker-archive:", Transport::DockerArchive),
             ("oci-archive:", Transport::OciArchive),
@@ -99,9 +115,18 @@ impl ImageSpec {
             transport,
             path: PathBuf::from(path),
             selector,
+            reference: None,
         })
     }
+
+    /// Whether the image is in a registry (its layers are fetched, not read from a file).
+    pub fn is_remote(&self) -> bool {
+        self.transport == Transport::Docker
+    }
 }
+
+/// The prefix of registry references (skopeo's transport name).
+pub const DOCKER_PREFIX: &str = "docker://";
 
 /// Parses `@N` or a reference.
 pub fn parse_selector(s: &str) -> Result<Selector> {
@@ -124,6 +149,8 @@ pub struct OpenOptions {
     pub selector: Option<Selector>,
     /// Platform wanted from a multi-platform index (default: the host's).
     pub platform: Option<Platform>,
+    /// How to reach registries (`docker://` images).
+    pub registry: registry::RegistryOptions,
 }
 
 /// One layer of the chosen image.
@@ -230,6 +257,9 @@ pub(crate) struct Candidate<T> {
 /// Opens the source and picks the image. Every error names the image (see
 /// [`Error::in_image`]).
 pub fn open(spec: &ImageSpec, opts: &OpenOptions, cache: &Cache) -> Result<Image> {
+    if let Some(r) = &spec.reference {
+        return registry::open(r, opts, cache);
+    }
     open_source(spec, opts, cache).map_err(|e| e.in_image(&spec.path))
 }
 
@@ -239,7 +269,7 @@ fn open_source(spec: &ImageSpec, opts: &OpenOptions, cache: &Cache) -> Result<Im
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let docker = match spec.transport {
         Transport::DockerArchive => true,
-        Transport::OciDir | Transport::OciArchive => false,
+        Transport::OciDir | Transport::OciArchive | Transport::Docker => false,
         Transport::Auto => container.exists("manifest.json") && !container.is_dir(),
     };
     if docker {
@@ -444,6 +474,14 @@ mod tests {
             );
         }
         assert!(ImageSpec::parse("oci:").is_err());
+        let s = ImageSpec::parse("docker://alpine").unwrap();
+        assert!(s.is_remote());
+        assert_eq!(
+            s.path,
+            Path::new("docker://docker.io/library/alpine:latest")
+        );
+        let e = ImageSpec::parse("docker://Bad/Name").unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e}");
         assert!(ImageSpec::parse("x.tar:@z").is_err());
     }
 

@@ -5,10 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::config::{
-    Descriptor, Index, MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST, Manifest,
-    Platform,
-};
+use super::config::{Descriptor, DocKind, IMAGE_CONFIG_TYPES, Index, Manifest, Platform, doc_kind};
 use super::container::{BlobLoc, Container};
 use super::digest::Digest;
 use super::{Candidate, Image, Selector};
@@ -16,12 +13,6 @@ use crate::error::{Error, Result};
 
 /// Indexes nest (Docker 25 and containerd exports do it once); more than this is a loop.
 const MAX_INDEX_DEPTH: usize = 8;
-
-/// Config media types of container images (OCI and Docker).
-const IMAGE_CONFIG_TYPES: &[&str] = &[
-    "application/vnd.oci.image.config.v1+json",
-    "application/vnd.docker.container.image.v1+json",
-];
 
 const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 const ANN_CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -107,33 +98,26 @@ fn resolve(
     let bytes = read_blob(container, desc)?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::bad_image(path, format!("{digest}: {e}")))?;
-    let media_type = desc
-        .media_type
-        .clone()
-        .or_else(|| {
-            value
-                .get("mediaType")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let is_index = media_type == MT_OCI_INDEX
-        || media_type == MT_DOCKER_LIST
-        || (media_type.is_empty() && value.get("manifests").is_some());
-    let is_manifest = media_type == MT_OCI_MANIFEST
-        || media_type == MT_DOCKER_MANIFEST
-        || (media_type.is_empty() && value.get("layers").is_some());
-    if is_index {
-        let index: Index = serde_json::from_value(value)
-            .map_err(|e| Error::bad_image(path, format!("{digest}: {e}")))?;
-        let next = pick_platform(path, &index.manifests, platform)?;
-        return resolve(container, next, platform, depth + 1);
-    }
-    if !is_manifest {
-        return Err(Error::bad_image(
-            path,
-            format!("{digest}: unsupported media type {media_type:?}"),
-        ));
+    match doc_kind(desc.media_type.as_deref(), &value) {
+        DocKind::Index => {
+            let index: Index = serde_json::from_value(value)
+                .map_err(|e| Error::bad_image(path, format!("{digest}: {e}")))?;
+            let next = pick_platform(path, &index.manifests, platform)?;
+            return resolve(container, next, platform, depth + 1);
+        }
+        DocKind::Manifest => {}
+        DocKind::Schema1 => {
+            return Err(Error::bad_image(
+                path,
+                format!("{digest}: Docker schema 1 manifests are not supported"),
+            ));
+        }
+        DocKind::Other(media_type) => {
+            return Err(Error::bad_image(
+                path,
+                format!("{digest}: unsupported media type {media_type:?}"),
+            ));
+        }
     }
     let manifest: Manifest = serde_json::from_value(value)
         .map_err(|e| Error::bad_image(path, format!("{digest}: {e}")))?;

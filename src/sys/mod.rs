@@ -21,7 +21,9 @@ use std::io;
 pub use dirfd::{DirFd, FileStat};
 pub use file::fallocate;
 pub use fusermount::{FUSERMOUNT, fuse_unmount, fusermount};
-pub use process::{Forked, fork_single_threaded, redirect_fd, thread_count, tune_allocator};
+pub use process::{
+    Forked, edit_own_args, fork_single_threaded, redirect_fd, thread_count, tune_allocator,
+};
 pub use xattr::{has_xattr, remove_xattr_fd};
 
 /// A C string of `bytes`; `EINVAL` if they hold a NUL (no host name or attribute can).

@@ -63,3 +63,41 @@ pub fn tune_allocator() {
         libc::malloc_trim(0);
     }
 }
+
+/// Rewrites this process's argument strings in place, as `/proc/PID/cmdline` (and so `ps`)
+/// shows them to every user: `edit` gets the NUL-separated area and returns whether it
+/// changed it; a changed area is written back with the same length.
+///
+/// The area is the stack memory the kernel placed argv in (`arg_start`..`arg_end` of
+/// `/proc/self/stat`). It is written through `/proc/self/mem`, so a wrong address fails with
+/// an error rather than corrupting memory; Rust holds no reference into that memory (std
+/// copies the arguments when they are read), so no invariant of the program is broken.
+/// Call it while single-threaded, before anything reads the arguments again.
+pub fn edit_own_args(edit: impl FnOnce(&mut [u8]) -> bool) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the parenthesised command name, which may itself hold spaces; arg_start
+    // and arg_end are fields 48 and 49 (proc(5)), i.e. the 46th and 47th after it.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| -> io::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::other("/proc/self/stat has no argument area"))
+    };
+    let (start, end) = (field(48)?, field(49)?);
+    if end <= start {
+        return Ok(());
+    }
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")?;
+    let mut area = vec![0u8; (end - start) as usize];
+    mem.read_exact_at(&mut area, start)?;
+    if edit(&mut area) {
+        mem.write_all_at(&area, start)?;
+    }
+    Ok(())
+}

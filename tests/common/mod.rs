@@ -5,7 +5,9 @@
 //!   OCI layout directory and archive, multi-image, multi-platform), with correct digests;
 //! - [`harness`]: running the CLI, and real FUSE mounts behind a cleaning-up guard;
 //! - [`listing`]: a comparable listing of a mount, an extracted tree, the library's merged
-//!   tree, or a spec of the expected tree.
+//!   tree, or a spec of the expected tree;
+//! - [`registry`]: a real registry (docker-registry) filled by skopeo, with TLS and auth
+//!   variants; [`proxy`]: a recording, fault-injecting proxy in front of it.
 //!
 //! Each test binary uses part of this, hence `dead_code`.
 
@@ -15,6 +17,8 @@ pub mod harness;
 pub mod image;
 pub mod listing;
 pub mod overlay;
+pub mod proxy;
+pub mod registry;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
