@@ -5,6 +5,8 @@
 //! Dependencies: libc, nix.
 #![allow(unsafe_code)]
 
+pub mod zlib;
+
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 
