@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod data;
 pub mod entry;
+pub mod lazy;
 pub mod prepare;
 pub mod whiteout;
 

@@ -129,7 +129,9 @@ impl Inflater {
             // Nothing was allocated; Drop must not call inflateEnd on it.
             let e = check(&strm, code, "inflateInit2");
             std::mem::forget(strm);
-            return Err(e.err().unwrap_or_else(|| io::Error::other("inflateInit2 failed")));
+            return Err(e
+                .err()
+                .unwrap_or_else(|| io::Error::other("inflateInit2 failed")));
         }
         Ok(Inflater { strm })
     }
@@ -145,7 +147,8 @@ impl Inflater {
     /// a byte that belongs to the block where a raw stream resumes.
     pub fn prime(&mut self, bits: u8, value: u8) -> io::Result<()> {
         // SAFETY: the stream was initialised; zlib checks `bits` itself.
-        let code = unsafe { z::inflatePrime(&mut *self.strm, c_int::from(bits), c_int::from(value)) };
+        let code =
+            unsafe { z::inflatePrime(&mut *self.strm, c_int::from(bits), c_int::from(value)) };
         check(&self.strm, code, "inflatePrime")
     }
 
@@ -185,7 +188,11 @@ impl Inflater {
         s.avail_in = avail_in as c_uint;
         s.next_out = output.as_mut_ptr();
         s.avail_out = avail_out as c_uint;
-        let flush = if stop_at_blocks { z::Z_BLOCK } else { z::Z_NO_FLUSH };
+        let flush = if stop_at_blocks {
+            z::Z_BLOCK
+        } else {
+            z::Z_NO_FLUSH
+        };
         // SAFETY: next_in/next_out point into live slices of at least avail_in/avail_out
         // bytes; zlib never writes through next_in.
         let code = unsafe { z::inflate(s, flush) };
@@ -212,8 +219,8 @@ impl Inflater {
         };
         let dt = s.data_type;
         // Bit 128: just after an end-of-block code (or a header); bit 64: in the last block.
-        let boundary = (stop_at_blocks && !end && dt & 128 != 0 && dt & 64 == 0)
-            .then_some((dt & 7) as u8);
+        let boundary =
+            (stop_at_blocks && !end && dt & 128 != 0 && dt & 64 == 0).then_some((dt & 7) as u8);
         Ok(Step {
             consumed,
             produced,
@@ -245,7 +252,9 @@ mod tests {
 
     #[test]
     fn inflates_a_gzip_member_and_reports_its_end() {
-        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let gz = gzip(&data);
         let mut inf = Inflater::new(Wrap::Gzip).unwrap();
         let mut out = vec![0u8; data.len() + 10];
