@@ -11,6 +11,7 @@ pub mod data;
 pub mod entry;
 pub mod lazy;
 pub mod prepare;
+pub mod store;
 pub mod whiteout;
 
 use std::io::Read;

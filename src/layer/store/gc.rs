@@ -1,0 +1,1 @@
+//! Cache size control: listing, eviction by least recent use, pruning.
