@@ -25,7 +25,12 @@ impl Stack {
         cache: &Cache,
         upto: Option<usize>,
     ) -> Result<Stack> {
-        let image = image::open(spec, opts, cache)?;
+        Stack::prepare(image::open(spec, opts, cache)?, cache, upto)
+    }
+
+    /// Prepares layers `0..=upto` (all when `None`) of an image opened from any source; the
+    /// layers' blobs may be host files or in a repository ([`crate::image::Blob`]).
+    pub fn prepare(image: Image, cache: &Cache, upto: Option<usize>) -> Result<Stack> {
         let count = match upto {
             Some(n) if n >= image.layers.len() => {
                 return Err(Error::Usage(format!(
@@ -64,13 +69,24 @@ impl Stack {
     }
 }
 
+/// Layers fetched from a repository at once: their passes wait on the network as much as on
+/// the CPU.
+const REMOTE_WORKERS: usize = 4;
+
 /// Prepares the first `count` layers, several at a time: indexing is CPU-bound (hashing,
 /// decompressing) and layers are independent.
 fn prepare_all(image: &Image, count: usize, cache: &Cache) -> Result<Vec<PreparedLayer>> {
     let path = &image.origin;
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(count.max(1));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let remote = image.layers[..count]
+        .iter()
+        .any(|l| matches!(l.blob, crate::image::Blob::Remote(_)));
+    let workers = if remote {
+        cpus.max(REMOTE_WORKERS)
+    } else {
+        cpus
+    }
+    .min(count.max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut slots: Vec<Option<Result<PreparedLayer>>> = (0..count).map(|_| None).collect();
     let results = std::sync::Mutex::new(&mut slots);

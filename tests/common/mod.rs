@@ -15,6 +15,7 @@ pub mod harness;
 pub mod image;
 pub mod listing;
 pub mod overlay;
+pub mod remote;
 pub mod spec;
 
 use std::path::{Path, PathBuf};

@@ -278,8 +278,8 @@ impl<R: Read> Builder<R> {
         }
     }
 
-    /// The index, once the stream has been read to its end.
-    pub fn finish(mut self) -> io::Result<ZranIndex> {
+    /// The index and the inner reader, once the stream has been read to its end.
+    pub fn finish(mut self) -> io::Result<(ZranIndex, R)> {
         if !self.eof || self.state != State::Between || self.pos != self.end {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -287,17 +287,13 @@ impl<R: Read> Builder<R> {
             ));
         }
         self.span_digests.push(self.hasher.finish());
-        Ok(ZranIndex {
+        let index = ZranIndex {
             checkpoints: self.checkpoints,
             span_digests: self.span_digests,
             out_len: self.out,
             in_len: self.consumed,
-        })
-    }
-
-    /// The inner reader (to finish hashing what it counted).
-    pub fn inner_mut(&mut self) -> &mut R {
-        &mut self.inner
+        };
+        Ok((index, self.inner))
     }
 }
 
@@ -606,7 +602,7 @@ mod tests {
         let mut b = Builder::new(gz, span).unwrap();
         let mut out = Vec::new();
         b.read_to_end(&mut out).unwrap();
-        (out, b.finish().unwrap())
+        (out, b.finish().unwrap().0)
     }
 
     #[test]
