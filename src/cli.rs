@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Policy};
 use crate::error::{Error, Result};
 use crate::image::config::Platform;
 use crate::image::{ImageSpec, OpenOptions, parse_selector};
@@ -111,6 +111,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show, trim or prune the cache (layer blobs, indexes, decompressed layers).
+    Cache {
+        /// What to do.
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Write a new image: IMAGE's layers as they are, plus one layer of what an overlayfs
     /// upper directory changes.
     Commit {
@@ -131,6 +137,36 @@ pub enum Command {
         /// Comment of the new layer's history entry.
         #[arg(short, long, value_name = "TEXT")]
         message: Option<String>,
+        /// Image selection.
+        #[command(flatten)]
+        select: ImageArgs,
+    },
+}
+
+/// `rimgfs cache` actions.
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// List what the cache holds: entries, sizes, last use, whether a live process uses them.
+    Ls {
+        /// Cache directory (default: /var/cache/rimgfs for root, else $XDG_CACHE_HOME/rimgfs).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Remove leftovers of interrupted writes; with --cache-max, also evict the least
+    /// recently used entries (blob data first, indexes last) until the cache fits.
+    Gc {
+        /// Cache directory (default: /var/cache/rimgfs for root, else $XDG_CACHE_HOME/rimgfs).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Evict until the cache takes at most SIZE (bytes, or with K, M, G, T).
+        #[arg(long, value_name = "SIZE")]
+        cache_max: Option<String>,
+    },
+    /// Remove IMAGE's layers from the cache (blob data, records, indexes, decompressed and
+    /// passthrough copies), except what a live mount uses.
+    Prune {
+        /// The image.
+        image: String,
         /// Image selection.
         #[command(flatten)]
         select: ImageArgs,
@@ -170,6 +206,65 @@ pub struct ImageArgs {
     /// Cache directory (default: /var/cache/rimgfs for root, else $XDG_CACHE_HOME/rimgfs).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Blob fetching and cache size.
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+/// Options for layers fetched from a repository, and the cache's size.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FetchArgs {
+    /// Keep the cache under SIZE (bytes, or with K, M, G, T): least recently used blob data
+    /// is evicted first, indexes last, nothing a live mount uses.
+    #[arg(long, value_name = "SIZE")]
+    pub cache_max: Option<String>,
+    /// Use only what the cache holds: fetch no blob data (reads of data not in the cache
+    /// fail with EIO).
+    #[arg(long)]
+    pub offline: bool,
+    /// After mounting, do not fetch the rest of lazily read layers in the background.
+    #[arg(long)]
+    pub no_prefetch: bool,
+}
+
+impl FetchArgs {
+    /// The cache policy these options ask for.
+    pub fn policy(&self) -> Result<Policy> {
+        Ok(Policy {
+            offline: self.offline,
+            no_prefetch: self.no_prefetch,
+            max_bytes: self.cache_max.as_deref().map(parse_size).transpose()?,
+        })
+    }
+}
+
+/// Parses a size: bytes, or a number with a K, M, G or T suffix (powers of 1024; `KiB`,
+/// `KB` and `k` are the same).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let bad = || {
+        Error::Usage(format!(
+            "bad size {s:?}: expected bytes or a number with K, M, G or T"
+        ))
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
 }
 
 /// Mount options.
@@ -223,7 +318,8 @@ impl ImageArgs {
             })?),
             None => None,
         };
-        let cache = Cache::new(self.cache_dir.clone().unwrap_or_else(Cache::default_root));
+        let cache = Cache::new(self.cache_dir.clone().unwrap_or_else(Cache::default_root))
+            .with_policy(self.fetch.policy()?);
         Ok(ImageConfig {
             spec,
             open: OpenOptions { selector, platform },
@@ -394,6 +490,37 @@ mod tests {
         };
         let c = a.to_config("x.tar").unwrap();
         assert_eq!(c.open.selector, Some(crate::image::Selector::Index(2)));
+    }
+
+    #[test]
+    fn size_table() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("4096", Some(4096)),
+            ("10K", Some(10 << 10)),
+            ("1.5G", Some(3 << 29)),
+            ("2GiB", Some(2 << 30)),
+            ("7mb", Some(7 << 20)),
+            ("1T", Some(1 << 40)),
+            ("", None),
+            ("G", None),
+            ("10X", None),
+            ("-1", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_size(s).ok(), *want, "{s}");
+        }
+        let a = ImageArgs {
+            fetch: FetchArgs {
+                cache_max: Some("1M".into()),
+                offline: true,
+                no_prefetch: false,
+            },
+            ..Default::default()
+        };
+        let c = a.to_config("x.tar").unwrap();
+        assert_eq!(c.cache.policy().max_bytes, Some(1 << 20));
+        assert!(c.cache.policy().offline);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Nothing below `fuse` knows fuser types, so the logic is tested without a kernel.
 
 pub mod cache;
+pub mod cache_cmd;
 pub mod changes;
 pub mod cli;
 pub mod commands;
@@ -79,6 +80,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             mount::mount(fs, &mnt, &opts, cli.verbose > 0, scratch)
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
+        Command::Cache { action } => cache_cmd::run(action, stdout),
         Command::Inspect {
             image,
             select,

@@ -43,6 +43,7 @@ impl Stack {
             None => image.layers.len(),
         };
         let layers = prepare_all(&image, count, cache)?;
+        keep_in_bounds(cache, &layers);
         Ok(Stack { image, layers })
     }
 
@@ -66,6 +67,39 @@ impl Stack {
             .iter()
             .map(|l| format!("{} {}", l.index, l.digest()))
             .collect()
+    }
+}
+
+/// Marks the cache files the layers read as used now and in use by this process (so eviction
+/// leaves them), then trims the cache to `--cache-max`.
+fn keep_in_bounds(cache: &Cache, layers: &[PreparedLayer]) {
+    let root = cache.root();
+    let files: Vec<_> = layers
+        .iter()
+        .filter_map(|l| l.data.host_range())
+        .map(|h| h.file.clone())
+        .filter(|f| f.starts_with(root))
+        .collect();
+    for f in &files {
+        if let Ok(f) = std::fs::File::open(f) {
+            use nix::sys::time::TimeSpec;
+            let _ = nix::sys::stat::futimens(&f, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_OMIT);
+        }
+    }
+    match crate::layer::store::live::register(root, &files) {
+        // Host files are read until the process ends.
+        Ok(held) => std::mem::forget(held),
+        Err(e) => log::warn!("{}: cannot record files in use: {e}", root.display()),
+    }
+    if let Some(max) = cache.policy().max_bytes {
+        let freed = crate::layer::store::gc::trim(root, max);
+        if freed.entries > 0 {
+            log::info!(
+                "--cache-max: evicted {} entries, {} bytes",
+                freed.entries,
+                freed.bytes
+            );
+        }
     }
 }
 

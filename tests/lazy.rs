@@ -373,3 +373,161 @@ fn background_fill_fetches_the_rest_of_a_toc_layer() {
     let want = Listing::of_tree(&open_local(&dir, &sb.path("local-cache")));
     Listing::of_tree(&stack.tree().unwrap()).assert_same(&want, "after the fill");
 }
+
+/// Runs podman on a private store under `root`.
+fn podman(root: &Path, args: &[&str]) {
+    let store = [
+        "--root",
+        &root.join("root").display().to_string(),
+        "--runroot",
+        &root.join("run").display().to_string(),
+        "--storage-driver",
+        "vfs",
+    ]
+    .map(str::to_string);
+    let all: Vec<String> = store
+        .iter()
+        .cloned()
+        .chain(args.iter().map(|s| s.to_string()))
+        .collect();
+    common::run_ok(
+        "podman",
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn zstd_chunked_from_podman_mounts_from_its_toc() {
+    let have = std::process::Command::new("podman")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if common::require(have.then_some(()), "podman is not installed").is_none() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let tar = Spec::parse(
+        "L0: dir /d; file /d/small 0644 'tiny file\\n'; file /d/big 0755 gen=3000000; symlink /d/l small
+         L0: file /d/zeros 0644 '\\0\\0\\0\\0\\0\\0\\0\\0'; dir /e 0700 uid=5 gid=6",
+    )
+    .layer_tars()
+    .remove(0);
+    std::fs::write(sb.path("layer.tar"), tar).unwrap();
+    let store = sb.path("podman");
+    podman(
+        &store,
+        &[
+            "import",
+            "-q",
+            sb.path("layer.tar").to_str().unwrap(),
+            "localhost/zc:1",
+        ],
+    );
+    let dir = sb.path("zc");
+    let dest = format!("oci:{}:zc", dir.display());
+    podman(
+        &store,
+        &[
+            "push",
+            "-q",
+            "--compression-format",
+            "zstd:chunked",
+            "localhost/zc:1",
+            &dest,
+        ],
+    );
+    let want = Listing::of_tree(&open_local(&dir, &sb.path("local-cache")));
+    let fetch = FileFetch::new(&dir);
+    let stack = open_lazy(&dir, &fetch, &sb, quiet());
+    let blob_len: u64 = stack.image.layers.iter().map(|l| l.blob.len()).sum();
+    assert_eq!(
+        fetch.streams.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "not streamed: read from its TOC"
+    );
+    assert!(
+        fetch.bytes() * 100 < blob_len,
+        "mounting read {} of {blob_len}",
+        fetch.bytes()
+    );
+    let ov = Overlay::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
+    let before = fetch.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        read_path(&ov, ov.tree(), "d/small", 0, 1024).unwrap(),
+        b"tiny file\n"
+    );
+    assert_eq!(
+        fetch.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
+    Listing::of_tree(ov.tree()).assert_same(&want, "zstd:chunked from its TOC");
+}
+
+#[test]
+fn cache_command_lists_trims_and_prunes() {
+    let sb = Sandbox::new();
+    let dir = layout(&sb, Codec::Gzip);
+    drop(open_lazy(&dir, &FileFetch::new(&dir), &sb, quiet()));
+    let cache = sb.path("remote-cache");
+    let c = cache.to_str().unwrap();
+    let ls = common::rimgfs(&["cache", "ls", "--cache-dir", c]).success();
+    assert!(
+        ls.stdout.contains("blob ")
+            && ls.stdout.contains("record ")
+            && ls.stdout.contains("total "),
+        "{}",
+        ls.stdout
+    );
+    let lines = |s: &str, kind: &str| s.lines().filter(|l| l.starts_with(kind)).count();
+    assert_eq!(lines(&ls.stdout, "blob "), 2, "{}", ls.stdout);
+    assert_eq!(lines(&ls.stdout, "index "), 2, "{}", ls.stdout);
+    // Trimming to nothing evicts blob data first: records and indexes go last.
+    let blobs_before = gc_usage(&cache.join("blobs"));
+    let gc = common::rimgfs(&[
+        "cache",
+        "gc",
+        "--cache-dir",
+        c,
+        "--cache-max",
+        &(gc_usage(&cache) - blobs_before / 2).to_string(),
+    ])
+    .success();
+    assert!(gc.stdout.starts_with("freed "), "{}", gc.stdout);
+    let ls = common::rimgfs(&["cache", "ls", "--cache-dir", c]).success();
+    assert!(
+        lines(&ls.stdout, "blob ") < 2 && lines(&ls.stdout, "record ") == 2,
+        "{}",
+        ls.stdout
+    );
+    // The evicted blob is fetched again when read, and the mount needed no request.
+    let fetch = FileFetch::new(&dir);
+    let stack = open_lazy(&dir, &fetch, &sb, quiet());
+    assert_eq!(fetch.total_requests(), 0);
+    let want = Listing::of_tree(&open_local(&dir, &sb.path("local-cache")));
+    Listing::of_tree(&stack.tree().unwrap()).assert_same(&want, "after eviction");
+    drop(stack);
+    // Pruning the image by its layout removes every entry of its layers.
+    let prune = common::rimgfs(&[
+        "cache",
+        "prune",
+        &format!("oci:{}", dir.display()),
+        "--cache-dir",
+        c,
+    ])
+    .success();
+    assert!(
+        prune.stdout.starts_with("freed ") && prune.stdout.contains("(2 layers)"),
+        "{}",
+        prune.stdout
+    );
+    let ls = common::rimgfs(&["cache", "ls", "--cache-dir", c]).success();
+    for kind in ["blob ", "record ", "index "] {
+        assert_eq!(lines(&ls.stdout, kind), 0, "{}", ls.stdout);
+    }
+    let bad = common::rimgfs(&["cache", "gc", "--cache-dir", c, "--cache-max", "12Q"]);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+}
+
+fn gc_usage(p: &Path) -> u64 {
+    rimgfs::layer::store::gc::usage(p)
+}

@@ -5,6 +5,7 @@
 //! Dependencies: store (priorities).
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A layer that can fetch the rest of its blob.
@@ -17,15 +18,21 @@ pub trait Fill: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
-fn pending() -> &'static Mutex<Vec<Arc<dyn Fill>>> {
-    static PENDING: OnceLock<Mutex<Vec<Arc<dyn Fill>>>> = OnceLock::new();
+/// A cache size the fill must stay under: the cache root and `--cache-max`.
+pub type Budget = Option<(PathBuf, u64)>;
+
+type Queue = Mutex<Vec<(Arc<dyn Fill>, Budget)>>;
+
+fn pending() -> &'static Queue {
+    static PENDING: OnceLock<Queue> = OnceLock::new();
     PENDING.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// Queues a layer for the background fill.
-pub fn register(layer: Arc<dyn Fill>) {
+/// Queues a layer for the background fill; with a budget, it is filled only if all of it
+/// fits.
+pub fn register(layer: Arc<dyn Fill>, budget: Budget) {
     if let Ok(mut p) = pending().lock() {
-        p.push(layer);
+        p.push((layer, budget));
     }
 }
 
@@ -33,14 +40,23 @@ pub fn register(layer: Arc<dyn Fill>) {
 /// anything to fill.
 pub fn start() -> Option<std::thread::JoinHandle<()>> {
     let layers: Vec<_> = pending().lock().map(|mut p| std::mem::take(&mut *p)).ok()?;
-    let layers: Vec<_> = layers.into_iter().filter(|l| l.missing() > 0).collect();
+    let layers: Vec<_> = layers.into_iter().filter(|l| l.0.missing() > 0).collect();
     if layers.is_empty() {
         return None;
     }
     std::thread::Builder::new()
         .name("rimgfs-fill".into())
         .spawn(move || {
-            for l in layers {
+            for (l, budget) in layers {
+                if let Some((root, max)) = budget {
+                    if crate::layer::store::gc::usage(&root) + l.missing() > max {
+                        log::info!(
+                            "blob {}: not filled: the cache would exceed --cache-max",
+                            l.describe()
+                        );
+                        continue;
+                    }
+                }
                 match l.fill() {
                     Ok(()) => log::info!("blob {}: all in the cache", l.describe()),
                     // The failure was logged where it happened; reads still fetch on demand.

@@ -142,7 +142,6 @@ pub fn prepare(
         reason,
     };
     if let Some(ready) = decompressed_copy(layer, cache) {
-        register_use(cache, vec![cache.layer_path(&layer.diff_id)]);
         return Ok(ready);
     }
     let root = cache.root();
@@ -200,9 +199,7 @@ pub fn prepare(
                         cache,
                     );
                     pb.finish_and_clear();
-                    let done = done?;
-                    register_use(cache, vec![cache.layer_path(&layer.diff_id)]);
-                    return Ok(done);
+                    return done;
                 }
                 (None, c) => {
                     let blob = store
@@ -236,14 +233,16 @@ fn save_record(rec: &LazyRecord, path: &Path) -> Result<()> {
     })
 }
 
-/// Records that this process uses cache files, so eviction leaves them alone.
-fn register_use(cache: &Cache, paths: Vec<PathBuf>) {
-    if let Err(e) = live::register(cache.root(), &paths) {
+/// Records that this process uses cache files, so eviction leaves them alone while the
+/// guard lives.
+fn register_use(cache: &Cache, paths: Vec<PathBuf>) -> Option<live::Live> {
+    live::register(cache.root(), &paths).unwrap_or_else(|e| {
         log::warn!(
             "{}: cannot record files in use: {e}",
             cache.root().display()
         );
-    }
+        None
+    })
 }
 
 /// Serves a layer from its record.
@@ -259,24 +258,28 @@ fn open_record(
         path: store.root().to_path_buf(),
         source: e,
     })?;
-    register_use(cache, vec![blob.paths.data.clone(), rec_path.to_path_buf()]);
+    let held = register_use(cache, vec![blob.paths.data.clone(), rec_path.to_path_buf()]);
+    let src = spans::Source { blob, origin, held };
     let (bytes, fill): (Arc<dyn LayerBytes>, Arc<dyn fill::Fill>) = match rec.access {
         Access::Plain(s) => {
-            let b = Arc::new(PlainBytes::new(blob, origin, s));
+            let b = Arc::new(PlainBytes::new(src, s));
             (b.clone(), b)
         }
         Access::Gzip(z) => {
-            let b = Arc::new(GzipBytes::new(blob, origin, z));
+            let b = Arc::new(GzipBytes::new(src, z));
             (b.clone(), b)
         }
         Access::Toc(m) => {
-            let b = Arc::new(TocBytes::new(blob, origin, m));
+            let b = Arc::new(TocBytes::new(src, m));
             (b.clone(), b)
         }
     };
     let policy = cache.policy();
     if !policy.no_prefetch && !policy.offline {
-        fill::register(fill);
+        fill::register(
+            fill,
+            policy.max_bytes.map(|m| (cache.root().to_path_buf(), m)),
+        );
     }
     Ok(PreparedLayer {
         index: rec.index,

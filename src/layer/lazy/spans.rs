@@ -13,7 +13,20 @@ use super::zran::{Compressed, ZranIndex, ZranReader};
 use crate::image::digest::{Algorithm, Digest};
 use crate::layer::codec::{Cursor, put_bytes, put_u64};
 use crate::layer::data::LayerBytes;
+use crate::layer::store::live::Live;
 use crate::layer::store::{Origin, Priority, StoredBlob, Units};
+
+/// A lazily read layer's blob: the store entry, where to fetch what it lacks, and the
+/// live-use guard that keeps eviction away while the layer is served.
+#[derive(Debug)]
+pub struct Source {
+    /// The store entry.
+    pub blob: Arc<StoredBlob>,
+    /// Where missing pieces come from.
+    pub origin: Origin,
+    /// Held while the layer is in use.
+    pub held: Option<Live>,
+}
 
 /// Span length of uncompressed blobs (their spans are fixed; gzip spans end at checkpoints).
 pub const PLAIN_SPAN: u64 = 4 << 20;
@@ -114,19 +127,14 @@ fn fill_all(blob: &StoredBlob, origin: &Origin, units: &dyn Units, n: usize) -> 
 /// An uncompressed layer tar in the blob store: the blob is the tar.
 #[derive(Debug)]
 pub struct PlainBytes {
-    blob: Arc<StoredBlob>,
-    origin: Origin,
+    src: Source,
     spans: PlainSpans,
 }
 
 impl PlainBytes {
-    /// Reads `blob` through `spans`.
-    pub fn new(blob: Arc<StoredBlob>, origin: Origin, spans: PlainSpans) -> PlainBytes {
-        PlainBytes {
-            blob,
-            origin,
-            spans,
-        }
+    /// Reads the blob of `src` through `spans`.
+    pub fn new(src: Source, spans: PlainSpans) -> PlainBytes {
+        PlainBytes { src, spans }
     }
 }
 
@@ -136,48 +144,46 @@ impl LayerBytes for PlainBytes {
         if n == 0 {
             return Ok(0);
         }
-        self.blob.ensure(
-            &self.origin,
+        self.src.blob.ensure(
+            &self.src.origin,
             &self.spans,
             offset,
             offset + n,
             Priority::Foreground,
         )?;
-        self.blob.read_at(&mut buf[..n as usize], offset)
+        self.src.blob.read_at(&mut buf[..n as usize], offset)
     }
 }
 
 impl Fill for PlainBytes {
     fn missing(&self) -> u64 {
-        self.spans.len - self.blob.present_bytes().min(self.spans.len)
+        self.spans.len - self.src.blob.present_bytes().min(self.spans.len)
     }
     fn fill(&self) -> io::Result<()> {
         fill_all(
-            &self.blob,
-            &self.origin,
+            &self.src.blob,
+            &self.src.origin,
             &self.spans,
             self.spans.digests.len(),
         )
     }
     fn describe(&self) -> String {
-        self.blob.digest.to_string()
+        self.src.blob.digest.to_string()
     }
 }
 
 /// A gzip layer in the blob store, read through its checkpoints.
 #[derive(Debug)]
 pub struct GzipBytes {
-    blob: Arc<StoredBlob>,
-    origin: Origin,
+    src: Source,
     zran: ZranReader,
 }
 
 impl GzipBytes {
-    /// Reads `blob` through the checkpoints of `index`.
-    pub fn new(blob: Arc<StoredBlob>, origin: Origin, index: ZranIndex) -> GzipBytes {
+    /// Reads the blob of `src` through the checkpoints of `index`.
+    pub fn new(src: Source, index: ZranIndex) -> GzipBytes {
         GzipBytes {
-            blob,
-            origin,
+            src,
             zran: ZranReader::new(index),
         }
     }
@@ -185,19 +191,19 @@ impl GzipBytes {
 
 impl Compressed for GzipBytes {
     fn read_compressed(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.blob.len.saturating_sub(offset));
+        let n = (buf.len() as u64).min(self.src.blob.len.saturating_sub(offset));
         if n == 0 {
             return Ok(0);
         }
         let index = &self.zran.index;
-        self.blob.ensure(
-            &self.origin,
+        self.src.blob.ensure(
+            &self.src.origin,
             index,
             offset,
             offset + n,
             Priority::Foreground,
         )?;
-        self.blob.read_at(&mut buf[..n as usize], offset)
+        self.src.blob.read_at(&mut buf[..n as usize], offset)
     }
 }
 
@@ -206,7 +212,7 @@ impl LayerBytes for GzipBytes {
         self.zran.read_at(self, buf, offset).map_err(|e| {
             if e.raw_os_error().is_none() {
                 // Verified bytes that do not inflate: the checkpoint index is wrong.
-                log::error!("blob {}: inflating at {offset}: {e}", self.blob.digest);
+                log::error!("blob {}: inflating at {offset}: {e}", self.src.blob.digest);
                 eio()
             } else {
                 e
@@ -217,13 +223,18 @@ impl LayerBytes for GzipBytes {
 
 impl Fill for GzipBytes {
     fn missing(&self) -> u64 {
-        self.blob.len - self.blob.present_bytes().min(self.blob.len)
+        self.src.blob.len - self.src.blob.present_bytes().min(self.src.blob.len)
     }
     fn fill(&self) -> io::Result<()> {
         let index = &self.zran.index;
-        fill_all(&self.blob, &self.origin, index, index.checkpoints.len())
+        fill_all(
+            &self.src.blob,
+            &self.src.origin,
+            index,
+            index.checkpoints.len(),
+        )
     }
     fn describe(&self) -> String {
-        self.blob.digest.to_string()
+        self.src.blob.digest.to_string()
     }
 }

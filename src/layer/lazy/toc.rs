@@ -25,12 +25,13 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::fill::Fill;
+use super::spans::Source;
 use crate::image::digest::{Algorithm, Digest};
 use crate::image::remote::RemoteBlob;
 use crate::layer::codec::{Cursor, put_bytes, put_u64};
 use crate::layer::data::LayerBytes;
 use crate::layer::entry::{EntryKind, LayerEntry, Meta, normalize_path};
-use crate::layer::store::{Origin, Priority, StoredBlob, Units};
+use crate::layer::store::{Priority, Units};
 
 /// Descriptor annotation with the digest of an eStargz TOC.
 pub const ANN_ESTARGZ_TOC: &str = "containerd.io/snapshot/stargz/toc.digest";
@@ -600,8 +601,7 @@ pub fn decompress_zstd_toc(bytes: &[u8], uncompressed: u64) -> Result<Vec<u8>, S
 
 /// A TOC layer's file data, fetched chunk by chunk.
 pub struct TocBytes {
-    blob: Arc<StoredBlob>,
-    origin: Origin,
+    src: Source,
     map: TocMap,
     /// Per member, the chunks it holds.
     by_member: Vec<Vec<u32>>,
@@ -611,7 +611,7 @@ pub struct TocBytes {
 impl std::fmt::Debug for TocBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TocBytes")
-            .field("blob", &self.blob.digest)
+            .field("blob", &self.src.blob.digest)
             .field("chunks", &self.map.chunks.len())
             .finish()
     }
@@ -622,8 +622,8 @@ fn eio() -> io::Error {
 }
 
 impl TocBytes {
-    /// Reads the data of `map` from `blob`.
-    pub fn new(blob: Arc<StoredBlob>, origin: Origin, map: TocMap) -> TocBytes {
+    /// Reads the data of `map` from the blob of `src`.
+    pub fn new(src: Source, map: TocMap) -> TocBytes {
         let mut by_member = vec![Vec::new(); map.members.len()];
         for (i, c) in map.chunks.iter().enumerate() {
             if !c.zeros {
@@ -632,8 +632,7 @@ impl TocBytes {
         }
         let cap = NonZeroUsize::new(CHUNK_CACHE).unwrap_or(NonZeroUsize::MIN);
         TocBytes {
-            blob,
-            origin,
+            src,
             map,
             by_member,
             recent: Mutex::new(lru::LruCache::new(cap)),
@@ -651,7 +650,7 @@ impl TocBytes {
             if Digest::of_bytes(c.digest.algorithm(), &z) != c.digest {
                 log::error!(
                     "blob {}: zero chunk at {} fails its digest",
-                    self.blob.digest,
+                    self.src.blob.digest,
                     c.vstart
                 );
                 return Err(eio());
@@ -659,16 +658,17 @@ impl TocBytes {
             z.into()
         } else {
             let (s, e) = self.map.members[c.member as usize];
-            self.blob
-                .ensure(&self.origin, self, s, e, Priority::Foreground)?;
+            self.src
+                .blob
+                .ensure(&self.src.origin, self, s, e, Priority::Foreground)?;
             if let Some(b) = self.recent.lock().ok().and_then(|mut r| r.get(&i).cloned()) {
                 return Ok(b);
             }
             // Bytes in the store were verified when they were fetched.
             let mut raw = vec![0u8; (e - s) as usize];
-            let n = self.blob.read_at(&mut raw, s)?;
+            let n = self.src.blob.read_at(&mut raw, s)?;
             let out = decompress(self.map.format, &raw[..n], c.inner + c.len).map_err(|err| {
-                log::error!("blob {}: member at {s}: {err}", self.blob.digest);
+                log::error!("blob {}: member at {s}: {err}", self.src.blob.digest);
                 eio()
             })?;
             out.get(c.inner as usize..(c.inner + c.len) as usize)
@@ -753,17 +753,18 @@ impl LayerBytes for TocBytes {
 impl Fill for TocBytes {
     fn missing(&self) -> u64 {
         let total: u64 = self.map.members.iter().map(|&(s, e)| e - s).sum();
-        total.saturating_sub(self.blob.present_bytes())
+        total.saturating_sub(self.src.blob.present_bytes())
     }
     fn fill(&self) -> io::Result<()> {
         for &(s, e) in &self.map.members {
-            self.blob
-                .ensure(&self.origin, self, s, e, Priority::Background)?;
+            self.src
+                .blob
+                .ensure(&self.src.origin, self, s, e, Priority::Background)?;
         }
         Ok(())
     }
     fn describe(&self) -> String {
-        self.blob.digest.to_string()
+        self.src.blob.digest.to_string()
     }
 }
 

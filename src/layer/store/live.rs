@@ -1,8 +1,8 @@
 //! Which cache files live processes are using, so eviction never takes them.
 //!
 //! A process that serves from the cache writes the paths it uses to `live/<pid>.<n>` and holds
-//! an exclusive flock on that file for the rest of its life (a mount's daemon inherits it
-//! across the fork). Eviction reads every list whose lock is held; a list whose lock can be
+//! an exclusive flock on that file while it uses them (a mount's daemon inherits it across
+//! the fork). Eviction reads every list whose lock is held; a list whose lock can be
 //! taken belongs to a process that is gone and is removed.
 //! Dependencies: nix (flock).
 
@@ -16,11 +16,25 @@ pub fn dir(cache_root: &Path) -> PathBuf {
     cache_root.join("live")
 }
 
-/// Records that this process uses `paths` until it exits.
-pub fn register(cache_root: &Path, paths: &[PathBuf]) -> io::Result<()> {
+/// A list of files in use, held until dropped (or, forgotten, until the process exits).
+#[derive(Debug)]
+pub struct Live {
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // Removed while still locked, so nobody takes it for a dead process's list.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Records that this process uses `paths` while the returned guard lives.
+pub fn register(cache_root: &Path, paths: &[PathBuf]) -> io::Result<Option<Live>> {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     if paths.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let d = dir(cache_root);
     std::fs::create_dir_all(&d)?;
@@ -39,9 +53,7 @@ pub fn register(cache_root: &Path, paths: &[PathBuf]) -> io::Result<()> {
         text.push('\n');
     }
     lock.write_all(text.as_bytes())?;
-    // Held until the process exits: the lock is what says the process is alive.
-    std::mem::forget(lock);
-    Ok(())
+    Ok(Some(Live { path, _lock: lock }))
 }
 
 /// The paths named by lists of live processes (removing the lists of dead ones).
@@ -74,9 +86,11 @@ mod tests {
     #[test]
     fn live_lists_name_what_this_process_uses() {
         let dir = tempfile::tempdir().unwrap();
-        register(dir.path(), &[PathBuf::from("/c/blobs/x.data")]).unwrap();
+        let held = register(dir.path(), &[PathBuf::from("/c/blobs/x.data")]).unwrap();
         let used = in_use(dir.path());
         assert!(used.contains(Path::new("/c/blobs/x.data")));
+        drop(held);
+        assert!(!in_use(dir.path()).contains(Path::new("/c/blobs/x.data")));
         // A list nobody holds is a dead process's and goes away.
         std::fs::write(super::dir(dir.path()).join("1.0"), "/c/old\n").unwrap();
         assert!(!in_use(dir.path()).contains(Path::new("/c/old")));
