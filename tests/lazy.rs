@@ -349,15 +349,17 @@ fn broken_streams_are_resumed_and_a_dead_registry_names_the_blob() {
 
 #[test]
 fn a_layer_indexed_from_a_local_archive_is_not_fetched() {
-    let sb = Sandbox::new();
-    let dir = layout(&sb, Codec::Gzip);
-    // The same cache first sees the image as a local layout: it keeps decompressed copies
-    // by diff_id, which the remote layers then use.
-    let want = Listing::of_tree(&open_local(&dir, &sb.path("remote-cache")));
-    let fetch = FileFetch::new(&dir);
-    let stack = open_lazy(&dir, &fetch, &sb, quiet());
-    Listing::of_tree(&stack.tree().unwrap()).assert_same(&want, "from the local copies");
-    assert_eq!(fetch.total_requests(), 0);
+    for codec in [Codec::Gzip, Codec::None] {
+        let sb = Sandbox::new();
+        let dir = layout(&sb, codec);
+        // The same cache first sees the image as a local layout: it keeps decompressed
+        // copies (or notes where verified tars lie) by diff_id; the remote layers use them.
+        let want = Listing::of_tree(&open_local(&dir, &sb.path("remote-cache")));
+        let fetch = FileFetch::new(&dir);
+        let stack = open_lazy(&dir, &fetch, &sb, quiet());
+        Listing::of_tree(&stack.tree().unwrap()).assert_same(&want, "from the local copies");
+        assert_eq!(fetch.total_requests(), 0, "{codec:?}");
+    }
 }
 
 #[test]

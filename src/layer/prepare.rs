@@ -66,6 +66,7 @@ fn prepare_local(
                         verify_in_place(layer, loc, image_path)?;
                         cache.mark_verified(&fingerprint, &layer.diff_id)?;
                     }
+                    record_source(cache, layer, loc);
                     return Ok(PreparedLayer {
                         index,
                         data: LayerData::host(loc.clone()),
@@ -81,6 +82,7 @@ fn prepare_local(
                     .ctx("write", &index_path)
             })?;
             cache.mark_verified(&fingerprint, &layer.diff_id)?;
+            record_source(cache, layer, loc);
             Ok(PreparedLayer {
                 index,
                 data: LayerData::host(loc.clone()),
@@ -104,6 +106,52 @@ fn prepare_local(
             done
         }
     }
+}
+
+/// Where an uncompressed layer's tar lies in a host file, once verified there:
+/// `sources/<alg>/<hex>` holds the path, offset and length, NUL-separated.
+fn source_path(cache: &Cache, diff_id: &Digest) -> std::path::PathBuf {
+    cache
+        .root()
+        .join("sources")
+        .join(diff_id.algorithm_name())
+        .join(diff_id.hex())
+}
+
+/// Notes where a verified uncompressed layer lies, so another source of the same diff_id
+/// (a repository) can read it from there.
+fn record_source(cache: &Cache, layer: &LayerRef, loc: &BlobLoc) {
+    let Ok(abs) = std::fs::canonicalize(&loc.file) else {
+        return;
+    };
+    let text = format!("{}\0{}\0{}", abs.display(), loc.offset, loc.len);
+    let dest = source_path(cache, &layer.diff_id);
+    if std::fs::read(&dest).ok().as_deref() != Some(text.as_bytes()) {
+        let _ = cache.write_atomic(&dest, |w| {
+            io::Write::write_all(w, text.as_bytes()).ctx("write", &dest)
+        });
+    }
+}
+
+/// The layer, served from a host file that held its tar when it was last verified, if that
+/// file is still the same (its fingerprint has a verification stamp).
+pub(crate) fn local_source(layer: &LayerRef, cache: &Cache) -> Option<PreparedLayer> {
+    let text = std::fs::read_to_string(source_path(cache, &layer.diff_id)).ok()?;
+    let mut f = text.split('\0');
+    let loc = BlobLoc {
+        file: f.next()?.into(),
+        offset: f.next()?.parse().ok()?,
+        len: f.next()?.parse().ok()?,
+    };
+    let fingerprint = Container::fingerprint(&loc).ok()?;
+    if !cache.is_verified(&fingerprint, &layer.diff_id) {
+        return None;
+    }
+    let (index, _) = codec::decode(&std::fs::read(cache.index_path(&layer.diff_id)).ok()?)?;
+    (index.tar_size == loc.len).then(|| PreparedLayer {
+        index,
+        data: LayerData::host(loc),
+    })
 }
 
 /// The layer's decompressed copy in the cache (left by any earlier source of the same
@@ -196,19 +244,28 @@ impl From<Error> for IndexFail {
 
 /// A progress bar on stderr for big layers, hidden when stderr is not a terminal.
 pub(crate) fn progress(layer: &LayerRef, len: u64) -> indicatif::ProgressBar {
+    progress_with(
+        layer,
+        len,
+        "indexing layer {prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+}
+
+/// Like [`progress`] with a template of its own (`{prefix}` is the layer's position). Bars
+/// of layers prepared at the same time share the terminal, one line each.
+pub(crate) fn progress_with(layer: &LayerRef, len: u64, template: &str) -> indicatif::ProgressBar {
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
     if len < PROGRESS_MIN_BYTES || !io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let pb = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "indexing layer {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-    ) {
+    let bars = BARS.get_or_init(|| {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+    });
+    let pb = bars.add(indicatif::ProgressBar::new(len));
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         pb.set_style(style.progress_chars("=> "));
     }
-    pb.set_message(layer.index.to_string());
+    pb.set_prefix(layer.index.to_string());
     pb
 }
 

@@ -1,7 +1,8 @@
 //! Layers whose blob is in a repository ([`RemoteBlob`]), made ready without a pull.
 //!
 //! In order of preference, a remote layer is served from:
-//! 1. a decompressed copy in the cache that any source left for its diff_id (`layers/`);
+//! 1. a decompressed copy in the cache that any source left for its diff_id (`layers/`), or
+//!    the host file of a local archive where the same tar was verified (`sources/`);
 //! 2. its lazy record (`lazy/<alg>/<blob hex>.lzx`): index plus access map, from an earlier
 //!    mount; a warm mount makes no request at all;
 //! 3. its table of contents (eStargz, zstd:chunked): a few small requests, no file data;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use super::codec::{self, Cursor, FileStamp, get_entries, put_bytes, put_entries, put_u64};
 use super::data::{LayerBytes, LayerData};
-use super::prepare::{PreparedLayer, decompress_into_cache, decompressed_copy};
+use super::prepare::{PreparedLayer, decompress_into_cache, decompressed_copy, local_source};
 use super::store::{BlobStore, Origin, StoredBlob, live, lock_file};
 use super::{LayerIndex, build_index};
 use crate::cache::Cache;
@@ -40,6 +41,9 @@ use zran::ZranIndex;
 
 /// Format tag of lazy records; bump the digit when the layout changes.
 const MAGIC: &[u8; 8] = b"RIMGLZ01";
+/// Progress of a streaming pass: bytes fetched, and how far indexing got (the message).
+const FETCH_TEMPLATE: &str =
+    "fetching layer {prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}";
 /// How often a streaming pass reopens a stream that broke before the blob's end.
 const STREAM_RESUMES: u32 = 3;
 
@@ -141,7 +145,7 @@ pub fn prepare(
         layer: layer.describe(),
         reason,
     };
-    if let Some(ready) = decompressed_copy(layer, cache) {
+    if let Some(ready) = decompressed_copy(layer, cache).or_else(|| local_source(layer, cache)) {
         return Ok(ready);
     }
     let root = cache.root();
@@ -188,7 +192,7 @@ pub fn prepare(
                 }
                 (None, Compression::Zstd) => {
                     // zstd frames are not seekable in general: keep a decompressed copy.
-                    let pb = super::prepare::progress(layer, remote.len);
+                    let pb = super::prepare::progress_with(layer, remote.len, FETCH_TEMPLATE);
                     let stream = Incoming::new(remote, None, pb.clone());
                     let done = decompress_into_cache(
                         layer,
@@ -536,6 +540,36 @@ impl Read for Incoming<'_> {
     }
 }
 
+/// Counts the uncompressed bytes indexed so far into a progress bar's message.
+struct Indexed<R> {
+    inner: R,
+    pb: indicatif::ProgressBar,
+    count: u64,
+}
+
+impl<R: Read> Indexed<R> {
+    fn new(inner: R, pb: &indicatif::ProgressBar) -> Indexed<R> {
+        Indexed {
+            inner,
+            pb: pb.clone(),
+            count: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Indexed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let before = self.count >> 20;
+        self.count += n as u64;
+        if self.count >> 20 != before && !self.pb.is_hidden() {
+            self.pb
+                .set_message(format!("indexed {} MiB", self.count >> 20));
+        }
+        Ok(n)
+    }
+}
+
 /// One streaming pass over a gzip or uncompressed blob: index, verify, keep.
 fn stream_layer(
     layer: &LayerRef,
@@ -549,20 +583,22 @@ fn stream_layer(
         layer: layer.describe(),
         reason,
     };
-    let pb = super::prepare::progress(layer, remote.len);
+    let pb = super::prepare::progress_with(layer, remote.len, FETCH_TEMPLATE);
     let incoming = Incoming::new(remote, Some(blob), pb.clone());
     let diff_alg = Some(layer.diff_id.algorithm());
     let (index, diff, (digest, len, _), access) = match c {
         Compression::Gzip => {
             let builder =
                 zran::Builder::new(incoming, zran::SPAN).map_err(|e| bad(e.to_string()))?;
-            let mut tar = HashingReader::new(BufReader::with_capacity(1 << 20, builder), diff_alg);
+            let counted = Indexed::new(BufReader::with_capacity(1 << 20, builder), &pb);
+            let mut tar = HashingReader::new(counted, diff_alg);
             let mut index = build_index(&mut tar).map_err(|e| bad(e.to_string()))?;
             // To the stream's end: bytes after the last member are refused as a bad member.
             tar.drain()
                 .map_err(|e| bad(format!("corrupt gzip stream: {e}")))?;
             let (diff, tar_len, reader) = tar.into_parts();
             let (zindex, incoming) = reader
+                .inner
                 .into_inner()
                 .finish()
                 .map_err(|e| bad(format!("corrupt gzip stream: {e}")))?;
