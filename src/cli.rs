@@ -493,6 +493,37 @@ mod tests {
     }
 
     #[test]
+    fn man_page_mentions_every_command_and_flag() {
+        use clap::CommandFactory;
+        let man = include_str!("../man/rimgfs.1");
+        fn walk(c: &clap::Command, man: &str, path: &str) {
+            for a in c.get_arguments() {
+                if let Some(long) = a.get_long() {
+                    if long != "help" && long != "version" {
+                        assert!(
+                            man.contains(&format!("Fl -{long}")),
+                            "{path} --{long} is not in the man page"
+                        );
+                    }
+                }
+            }
+            for sub in c.get_subcommands() {
+                let name = sub.get_name();
+                if name != "help" {
+                    let full = format!("{path} {name}");
+                    let cm = full.trim_start_matches("rimgfs ");
+                    assert!(
+                        man.contains(&format!("Cm {cm}")),
+                        "{full} is not in the man page"
+                    );
+                    walk(sub, man, &full);
+                }
+            }
+        }
+        walk(&Cli::command(), man, "rimgfs");
+    }
+
+    #[test]
     fn size_table() {
         let cases: &[(&str, Option<u64>)] = &[
             ("0", Some(0)),
