@@ -533,3 +533,34 @@ fn cache_command_lists_trims_and_prunes() {
 fn gc_usage(p: &Path) -> u64 {
     rimgfs::layer::store::gc::usage(p)
 }
+
+#[test]
+fn cache_max_evicts_what_no_live_layer_uses() {
+    let sb = Sandbox::new();
+    let a = layout(&sb, Codec::Gzip);
+    drop(open_lazy(&a, &FileFetch::new(&a), &sb, quiet()));
+    let b = sb.path("other");
+    std::fs::create_dir_all(&b).unwrap();
+    let spec = Spec::parse("L0: file /only 0644 gen=2000000");
+    let img = ImageDef::from_layers(spec.layer_tars()).codec(Codec::Gzip);
+    common::image::write_files(&Shape::OciDir.files(&[img]), Shape::OciDir, &b, Codec::None);
+    let blob_of = |dir: &Path| {
+        let img = open_remote(dir, &FileFetch::new(dir), &sb.path("scratch"));
+        let d = img.layers.last().unwrap().blob_digest.clone().unwrap();
+        sb.path("remote-cache")
+            .join(format!("blobs/sha256/{}.data", d.hex()))
+    };
+    assert!(blob_of(&a).exists());
+    // Image b with a cache bound of one byte: everything a's layers left goes; b's own
+    // blob, in use, stays, and b reads on.
+    let policy = Policy {
+        max_bytes: Some(1),
+        ..quiet()
+    };
+    let fetch = FileFetch::new(&b);
+    let stack = open_lazy(&b, &fetch, &sb, policy);
+    assert!(!blob_of(&a).exists());
+    assert!(blob_of(&b).exists());
+    let want = Listing::of_tree(&open_local(&b, &sb.path("local-cache")));
+    Listing::of_tree(&stack.tree().unwrap()).assert_same(&want, "under --cache-max");
+}

@@ -48,11 +48,7 @@ fn prepare_local(
     image_path: &Path,
     cache: &Cache,
 ) -> Result<PreparedLayer> {
-    let bad = |reason: String| Error::BadLayer {
-        path: image_path.to_path_buf(),
-        layer: layer.describe(),
-        reason,
-    };
+    let bad = |reason: String| layer.error(image_path, reason);
     let index_path = cache.index_path(&layer.diff_id);
     let cached = std::fs::read(&index_path)
         .ok()
@@ -176,11 +172,7 @@ pub(crate) fn decompress_into_cache(
     image_path: &Path,
     cache: &Cache,
 ) -> Result<PreparedLayer> {
-    let bad = |reason: String| Error::BadLayer {
-        path: image_path.to_path_buf(),
-        layer: layer.describe(),
-        reason,
-    };
+    let bad = |reason: String| layer.error(image_path, reason);
     let content = cache.layer_path(&layer.diff_id);
     let index_path = cache.index_path(&layer.diff_id);
     let mut index = None;

@@ -265,24 +265,11 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (civil_from_days).
+/// RFC 3339 of a Unix time, as the TOC's `modtime` has it.
 fn rfc3339(t: i64) -> String {
-    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let t =
+        std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).expect("mtime after 1970"));
+    rimgfs::commit::rfc3339(t)
 }
 
 /// An eStargz blob of `entries`, file payloads cut into gzip members of at most `chunk`

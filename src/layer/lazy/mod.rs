@@ -140,11 +140,7 @@ pub fn prepare(
     image_path: &Path,
     cache: &Cache,
 ) -> Result<PreparedLayer> {
-    let bad = |reason: String| Error::BadLayer {
-        path: image_path.to_path_buf(),
-        layer: layer.describe(),
-        reason,
-    };
+    let bad = |reason: String| layer.error(image_path, reason);
     if let Some(ready) = decompressed_copy(layer, cache).or_else(|| local_source(layer, cache)) {
         return Ok(ready);
     }
@@ -578,11 +574,7 @@ fn stream_layer(
     c: Compression,
     image_path: &Path,
 ) -> Result<LazyRecord> {
-    let bad = |reason: String| Error::BadLayer {
-        path: image_path.to_path_buf(),
-        layer: layer.describe(),
-        reason,
-    };
+    let bad = |reason: String| layer.error(image_path, reason);
     let pb = super::prepare::progress_with(layer, remote.len, FETCH_TEMPLATE);
     let incoming = Incoming::new(remote, Some(blob), pb.clone());
     let diff_alg = Some(layer.diff_id.algorithm());
