@@ -100,7 +100,10 @@ impl Units for ZranIndex {
         if a >= b {
             return 0..0;
         }
-        self.span_at(a)..self.span_at(b - 1) + 1
+        // The first span reaching `b` ends the run (not the next one, which may share the
+        // byte before `b`).
+        let last = self.checkpoints[1..].partition_point(|c| c.input < b);
+        self.span_at(a)..last.max(self.span_at(a)) + 1
     }
     fn bounds(&self, i: usize) -> (u64, u64) {
         self.span(i)

@@ -348,14 +348,13 @@ impl<R: Read> Read for Builder<R> {
                 return Ok(step.produced);
             }
             let stuck = step.consumed == 0 && step.boundary.is_none() && !step.end;
-            if stuck && self.eof && self.pos == self.end {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "gzip stream ends inside a member",
-                ));
-            }
-            if stuck && self.pos < self.end {
-                // zlib holds partial input itself, so this means the buffer must grow.
+            if stuck {
+                if self.eof {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "gzip stream ends inside a member",
+                    ));
+                }
                 self.refill()?;
             }
         }
@@ -473,9 +472,14 @@ impl ZCursor {
             if step.produced > 0 {
                 return Ok(step.produced);
             }
-            if step.consumed == 0 && !step.end && self.pos == self.end && self.input >= index.in_len
-            {
-                return Err(corrupt("gzip blob ends inside a member"));
+            if step.consumed == 0 && !step.end {
+                if self.pos < self.end {
+                    // zlib takes all the input it is given; not doing so is a broken state.
+                    return Err(corrupt("inflate made no progress"));
+                }
+                if self.input >= index.in_len {
+                    return Err(corrupt("gzip blob ends inside a member"));
+                }
             }
         }
     }
