@@ -17,16 +17,24 @@ pub fn dir(cache_root: &Path) -> PathBuf {
 }
 
 /// A list of files in use, held until dropped (or, forgotten, until the process exits).
+///
+/// The lock is released by closing the file, not by an explicit unlock: a mount's daemon
+/// shares the lock with the process that forked it, and that process's exit must not end
+/// the daemon's claim. The list file stays behind and is removed as a dead process's once
+/// nobody holds it.
 #[derive(Debug)]
 pub struct Live {
-    path: PathBuf,
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    _file: std::fs::File,
 }
 
-impl Drop for Live {
-    fn drop(&mut self) {
-        // Removed while still locked, so nobody takes it for a dead process's list.
-        let _ = std::fs::remove_file(&self.path);
+/// Takes an exclusive flock on `f` without waiting; false if another holder has it.
+#[allow(deprecated)] // nix's `Flock` unlocks on drop, which a shared lock must not do.
+fn try_lock(f: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    match nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -44,16 +52,25 @@ pub fn register(cache_root: &Path, paths: &[PathBuf]) -> io::Result<Option<Live>
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let path = d.join(name);
-    let Some(mut lock) = super::lock_file(&path, false)? else {
+    // Locked and written under a name readers skip, so no reader sees it unlocked.
+    let tmp = d.join(format!(
+        ".tmp.{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut file = std::fs::File::create(&tmp)?;
+    if !try_lock(&file)? {
         return Err(io::Error::other("live list already locked"));
-    };
+    }
     let mut text = String::new();
     for p in paths {
         text.push_str(&p.to_string_lossy());
         text.push('\n');
     }
-    lock.write_all(text.as_bytes())?;
-    Ok(Some(Live { path, _lock: lock }))
+    file.write_all(text.as_bytes())?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(Some(Live { _file: file }))
 }
 
 /// The paths named by lists of live processes (removing the lists of dead ones).
@@ -64,9 +81,15 @@ pub fn in_use(cache_root: &Path) -> HashSet<PathBuf> {
     };
     for e in rd.flatten() {
         let path = e.path();
-        match super::lock_file(&path, false) {
-            // Nobody holds it: its process is gone.
-            Ok(Some(_held)) => {
+        if e.file_name().to_string_lossy().starts_with(".tmp.") {
+            continue;
+        }
+        let Ok(f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        match try_lock(&f) {
+            // Nobody holds it: its process is gone (or done with those files).
+            Ok(true) => {
                 let _ = std::fs::remove_file(&path);
             }
             _ => {
