@@ -564,3 +564,83 @@ fn cache_max_evicts_what_no_live_layer_uses() {
     let want = Listing::of_tree(&open_local(&b, &sb.path("local-cache")));
     Listing::of_tree(&stack.tree().unwrap()).assert_same(&want, "under --cache-max");
 }
+
+/// An in-process FUSE mount of a view; dropping it unmounts and joins the session.
+struct InProcess {
+    mnt: std::path::PathBuf,
+    session: Option<std::thread::JoinHandle<rimgfs::error::Result<()>>>,
+}
+
+impl InProcess {
+    fn mount(ov: Overlay, mnt: &Path) -> InProcess {
+        let args = rimgfs::cli::MountArgs {
+            read_only: true,
+            foreground: true,
+            ..Default::default()
+        };
+        let opts = args.to_config().unwrap();
+        let m = mnt.to_path_buf();
+        let session = std::thread::spawn(move || {
+            rimgfs::mount::mount(rimgfs::fuse::Fuse::new(ov), &m, &opts, false, None)
+        });
+        let up = common::harness::poll_until(std::time::Duration::from_secs(20), || {
+            common::harness::is_mounted(mnt) || session.is_finished()
+        });
+        let mut me = InProcess {
+            mnt: mnt.to_path_buf(),
+            session: Some(session),
+        };
+        assert!(
+            up && common::harness::is_mounted(mnt),
+            "in-process mount did not appear: {:?}",
+            me.finish()
+        );
+        me
+    }
+
+    fn finish(&mut self) -> Option<rimgfs::error::Result<()>> {
+        if let Err(e) = common::harness::unmount_with_retries(&self.mnt) {
+            eprintln!("unmounting {}: {e}", self.mnt.display());
+            return None;
+        }
+        self.session
+            .take()
+            .map(|s| s.join().expect("session thread"))
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[test]
+fn lazy_image_through_fuse_reads_like_the_local_one() {
+    if !common::harness::require_fuse() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let dir = estargz_layout(&sb, 1 << 20);
+    let Some(local) = common::MountGuard::start(
+        common::harness::MountOpts::new(format!("oci:{}", dir.display()), &sb.path("local-cache"))
+            .args(&["--read-only"]),
+    ) else {
+        return;
+    };
+    let fetch = FileFetch::new(&dir);
+    // No fill: the queue is per process, and another test here starts its own.
+    let stack = open_lazy(&dir, &fetch, &sb, quiet());
+    let ov = Overlay::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
+    drop(stack);
+    let mnt = sb.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut lazy = InProcess::mount(ov, &mnt);
+    Listing::walk(&mnt).assert_same(&Listing::walk(&local.mnt), "lazy mount vs local mount");
+    let small = std::fs::read(mnt.join("usr/tail")).unwrap();
+    assert_eq!(small, b"the end\n");
+    lazy.finish()
+        .expect("mounted")
+        .expect("session ended cleanly");
+    drop(local);
+}
