@@ -130,7 +130,13 @@ pub fn record_path(cache_root: &Path, digest: &Digest) -> PathBuf {
 
 fn load_record(path: &Path, remote: &RemoteBlob) -> Option<LazyRecord> {
     let rec = LazyRecord::decode(&std::fs::read(path).ok()?)?;
-    (rec.blob == remote.digest && rec.blob_len == remote.len).then_some(rec)
+    // The parts must describe the same blob and tar, or the record is rebuilt.
+    let consistent = match &rec.access {
+        Access::Plain(s) => s.len == rec.blob_len && s.len == rec.index.tar_size,
+        Access::Gzip(z) => z.in_len == rec.blob_len && z.out_len == rec.index.tar_size,
+        Access::Toc(m) => m.size() == rec.index.tar_size,
+    };
+    (consistent && rec.blob == remote.digest && rec.blob_len == remote.len).then_some(rec)
 }
 
 /// Makes a remote layer ready to serve (see the module header for the order of sources).
@@ -649,4 +655,41 @@ fn stream_layer(
         index,
         access,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::digest::Algorithm;
+    use crate::layer::entry::{EntryKind, LayerEntry, Meta};
+
+    #[test]
+    fn lazy_record_round_trip_and_damage() {
+        let d = Digest::of_bytes(Algorithm::Sha256, b"blob");
+        let entry = LayerEntry {
+            path: b"a"[..].into(),
+            meta: Meta::default(),
+            kind: EntryKind::File { offset: 0, size: 5 },
+            xattrs: vec![],
+        };
+        let rec = LazyRecord {
+            blob: d.clone(),
+            blob_len: 5,
+            index: LayerIndex {
+                entries: vec![entry],
+                tar_size: 5,
+            },
+            access: Access::Plain(PlainSpans {
+                size: PLAIN_SPAN,
+                len: 5,
+                digests: vec![d],
+            }),
+        };
+        let enc = rec.encode();
+        assert_eq!(LazyRecord::decode(&enc), Some(rec));
+        let mut bad = enc.clone();
+        bad[20] ^= 1;
+        assert_eq!(LazyRecord::decode(&bad), None);
+        assert_eq!(LazyRecord::decode(&enc[..enc.len() - 1]), None);
+    }
 }
