@@ -644,3 +644,25 @@ fn lazy_image_through_fuse_reads_like_the_local_one() {
         .expect("session ended cleanly");
     drop(local);
 }
+
+#[test]
+fn a_blob_of_another_length_than_its_descriptor_is_refused() {
+    let sb = Sandbox::new();
+    let dir = layout(&sb, Codec::Gzip);
+    for delta in [-1i64, 1] {
+        let fetch = FileFetch::new(&dir);
+        let mut img = open_remote(&dir, &fetch, &sb.path("scratch"));
+        if let rimgfs::image::Blob::Remote(r) = &mut img.layers[0].blob {
+            r.len = (r.len as i64 + delta) as u64;
+        }
+        let e = Stack::prepare(img, &Cache::new(sb.path(&format!("c{delta}"))), None).unwrap_err();
+        let m = common::message(&e);
+        assert!(m.contains("layer 0"), "{m}");
+        assert!(
+            m.contains("longer than its descriptor") || m.contains("ended early"),
+            "{m}"
+        );
+        // Bounded: a few streams, no endless resuming.
+        assert!(fetch.streams.load(std::sync::atomic::Ordering::SeqCst) <= 5);
+    }
+}

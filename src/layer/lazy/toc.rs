@@ -914,6 +914,46 @@ mod tests {
     }
 
     #[test]
+    fn chunks_sharing_a_member_by_inner_offset_are_fetched_once() {
+        use crate::layer::store::tests::MemFetch;
+        use crate::layer::store::{BlobStore, Origin};
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b"helloworld").unwrap();
+        let blob = e.finish().unwrap();
+        let toc = format!(
+            r#"{{"version":1,"entries":[
+            {{"name":"a","type":"reg","size":5,"offset":0,"chunkDigest":"{}"}},
+            {{"name":"b","type":"reg","size":5,"offset":0,"innerOffset":5,"chunkDigest":"{}"}}]}}"#,
+            d("hello"),
+            d("world")
+        );
+        let p = parse_toc(toc.as_bytes(), TocFormat::Estargz, blob.len() as u64).unwrap();
+        assert_eq!(p.map.members.len(), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::of_bytes(Algorithm::Sha256, &blob);
+        let stored = BlobStore::new(dir.path())
+            .open(&digest, blob.len() as u64)
+            .unwrap();
+        let fetch = Arc::new(MemFetch::new(blob));
+        let src = Source {
+            blob: stored,
+            origin: Origin {
+                fetch: Some(fetch.clone()),
+                offline: false,
+            },
+            held: None,
+        };
+        let bytes = TocBytes::new(src, p.map);
+        let mut buf = [0u8; 5];
+        assert_eq!(bytes.read_at(&mut buf, 5).unwrap(), 5);
+        assert_eq!(&buf, b"world");
+        assert_eq!(bytes.read_at(&mut buf, 0).unwrap(), 5);
+        assert_eq!(&buf, b"hello");
+        assert_eq!(fetch.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
     fn estargz_footer_round_trip() {
         let mut f = vec![
             0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255, 26, 0, b'S', b'G', 22, 0,
