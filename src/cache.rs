@@ -25,12 +25,38 @@ use crate::image::digest::{Algorithm, Digest};
 #[derive(Clone, Debug)]
 pub struct Cache {
     root: PathBuf,
+    policy: Policy,
+}
+
+/// How the cache may be used and grown (`--offline`, `--no-prefetch`, `--cache-max`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Serve blob data from the cache only; fetch nothing.
+    pub offline: bool,
+    /// Do not fill the cache with the rest of a lazily fetched layer after mounting.
+    pub no_prefetch: bool,
+    /// Keep the cache under this many bytes, evicting what was least recently used.
+    pub max_bytes: Option<u64>,
 }
 
 impl Cache {
     /// A cache rooted at `root` (created on first write).
     pub fn new(root: PathBuf) -> Cache {
-        Cache { root }
+        Cache {
+            root,
+            policy: Policy::default(),
+        }
+    }
+
+    /// The same cache, used under `policy`.
+    pub fn with_policy(mut self, policy: Policy) -> Cache {
+        self.policy = policy;
+        self
+    }
+
+    /// How the cache may be used.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The default root: `/var/cache/rimgfs` for root, else `$XDG_CACHE_HOME/rimgfs` (or

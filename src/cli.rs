@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Policy};
 use crate::error::{Error, Result};
 use crate::image::config::Platform;
 use crate::image::registry::RegistryOptions;
@@ -49,6 +49,8 @@ pub enum Command {
     /// List what an overlayfs upper directory changes in IMAGE, as `docker diff` does:
     /// A added, C changed (also every directory above a change), D deleted.
     Diff(DiffCommand),
+    /// Show, trim or prune the cache (layer blobs, indexes, decompressed layers).
+    Cache(CacheCommand),
     /// Write a new image: IMAGE's layers as they are, plus one layer of what an overlayfs
     /// upper directory changes.
     Commit(CommitCommand),
@@ -174,6 +176,44 @@ pub struct CommitCommand {
     pub select: ImageArgs,
 }
 
+/// `rimgfs cache`.
+#[derive(Debug, Args)]
+pub struct CacheCommand {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+/// `rimgfs cache` actions.
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// List what the cache holds: entries, sizes, last use, whether a live process uses them.
+    Ls {
+        /// Cache directory (default: /var/cache/rimgfs for root, else $XDG_CACHE_HOME/rimgfs).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Remove leftovers of interrupted writes; with --cache-max, also evict the least
+    /// recently used entries (blob data first, indexes last) until the cache fits.
+    Gc {
+        /// Cache directory (default: /var/cache/rimgfs for root, else $XDG_CACHE_HOME/rimgfs).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Evict until the cache takes at most SIZE (bytes, or with K, M, G, T).
+        #[arg(long, value_name = "SIZE")]
+        cache_max: Option<String>,
+    },
+    /// Remove IMAGE's layers from the cache (blob data, records, indexes, decompressed and
+    /// passthrough copies), except what a live mount uses.
+    Prune {
+        /// The image.
+        image: String,
+        /// Image selection.
+        #[command(flatten)]
+        select: ImageArgs,
+    },
+}
+
 /// Output formats of `commit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CommitFormat {
@@ -210,6 +250,9 @@ pub struct ImageArgs {
     /// How to reach a registry (docker:// images).
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Blob fetching and cache size.
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 /// Options of `docker://` images (skopeo's names).
@@ -232,10 +275,6 @@ pub struct RegistryArgs {
     /// client.cert/client.key pair [default: the certs.d/HOST:PORT directories].
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
-    /// Contact no registry: use what the cache holds (a tag's last resolution, with a
-    /// warning saying how old it is).
-    #[arg(long)]
-    pub offline: bool,
 }
 
 /// The value of `--creds`: shown by `Debug` without the password.
@@ -268,7 +307,6 @@ impl RegistryArgs {
         }
         let mut o = RegistryOptions {
             tls_verify: self.tls_verify,
-            offline: self.offline,
             ..Default::default()
         };
         o.net.cert_dir = self.cert_dir.clone();
@@ -357,6 +395,62 @@ fn hide_creds_in(area: &mut [u8]) -> bool {
     changed
 }
 
+/// Options for layers fetched from a repository, and the cache's size.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FetchArgs {
+    /// Keep the cache under SIZE (bytes, or with K, M, G, T): least recently used blob data
+    /// is evicted first, indexes last, nothing a live mount uses.
+    #[arg(long, value_name = "SIZE")]
+    pub cache_max: Option<String>,
+    /// Use only what the cache holds: fetch no blob data (reads of data not in the cache
+    /// fail with EIO).
+    #[arg(long)]
+    pub offline: bool,
+    /// After mounting, do not fetch the rest of lazily read layers in the background.
+    #[arg(long)]
+    pub no_prefetch: bool,
+}
+
+impl FetchArgs {
+    /// The cache policy these options ask for.
+    pub fn policy(&self) -> Result<Policy> {
+        Ok(Policy {
+            offline: self.offline,
+            no_prefetch: self.no_prefetch,
+            max_bytes: self.cache_max.as_deref().map(parse_size).transpose()?,
+        })
+    }
+}
+
+/// Parses a size: bytes, or a number with a K, M, G or T suffix (powers of 1024; `KiB`,
+/// `KB` and `k` are the same).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let bad = || {
+        Error::Usage(format!(
+            "bad size {s:?}: expected bytes or a number with K, M, G or T"
+        ))
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 /// Mount options.
 #[derive(Debug, Args, Clone, Default)]
 pub struct MountArgs {
@@ -408,8 +502,11 @@ impl ImageArgs {
             })?),
             None => None,
         };
-        let cache = Cache::new(self.cache_dir.clone().unwrap_or_else(Cache::default_root));
-        let registry = self.registry.to_options()?;
+        let cache = Cache::new(self.cache_dir.clone().unwrap_or_else(Cache::default_root))
+            .with_policy(self.fetch.policy()?);
+        let mut registry = self.registry.to_options()?;
+        // One --offline for both sides: no manifest request, no blob fetch.
+        registry.offline = self.fetch.offline;
         Ok(ImageConfig {
             spec,
             open: OpenOptions {
@@ -569,7 +666,7 @@ mod tests {
         };
         let o = select.registry.to_options().unwrap();
         assert_eq!(o.tls_verify, Some(false));
-        assert!(o.offline);
+        assert!(select.fetch.offline);
         assert_eq!(o.net.cert_dir.as_deref(), Some(std::path::Path::new("/c")));
         let (u, p) = o.net.creds.creds.clone().unwrap();
         assert_eq!((u.as_str(), p.expose()), ("u", "p"));
@@ -602,6 +699,68 @@ mod tests {
             assert_eq!(&area[..], *want, "{}", String::from_utf8_lossy(input));
             assert_eq!(changed, input != want);
         }
+    }
+
+    #[test]
+    fn man_page_mentions_every_command_and_flag() {
+        use clap::CommandFactory;
+        let man = include_str!("../man/rimgfs.1");
+        fn walk(c: &clap::Command, man: &str, path: &str) {
+            for a in c.get_arguments() {
+                if let Some(long) = a.get_long() {
+                    if long != "help" && long != "version" {
+                        assert!(
+                            man.contains(&format!("Fl -{long}")),
+                            "{path} --{long} is not in the man page"
+                        );
+                    }
+                }
+            }
+            for sub in c.get_subcommands() {
+                let name = sub.get_name();
+                if name != "help" {
+                    let full = format!("{path} {name}");
+                    let cm = full.trim_start_matches("rimgfs ");
+                    assert!(
+                        man.contains(&format!("Cm {cm}")),
+                        "{full} is not in the man page"
+                    );
+                    walk(sub, man, &full);
+                }
+            }
+        }
+        walk(&Cli::command(), man, "rimgfs");
+    }
+
+    #[test]
+    fn size_table() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("4096", Some(4096)),
+            ("10K", Some(10 << 10)),
+            ("1.5G", Some(3 << 29)),
+            ("2GiB", Some(2 << 30)),
+            ("7mb", Some(7 << 20)),
+            ("1T", Some(1 << 40)),
+            ("", None),
+            ("G", None),
+            ("10X", None),
+            ("-1", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_size(s).ok(), *want, "{s}");
+        }
+        let a = ImageArgs {
+            fetch: FetchArgs {
+                cache_max: Some("1M".into()),
+                offline: true,
+                no_prefetch: false,
+            },
+            ..Default::default()
+        };
+        let c = a.to_config("x.tar").unwrap();
+        assert_eq!(c.cache.policy().max_bytes, Some(1 << 20));
+        assert!(c.cache.policy().offline);
     }
 
     #[test]

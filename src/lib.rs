@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod cache;
+
 pub mod changes;
 pub mod cli;
 pub mod commit;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Cat(a) => app::cat::run(a, stdout),
         Command::Diff(a) => app::diff::run(a, stdout),
         Command::Commit(a) => app::commit::run(a),
+        Command::Cache(a) => app::cache::run(a, stdout),
     }
 }
 

@@ -249,6 +249,8 @@ fn serve(
         }
     });
     report(ready, READY);
+    // Only now (in the daemon, mounted): fetch the rest of lazily read layers.
+    crate::layer::lazy::fill::start();
     let result = session.run().map_err(|e| Error::Mount {
         path: mnt.to_path_buf(),
         reason: format!("session: {e}"),

@@ -25,7 +25,12 @@ impl Stack {
         cache: &Cache,
         upto: Option<usize>,
     ) -> Result<Stack> {
-        let image = image::open(spec, opts, cache)?;
+        Stack::prepare(image::open(spec, opts, cache)?, cache, upto)
+    }
+
+    /// Prepares layers `0..=upto` (all when `None`) of an image opened from any source; the
+    /// layers' blobs may be host files or in a repository ([`crate::image::Blob`]).
+    pub fn prepare(image: Image, cache: &Cache, upto: Option<usize>) -> Result<Stack> {
         let count = match upto {
             Some(n) if n >= image.layers.len() => {
                 return Err(Error::Usage(format!(
@@ -38,6 +43,7 @@ impl Stack {
             None => image.layers.len(),
         };
         let layers = prepare_all(&image, count, cache)?;
+        keep_in_bounds(cache, &layers);
         Ok(Stack { image, layers })
     }
 
@@ -67,13 +73,57 @@ impl Stack {
     }
 }
 
+/// Marks the cache files the layers read as used now and in use by this process (so eviction
+/// leaves them), then trims the cache to `--cache-max`.
+fn keep_in_bounds(cache: &Cache, layers: &[PreparedLayer]) {
+    let root = cache.root();
+    let files: Vec<_> = layers
+        .iter()
+        .filter_map(|l| l.data.host_range())
+        .map(|h| h.file.clone())
+        .filter(|f| f.starts_with(root))
+        .collect();
+    for f in &files {
+        if let Ok(f) = std::fs::File::open(f) {
+            use nix::sys::time::TimeSpec;
+            let _ = nix::sys::stat::futimens(&f, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_OMIT);
+        }
+    }
+    match crate::layer::store::live::register(root, &files) {
+        // Host files are read until the process ends.
+        Ok(held) => std::mem::forget(held),
+        Err(e) => log::warn!("{}: cannot record files in use: {e}", root.display()),
+    }
+    if let Some(max) = cache.policy().max_bytes {
+        let freed = crate::layer::store::gc::trim(root, max);
+        if freed.entries > 0 {
+            log::info!(
+                "--cache-max: evicted {} entries, {} bytes",
+                freed.entries,
+                freed.bytes
+            );
+        }
+    }
+}
+
+/// Layers fetched from a repository at once: their passes wait on the network as much as on
+/// the CPU.
+const REMOTE_WORKERS: usize = 4;
+
 /// Prepares the first `count` layers, several at a time: indexing is CPU-bound (hashing,
 /// decompressing) and layers are independent.
 fn prepare_all(image: &Image, count: usize, cache: &Cache) -> Result<Vec<PreparedLayer>> {
     let path = &image.origin;
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(count.max(1));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let remote = image.layers[..count]
+        .iter()
+        .any(|l| matches!(l.blob, crate::image::Blob::Remote(_)));
+    let workers = if remote {
+        cpus.max(REMOTE_WORKERS)
+    } else {
+        cpus
+    }
+    .min(count.max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut slots: Vec<Option<Result<PreparedLayer>>> = (0..count).map(|_| None).collect();
     let results = std::sync::Mutex::new(&mut slots);

@@ -6,6 +6,7 @@
 //! A new subcommand is one arguments struct in `cli.rs`, one file here and one arm in
 //! [`crate::run`]. Dependencies: cli, stack and every stage a command drives.
 
+pub mod cache;
 pub mod cat;
 pub mod commit;
 pub mod diff;

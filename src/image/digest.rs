@@ -181,6 +181,11 @@ impl<R: Read> HashingReader<R> {
         self.count
     }
 
+    /// The digest (if hashing), the byte count and the inner reader.
+    pub fn into_parts(self) -> (Option<Digest>, u64, R) {
+        (self.hasher.map(Hasher::finish), self.count, self.inner)
+    }
+
     /// The digest (if hashing) and the byte count.
     pub fn finish(self) -> (Option<Digest>, u64) {
         (self.hasher.map(Hasher::finish), self.count)

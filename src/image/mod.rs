@@ -224,6 +224,15 @@ impl LayerRef {
     pub fn describe(&self) -> String {
         format!("{} ({})", self.index, self.digest())
     }
+
+    /// The error for a problem with this layer of the image from `origin`.
+    pub fn error(&self, origin: &Path, reason: impl Into<String>) -> Error {
+        Error::BadLayer {
+            path: origin.to_path_buf(),
+            layer: self.describe(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// An image chosen from a source, with its layer stack.

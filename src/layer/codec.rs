@@ -47,64 +47,78 @@ pub fn encode(index: &LayerIndex, stamp: FileStamp) -> Vec<u8> {
     put_u64(&mut b, stamp.size);
     put_u64(&mut b, stamp.ino);
     put_u64(&mut b, stamp.mtime_ns as u64);
-    put_u64(&mut b, index.entries.len() as u64);
-    for e in &index.entries {
-        put_bytes(&mut b, &e.path);
-        put_u32(&mut b, e.meta.mode);
-        put_u32(&mut b, e.meta.uid);
-        put_u32(&mut b, e.meta.gid);
-        put_u64(&mut b, e.meta.mtime as u64);
-        put_u32(&mut b, e.meta.mtime_nsec);
+    put_entries(&mut b, &index.entries);
+    seal(b)
+}
+
+/// Appends a list of entries (count, then each entry).
+pub(crate) fn put_entries(b: &mut Vec<u8>, entries: &[LayerEntry]) {
+    put_u64(b, entries.len() as u64);
+    for e in entries {
+        put_bytes(b, &e.path);
+        put_u32(b, e.meta.mode);
+        put_u32(b, e.meta.uid);
+        put_u32(b, e.meta.gid);
+        put_u64(b, e.meta.mtime as u64);
+        put_u32(b, e.meta.mtime_nsec);
         match &e.kind {
             EntryKind::Dir => b.push(0),
             EntryKind::File { offset, size } => {
                 b.push(1);
-                put_u64(&mut b, *offset);
-                put_u64(&mut b, *size);
+                put_u64(b, *offset);
+                put_u64(b, *size);
             }
             EntryKind::Symlink(t) => {
                 b.push(2);
-                put_bytes(&mut b, t);
+                put_bytes(b, t);
             }
             EntryKind::HardLink(t) => {
                 b.push(3);
-                put_bytes(&mut b, t);
+                put_bytes(b, t);
             }
             EntryKind::CharDev { major, minor } => {
                 b.push(4);
-                put_u32(&mut b, *major);
-                put_u32(&mut b, *minor);
+                put_u32(b, *major);
+                put_u32(b, *minor);
             }
             EntryKind::BlockDev { major, minor } => {
                 b.push(5);
-                put_u32(&mut b, *major);
-                put_u32(&mut b, *minor);
+                put_u32(b, *major);
+                put_u32(b, *minor);
             }
             EntryKind::Fifo => b.push(6),
         }
-        put_u32(&mut b, e.xattrs.len() as u32);
+        put_u32(b, e.xattrs.len() as u32);
         for (k, v) in &e.xattrs {
-            put_bytes(&mut b, k);
-            put_bytes(&mut b, v);
+            put_bytes(b, k);
+            put_bytes(b, v);
         }
     }
+}
+
+/// Appends the checksum of everything after the 8-byte magic (see the module header).
+pub(crate) fn seal(mut b: Vec<u8>) -> Vec<u8> {
     let sum = Digest::of_bytes(Algorithm::Sha256, &b[MAGIC.len()..]);
     b.extend_from_slice(&hex_to_bytes(sum.hex()));
     b
 }
 
+/// The body of a file that [`seal`] wrote with `magic`; `None` if short, of another format,
+/// or damaged.
+pub(crate) fn unseal<'a>(magic: &[u8; 8], data: &'a [u8]) -> Option<&'a [u8]> {
+    let body_end = data.len().checked_sub(SHA256_LEN)?;
+    if body_end < magic.len() || &data[..magic.len()] != magic {
+        return None;
+    }
+    let body = &data[magic.len()..body_end];
+    let sum = Digest::of_bytes(Algorithm::Sha256, body);
+    (hex_to_bytes(sum.hex()) == data[body_end..]).then_some(body)
+}
+
 /// Parses what [`encode`] wrote; `None` if anything is off.
 pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
-    let body_end = data.len().checked_sub(SHA256_LEN)?;
-    if body_end < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-        return None;
-    }
-    let sum = Digest::of_bytes(Algorithm::Sha256, &data[MAGIC.len()..body_end]);
-    if hex_to_bytes(sum.hex()) != data[body_end..] {
-        return None;
-    }
     let mut r = Cursor {
-        data: &data[MAGIC.len()..body_end],
+        data: unseal(MAGIC, data)?,
     };
     let tar_size = r.u64()?;
     let stamp = FileStamp {
@@ -112,6 +126,15 @@ pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
         ino: r.u64()?,
         mtime_ns: r.u64()? as i64,
     };
+    let entries = get_entries(&mut r)?;
+    if !r.data.is_empty() {
+        return None;
+    }
+    Some((LayerIndex { entries, tar_size }, stamp))
+}
+
+/// Reads what [`put_entries`] wrote.
+pub(crate) fn get_entries(r: &mut Cursor<'_>) -> Option<Vec<LayerEntry>> {
     let n = r.u64()?;
     // Each entry takes at least 30 bytes; a count beyond that is corruption, not a reason to
     // reserve gigabytes.
@@ -156,10 +179,7 @@ pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
             xattrs,
         });
     }
-    if !r.data.is_empty() {
-        return None;
-    }
-    Some((LayerIndex { entries, tar_size }, stamp))
+    Some(entries)
 }
 
 fn hex_to_bytes(hex: &str) -> Vec<u8> {
@@ -168,25 +188,27 @@ fn hex_to_bytes(hex: &str) -> Vec<u8> {
         .collect()
 }
 
-fn put_u32(b: &mut Vec<u8>, v: u32) {
+pub(crate) fn put_u32(b: &mut Vec<u8>, v: u32) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_u64(b: &mut Vec<u8>, v: u64) {
+pub(crate) fn put_u64(b: &mut Vec<u8>, v: u64) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
+pub(crate) fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
     put_u32(b, v.len() as u32);
     b.extend_from_slice(v);
 }
 
-struct Cursor<'a> {
-    data: &'a [u8],
+/// Reads what the `put_*` functions wrote; every read is `None` past the end.
+pub(crate) struct Cursor<'a> {
+    /// What is left to read.
+    pub data: &'a [u8],
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.data.len() < n {
             return None;
         }
@@ -194,16 +216,16 @@ impl<'a> Cursor<'a> {
         self.data = t;
         Some(h)
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
+    pub(crate) fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
         self.take(n)
     }

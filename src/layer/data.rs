@@ -44,6 +44,11 @@ impl LayerData {
         LayerData(Arc::new(bytes))
     }
 
+    /// Bytes from a source that is shared with something else (a background fill).
+    pub fn shared(bytes: Arc<dyn LayerBytes>) -> LayerData {
+        LayerData(bytes)
+    }
+
     /// The tar in a range of a host file.
     pub fn host(loc: BlobLoc) -> LayerData {
         LayerData::new(HostFile {

@@ -12,7 +12,9 @@
 pub mod codec;
 pub mod data;
 pub mod entry;
+pub mod lazy;
 pub mod prepare;
+pub mod store;
 pub mod whiteout;
 
 use std::io::Read;

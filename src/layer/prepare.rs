@@ -40,11 +40,7 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
         Blob::Local(loc) => {
             prepare_local(layer, loc, image_path, cache).map_err(|e| e.in_image(image_path))
         }
-        Blob::Remote(_) => Err(Error::BadLayer {
-            path: image_path.to_path_buf(),
-            layer: layer.describe(),
-            reason: "layers in a registry cannot be served yet".into(),
-        }),
+        Blob::Remote(remote) => super::lazy::prepare(layer, remote, image_path, cache),
     }
 }
 
@@ -55,11 +51,7 @@ fn prepare_local(
     image_path: &Path,
     cache: &Cache,
 ) -> Result<PreparedLayer> {
-    let bad = |reason: String| Error::BadLayer {
-        path: image_path.to_path_buf(),
-        layer: layer.describe(),
-        reason,
-    };
+    let bad = |reason: String| layer.error(image_path, reason);
     let index_path = cache.index_path(&layer.diff_id);
     let cached = std::fs::read(&index_path)
         .ok()
@@ -73,6 +65,7 @@ fn prepare_local(
                         verify_in_place(layer, loc, image_path)?;
                         cache.mark_verified(&fingerprint, &layer.diff_id)?;
                     }
+                    record_source(cache, layer, loc);
                     return Ok(PreparedLayer {
                         index,
                         data: LayerData::host(loc.clone()),
@@ -88,6 +81,7 @@ fn prepare_local(
                     .ctx("write", &index_path)
             })?;
             cache.mark_verified(&fingerprint, &layer.diff_id)?;
+            record_source(cache, layer, loc);
             Ok(PreparedLayer {
                 index,
                 data: LayerData::host(loc.clone()),
@@ -95,40 +89,118 @@ fn prepare_local(
         }
         c => {
             let content = cache.layer_path(&layer.diff_id);
-            if let Some((index, stamp)) = cached {
-                let current = std::fs::metadata(&content).ok().map(|m| FileStamp::of(&m));
-                if current == Some(stamp) && stamp.size == index.tar_size {
-                    return Ok(PreparedLayer {
-                        index,
-                        data: whole_file(&content, stamp.size),
-                    });
-                }
+            if let Some(ready) = decompressed_copy(layer, cache) {
+                return Ok(ready);
+            }
+            if cached.is_some() && content.exists() {
                 log::info!(
                     "layer {}: cache entry is stale or damaged; rebuilding",
                     layer.describe()
                 );
             }
-            let mut index = None;
-            cache.write_atomic(&content, |out| {
-                index = Some(
-                    decompress_and_index(layer, loc, c, out, image_path).map_err(|e| match e {
-                        IndexFail::Layer(r) => bad(r),
-                        IndexFail::Other(e) => e,
-                    })?,
-                );
-                Ok(())
-            })?;
-            let index = index.ok_or_else(|| bad("indexing produced nothing".into()))?;
-            let stamp = FileStamp::of(&std::fs::metadata(&content).ctx("stat", &content)?);
-            cache.write_atomic(&index_path, |w| {
-                io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &index_path)
-            })?;
-            Ok(PreparedLayer {
-                index,
-                data: whole_file(&content, stamp.size),
-            })
+            let pb = progress(layer, loc.len);
+            let reader = loc.reader_wrapped(|f| pb.wrap_read(f))?;
+            let done = decompress_into_cache(layer, reader, loc.len, c, image_path, cache);
+            pb.finish_and_clear();
+            done
         }
     }
+}
+
+/// Where an uncompressed layer's tar lies in a host file, once verified there:
+/// `sources/<alg>/<hex>` holds the path, offset and length, NUL-separated.
+fn source_path(cache: &Cache, diff_id: &Digest) -> std::path::PathBuf {
+    cache
+        .root()
+        .join("sources")
+        .join(diff_id.algorithm_name())
+        .join(diff_id.hex())
+}
+
+/// Notes where a verified uncompressed layer lies, so another source of the same diff_id
+/// (a repository) can read it from there.
+fn record_source(cache: &Cache, layer: &LayerRef, loc: &BlobLoc) {
+    let Ok(abs) = std::fs::canonicalize(&loc.file) else {
+        return;
+    };
+    let text = format!("{}\0{}\0{}", abs.display(), loc.offset, loc.len);
+    let dest = source_path(cache, &layer.diff_id);
+    if std::fs::read(&dest).ok().as_deref() != Some(text.as_bytes()) {
+        let _ = cache.write_atomic(&dest, |w| {
+            io::Write::write_all(w, text.as_bytes()).ctx("write", &dest)
+        });
+    }
+}
+
+/// The layer, served from a host file that held its tar when it was last verified, if that
+/// file is still the same (its fingerprint has a verification stamp).
+pub(crate) fn local_source(layer: &LayerRef, cache: &Cache) -> Option<PreparedLayer> {
+    let text = std::fs::read_to_string(source_path(cache, &layer.diff_id)).ok()?;
+    let mut f = text.split('\0');
+    let loc = BlobLoc {
+        file: f.next()?.into(),
+        offset: f.next()?.parse().ok()?,
+        len: f.next()?.parse().ok()?,
+    };
+    let fingerprint = Container::fingerprint(&loc).ok()?;
+    if !cache.is_verified(&fingerprint, &layer.diff_id) {
+        return None;
+    }
+    let (index, _) = codec::decode(&std::fs::read(cache.index_path(&layer.diff_id)).ok()?)?;
+    (index.tar_size == loc.len).then(|| PreparedLayer {
+        index,
+        data: LayerData::host(loc),
+    })
+}
+
+/// The layer's decompressed copy in the cache (left by any earlier source of the same
+/// diff_id), if its index and file are both there and belong together.
+pub(crate) fn decompressed_copy(layer: &LayerRef, cache: &Cache) -> Option<PreparedLayer> {
+    let (index, stamp) = codec::decode(&std::fs::read(cache.index_path(&layer.diff_id)).ok()?)?;
+    let content = cache.layer_path(&layer.diff_id);
+    let current = std::fs::metadata(&content).ok().map(|m| FileStamp::of(&m));
+    (current == Some(stamp) && stamp.size == index.tar_size).then(|| PreparedLayer {
+        index,
+        data: whole_file(&content, stamp.size),
+    })
+}
+
+/// Decompresses a layer's blob, read from `blob` (`blob_len` bytes), into the cache, indexing
+/// it and checking both digests on the way; the copy is kept only if they match.
+pub(crate) fn decompress_into_cache(
+    layer: &LayerRef,
+    blob: impl io::Read,
+    blob_len: u64,
+    c: Compression,
+    image_path: &Path,
+    cache: &Cache,
+) -> Result<PreparedLayer> {
+    let bad = |reason: String| layer.error(image_path, reason);
+    let content = cache.layer_path(&layer.diff_id);
+    let index_path = cache.index_path(&layer.diff_id);
+    let mut index = None;
+    let mut blob = Some(blob);
+    cache.write_atomic(&content, |out| {
+        let blob = blob.take().ok_or_else(|| bad("blob read twice".into()))?;
+        index = Some(
+            decompress_and_index(layer, blob, blob_len, c, out, image_path).map_err(
+                |e| match e {
+                    IndexFail::Layer(r) => bad(r),
+                    IndexFail::Other(e) => e,
+                },
+            )?,
+        );
+        Ok(())
+    })?;
+    let index = index.ok_or_else(|| bad("indexing produced nothing".into()))?;
+    let stamp = FileStamp::of(&std::fs::metadata(&content).ctx("stat", &content)?);
+    cache.write_atomic(&index_path, |w| {
+        io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &index_path)
+    })?;
+    Ok(PreparedLayer {
+        index,
+        data: whole_file(&content, stamp.size),
+    })
 }
 
 /// Labels a decoder's errors, so a damaged compressed stream is reported as such and not as
@@ -166,20 +238,29 @@ impl From<Error> for IndexFail {
 }
 
 /// A progress bar on stderr for big layers, hidden when stderr is not a terminal.
-fn progress(layer: &LayerRef, len: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress(layer: &LayerRef, len: u64) -> indicatif::ProgressBar {
+    progress_with(
+        layer,
+        len,
+        "indexing layer {prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+}
+
+/// Like [`progress`] with a template of its own (`{prefix}` is the layer's position). Bars
+/// of layers prepared at the same time share the terminal, one line each.
+pub(crate) fn progress_with(layer: &LayerRef, len: u64, template: &str) -> indicatif::ProgressBar {
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
     if len < PROGRESS_MIN_BYTES || !io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let pb = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "indexing layer {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-    ) {
+    let bars = BARS.get_or_init(|| {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+    });
+    let pb = bars.add(indicatif::ProgressBar::new(len));
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         pb.set_style(style.progress_chars("=> "));
     }
-    pb.set_message(layer.index.to_string());
+    pb.set_prefix(layer.index.to_string());
     pb
 }
 
@@ -198,7 +279,7 @@ fn index_in_place(
     hr.drain().ctx("read", image_path)?;
     pb.finish_and_clear();
     let (found, len) = hr.finish();
-    check_len(layer, loc, len, image_path)?;
+    check_len(layer, loc.len, len, image_path)?;
     check_digest(&layer.diff_id, found, "diff_id", layer, image_path)?;
     if let Some(bd) = &layer.blob_digest {
         if bd.algorithm() == layer.diff_id.algorithm() && bd != &layer.diff_id {
@@ -239,15 +320,15 @@ fn verify_in_place(layer: &LayerRef, loc: &BlobLoc, image_path: &Path) -> Result
 /// Decompresses a layer into `out` while indexing it and checking both digests.
 fn decompress_and_index(
     layer: &LayerRef,
-    loc: &BlobLoc,
+    blob: impl io::Read,
+    blob_len: u64,
     c: Compression,
     out: &mut impl io::Write,
     image_path: &Path,
 ) -> Result<LayerIndex, IndexFail> {
-    let pb = progress(layer, loc.len);
     let corrupt = |e: io::Error| IndexFail::Layer(format!("corrupt {c:?} stream: {e}"));
     let blob_alg = layer.blob_digest.as_ref().map(Digest::algorithm);
-    let mut compressed = HashingReader::new(loc.reader_wrapped(|f| pb.wrap_read(f))?, blob_alg);
+    let mut compressed = HashingReader::new(blob, blob_alg);
     let (mut index, found_diff, len) = {
         let dec = DecodeErrors(c.decoder(&mut compressed).map_err(corrupt)?, c);
         let mut tar = HashingReader::new(
@@ -261,9 +342,8 @@ fn decompress_and_index(
         (index, found, len)
     };
     compressed.drain().ctx("read", image_path)?;
-    pb.finish_and_clear();
-    let (found_blob, blob_len) = compressed.finish();
-    check_len(layer, loc, blob_len, image_path)?;
+    let (found_blob, found_len) = compressed.finish();
+    check_len(layer, blob_len, found_len, image_path)?;
     if let Some(bd) = &layer.blob_digest {
         check_digest(bd, found_blob, "blob", layer, image_path)?;
     }
@@ -272,17 +352,12 @@ fn decompress_and_index(
     Ok(index)
 }
 
-fn check_len(
-    layer: &LayerRef,
-    loc: &BlobLoc,
-    len: u64,
-    image_path: &Path,
-) -> Result<(), IndexFail> {
-    if len != loc.len {
+fn check_len(layer: &LayerRef, want: u64, len: u64, image_path: &Path) -> Result<(), IndexFail> {
+    if len != want {
         return Err(IndexFail::Other(Error::SizeMismatch {
             path: image_path.to_path_buf(),
             what: format!("layer {}", layer.describe()),
-            expected: loc.len,
+            expected: want,
             found: len,
         }));
     }

@@ -1,7 +1,8 @@
 //! Every `unsafe` host call of rimgfs, behind safe wrappers, grouped by what they touch:
 //! [`dirfd`] the upper tree through directory descriptors, [`xattr`] extended attributes,
 //! [`mod@file`] open files, [`process`] the process itself (fork, descriptors, allocator),
-//! [`mod@fusermount`] the setuid mount helper.
+//! [`mod@fusermount`] the setuid mount helper, [`zlib`] inflate with block stops and bit
+//! priming (gzip checkpoints).
 //!
 //! SAFETY (module-wide): each wrapper documents the condition its unsafe call needs; callers
 //! get a safe function whose contract is stated in its doc comment. No module outside `sys`
@@ -14,6 +15,7 @@ pub mod file;
 pub mod fusermount;
 pub mod process;
 pub mod xattr;
+pub mod zlib;
 
 use std::ffi::{CString, OsStr};
 use std::io;

@@ -19,6 +19,7 @@ pub mod listing;
 pub mod overlay;
 pub mod proxy;
 pub mod registry;
+pub mod remote;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
