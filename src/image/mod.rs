@@ -17,6 +17,7 @@ pub mod digest;
 mod docker;
 mod oci;
 pub mod remote;
+pub mod storage;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use config::{ImageConfig, Platform};
 use container::{BlobLoc, Compression, Container};
 use digest::Digest;
 use remote::RemoteBlob;
+use storage::StoreLayer;
 
 /// How the image argument names its source (skopeo-style transport prefixes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub enum Transport {
     OciDir,
     /// `oci-archive:`: an OCI layout in a tar.
     OciArchive,
+    /// `containers-storage:`: an image in podman's store; `path` holds the reference.
+    ContainersStorage,
 }
 
 /// Which image of a multi-image source to use.
@@ -65,6 +69,19 @@ impl ImageSpec {
     /// Parses `[transport:]PATH[:REF|:@N]`. A path that exists as given wins over splitting off
     /// a `:REF` suffix, so file names with colons keep working.
     pub fn parse(arg: &str) -> Result<ImageSpec> {
+        // An engine's images are named by references, not paths: no `:REF` split.
+        for (p, t) in [(storage::PREFIX, Transport::ContainersStorage)] {
+            if let Some(r) = arg.strip_prefix(p) {
+                if r.is_empty() {
+                    return Err(Error::Usage(format!("{arg}: no image named")));
+                }
+                return Ok(ImageSpec {
+                    transport: t,
+                    path: PathBuf::from(r),
+                    selector: None,
+                });
+            }
+        }
         let (transport, rest) = [
             ("docker-archive:", Transport::DockerArchive),
             ("oci-archive:", Transport::OciArchive),
@@ -149,6 +166,8 @@ pub enum Blob {
     Local(BlobLoc),
     /// In a repository, fetched by range.
     Remote(RemoteBlob),
+    /// In a containers-storage store: tar-split records and a directory of files.
+    Store(StoreLayer),
 }
 
 impl Blob {
@@ -157,6 +176,7 @@ impl Blob {
         match self {
             Blob::Local(l) => l.len,
             Blob::Remote(r) => r.len,
+            Blob::Store(s) => s.size,
         }
     }
 
@@ -174,6 +194,7 @@ impl Blob {
                 path: PathBuf::from(format!("{} {}", r.fetch.describe(), r.digest)),
                 source: e,
             }),
+            Blob::Store(s) => s.reader(),
         }
     }
 
@@ -182,6 +203,7 @@ impl Blob {
         match self {
             Blob::Local(l) => l.file.display().to_string(),
             Blob::Remote(r) => format!("{} {}", r.fetch.describe(), r.digest),
+            Blob::Store(s) => s.describe(),
         }
     }
 }
@@ -228,13 +250,16 @@ pub(crate) struct Candidate<T> {
 
 /// Opens the source and picks the image.
 pub fn open(spec: &ImageSpec, opts: &OpenOptions, cache: &Cache) -> Result<Image> {
+    if let Transport::ContainersStorage = spec.transport {
+        return storage::open(&spec.path.to_string_lossy(), opts);
+    }
     let container = Container::open(&spec.path, cache)?;
     let selector = opts.selector.clone().or_else(|| spec.selector.clone());
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let docker = match spec.transport {
         Transport::DockerArchive => true,
-        Transport::OciDir | Transport::OciArchive => false,
         Transport::Auto => container.exists("manifest.json") && !container.is_dir(),
+        _ => false,
     };
     if docker {
         docker::open(container, selector.as_ref())

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod data;
 pub mod entry;
 pub mod prepare;
+pub mod store;
 pub mod whiteout;
 
 use std::io::Read;

@@ -42,6 +42,7 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
             layer: layer.describe(),
             reason: "layers in a registry cannot be served yet".into(),
         }),
+        Blob::Store(s) => super::store::prepare(layer, s, image_path, cache),
     }
 }
 
