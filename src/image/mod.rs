@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod container;
+pub mod daemon;
 pub mod digest;
 mod docker;
 mod oci;
@@ -43,6 +44,8 @@ pub enum Transport {
     OciArchive,
     /// `containers-storage:`: an image in podman's store; `path` holds the reference.
     ContainersStorage,
+    /// `docker-daemon:`: an image of the Docker Engine; `path` holds the reference.
+    DockerDaemon,
 }
 
 /// Which image of a multi-image source to use.
@@ -70,7 +73,10 @@ impl ImageSpec {
     /// a `:REF` suffix, so file names with colons keep working.
     pub fn parse(arg: &str) -> Result<ImageSpec> {
         // An engine's images are named by references, not paths: no `:REF` split.
-        for (p, t) in [(storage::PREFIX, Transport::ContainersStorage)] {
+        for (p, t) in [
+            (storage::PREFIX, Transport::ContainersStorage),
+            (daemon::PREFIX, Transport::DockerDaemon),
+        ] {
             if let Some(r) = arg.strip_prefix(p) {
                 if r.is_empty() {
                     return Err(Error::Usage(format!("{arg}: no image named")));
@@ -250,8 +256,11 @@ pub(crate) struct Candidate<T> {
 
 /// Opens the source and picks the image.
 pub fn open(spec: &ImageSpec, opts: &OpenOptions, cache: &Cache) -> Result<Image> {
-    if let Transport::ContainersStorage = spec.transport {
-        return storage::open(&spec.path.to_string_lossy(), opts);
+    let reference = spec.path.to_string_lossy();
+    match spec.transport {
+        Transport::ContainersStorage => return storage::open(&reference, opts),
+        Transport::DockerDaemon => return daemon::open(&reference, opts, cache),
+        _ => {}
     }
     let container = Container::open(&spec.path, cache)?;
     let selector = opts.selector.clone().or_else(|| spec.selector.clone());
