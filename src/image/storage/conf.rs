@@ -199,7 +199,7 @@ pub fn locate(
     spec: Option<&Specifier>,
     env: &Env,
     read_conf: &dyn Fn(&Path) -> Result<Option<Conf>>,
-    has_dir: &dyn Fn(&Path) -> bool,
+    has_dir: &dyn Fn(&Path) -> Result<bool>,
 ) -> Result<Location> {
     let system = || -> Result<Conf> {
         for p in SYSTEM_CONF {
@@ -265,19 +265,26 @@ pub fn locate(
         .and_then(|s| s.driver.clone())
         .or(conf.driver)
         .or_else(|| env.storage_driver.clone())
-        .filter(|d| !d.is_empty())
-        .or_else(|| {
-            DRIVERS
-                .iter()
-                .find(|d| has_dir(&graph_root.join(format!("{d}-images"))))
-                .map(|d| d.to_string())
-        })
-        .ok_or_else(|| {
-            Error::bad_image(
-                &graph_root,
-                "no containers-storage image store here (no overlay-images or vfs-images)",
-            )
-        })?;
+        .filter(|d| !d.is_empty());
+    let driver = match driver {
+        Some(d) => Some(d),
+        None => {
+            let mut found = None;
+            for d in DRIVERS {
+                if has_dir(&graph_root.join(format!("{d}-images")))? {
+                    found = Some(d.to_string());
+                    break;
+                }
+            }
+            found
+        }
+    };
+    let driver = driver.ok_or_else(|| {
+        Error::bad_image(
+            &graph_root,
+            "no containers-storage image store here (no overlay-images or vfs-images)",
+        )
+    })?;
     // containers/storage treats overlay2 as overlay.
     let driver = if driver == "overlay2" {
         "overlay".to_string()
@@ -293,7 +300,16 @@ pub fn locate(
 
 /// [`locate`] with the real files and environment.
 pub fn locate_here(spec: Option<&Specifier>) -> Result<Location> {
-    locate(spec, &Env::current(), &Conf::read, &|p| p.is_dir())
+    let has_dir = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => Ok(m.is_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Io {
+            op: "stat",
+            path: p.to_path_buf(),
+            source: e,
+        }),
+    };
+    locate(spec, &Env::current(), &Conf::read, &has_dir)
 }
 
 #[cfg(test)]
@@ -329,7 +345,7 @@ mod tests {
             }))
         };
         let dirs: Vec<PathBuf> = dirs.iter().map(PathBuf::from).collect();
-        locate(spec, env, &read, &|p| dirs.iter().any(|d| d == p))
+        locate(spec, env, &read, &|p| Ok(dirs.iter().any(|d| d == p)))
     }
 
     fn loc(driver: &str, graph: &str, run: &str) -> Location {
