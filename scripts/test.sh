@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 # skopeo, unpack them with umoci and compare trees; the permission tests add a user.
 install_packages fuse3 attr python3 gcc libc6-dev ca-certificates \
   podman skopeo umoci fuse-overlayfs uidmap busybox-static zstd passwd util-linux
+# The docker-daemon tests start their own dockerd; the package's service must not start.
+install_packages_without_services docker.io
 require_cargo
 [ -e /dev/fuse ] || echo "warning: /dev/fuse is missing; mount tests cannot run" >&2
 # udev makes /dev/fuse 0666 on Debian, so users other than root can mount through fusermount3;

@@ -30,7 +30,8 @@ pub enum Command {
     /// Mount IMAGE's merged root filesystem on MOUNTPOINT, writable: changes go to --upper DIR,
     /// or to an ephemeral upper layer removed at unmount (--read-only for none).
     Mount {
-        /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N].
+        /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N],
+        /// containers-storage:[[DRIVER@]ROOT[+RUNROOT]]NAME or docker-daemon:NAME.
         image: String,
         /// An existing directory to mount on.
         mountpoint: PathBuf,

@@ -541,3 +541,82 @@ fn storage_lock_is_the_one_podman_takes() {
     drop(held);
     assert_eq!(try_lock("LOCK_EX"), Some(0));
 }
+
+/// Kills a child process when dropped (a failing test leaves none behind).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn storage_reads_wait_for_a_writer() {
+    use std::io::BufRead;
+    use std::os::unix::fs::MetadataExt;
+    use std::process::{Command, Stdio};
+    if !engines::require_tools(&["podman", "python3"]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let podman = Podman::new(&sb.path("store"), "overlay");
+    let archive = sb.write(
+        "a.tar",
+        Shape::DockerLegacy,
+        &[ImageDef::from_spec("L0: dir /etc; file /etc/a 'a'").with_ref("localhost/rimgfs-w:1")],
+        Codec::None,
+    );
+    podman.load(&archive);
+    let lock = podman.root.join("overlay-layers/layers.lock");
+    let ino = std::fs::metadata(&lock).unwrap().ino();
+    // A writer as containers/storage is one: an exclusive fcntl lock, held until told.
+    let mut writer = Reaped(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl,sys\nf=open(sys.argv[1],'r+')\nfcntl.lockf(f, fcntl.LOCK_EX)\n\
+                 print('held', flush=True)\nsys.stdin.read()",
+            ])
+            .arg(&lock)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(writer.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    let out = sb.path("ls.out");
+    let mut reader = Reaped(
+        Command::new(common::harness::bin())
+            .args(["ls", &podman.reference("rimgfs-w:1"), "/etc", "--cache-dir"])
+            .arg(sb.cache())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    // The kernel lists a blocked request on the lock file as `->`.
+    let waiting = common::harness::poll_until(std::time::Duration::from_secs(60), || {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&format!(":{ino} ")))
+    });
+    assert!(waiting, "rimgfs did not wait for the lock");
+    assert!(reader.0.try_wait().unwrap().is_none(), "rimgfs read past the writer");
+    drop(writer.0.stdin.take());
+    let _ = writer.0.wait();
+    let done = common::harness::poll_until(std::time::Duration::from_secs(60), || {
+        reader.0.try_wait().unwrap().is_some()
+    });
+    assert!(done);
+    assert!(reader.0.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "a\n");
+}
