@@ -35,22 +35,49 @@ L1: dir /etc; whiteout /etc/gone; dir /opt; opaque /opt; file /opt/new 'n'; file
 L1: file /setuid 4755 's'; dir /var 0700 uid=5 gid=6; hardlink /var/setuid2 /setuid 4755
 ";
 
-/// A store under `dir` holding both test images; returns it and the images' names.
-fn fill_store(dir: &Path, sb: &Sandbox) -> (Podman, [&'static str; 2]) {
-    let podman = Podman::new(&dir.join("store"), "overlay");
-    let ctx = engines::busybox_context(dir);
-    podman.build(&ctx, "localhost/rimgfs-built:1");
-    let archive = sb.write(
-        "spec.tar",
-        Shape::DockerLegacy,
-        &[ImageDef::from_spec(SPEC).with_ref("localhost/rimgfs-spec:1")],
-        Codec::None,
-    );
-    podman.load(&archive);
-    (
-        podman,
-        ["localhost/rimgfs-built:1", "localhost/rimgfs-spec:1"],
-    )
+/// A private overlay store in a sandbox of its own.
+struct Store {
+    /// Dropped first: it undoes the store's private mount inside the sandbox.
+    podman: Podman,
+    sb: Sandbox,
+}
+
+impl Store {
+    /// An empty store; `None` (a skip) when `tools` are missing.
+    fn new(tools: &[&str]) -> Option<Store> {
+        if !engines::require_tools(tools) {
+            return None;
+        }
+        let sb = Sandbox::new();
+        let podman = Podman::new(&sb.path("store"), "overlay");
+        Some(Store { podman, sb })
+    }
+
+    /// `podman load`s the image a spec describes, named `name`.
+    fn load_spec(&self, spec: &str, name: &str) {
+        let file = format!("{}.tar", name.replace(['/', ':'], "_"));
+        let archive = self.sb.write(
+            &file,
+            Shape::DockerLegacy,
+            &[ImageDef::from_spec(spec).with_ref(name)],
+            Codec::None,
+        );
+        self.podman.load(&archive);
+    }
+}
+
+/// The name of the image built by podman.
+const BUILT: &str = "localhost/rimgfs-built:1";
+/// The name of the image made from [`SPEC`].
+const SPEC_IMAGE: &str = "localhost/rimgfs-spec:1";
+
+/// A store holding both test images.
+fn fill_store() -> Option<Store> {
+    let store = Store::new(TOOLS)?;
+    let ctx = engines::busybox_context(store.sb.dir.path());
+    store.podman.build(&ctx, BUILT);
+    store.load_spec(SPEC, SPEC_IMAGE);
+    Some(store)
 }
 
 /// A listing without the root and without link counts. Kernel overlayfs reports a lower
@@ -72,12 +99,9 @@ fn cache_args(sb: &Sandbox) -> Vec<String> {
 
 #[test]
 fn storage_images_match_podman_image_mount_and_umoci() {
-    if !engines::require_tools(TOOLS) {
-        return;
-    }
-    let sb = Sandbox::new();
-    let (podman, names) = fill_store(sb.dir.path(), &sb);
-    for name in names {
+    let Some(f) = fill_store() else { return };
+    let (podman, sb, built, spec) = (&f.podman, &f.sb, BUILT, SPEC_IMAGE);
+    for name in [built, spec] {
         let reference = podman.reference(name);
         let want = {
             let m = podman.image_mount(name);
@@ -93,30 +117,12 @@ fn storage_images_match_podman_image_mount_and_umoci() {
             m.unmount();
         }
         // The same image through skopeo and umoci.
-        let oci = sb.path(&format!("oci-{}", name.replace(['/', ':'], "_")));
-        run_ok(
-            "skopeo",
-            &[
-                "copy",
-                "-q",
-                &reference,
-                &format!("oci:{}:t", oci.display()),
-            ],
-        );
-        let bundle = sb.path(&format!("bundle-{}", name.replace(['/', ':'], "_")));
-        run_ok(
-            "umoci",
-            &[
-                "unpack",
-                "--image",
-                &format!("{}:t", oci.display()),
-                bundle.to_str().unwrap(),
-            ],
-        );
+        let rootfs =
+            engines::umoci_rootfs(&reference, sb.dir.path(), &name.replace(['/', ':'], "_"));
         let Some(m) = MountGuard::start(MountOpts::new(&reference, &sb.cache())) else {
             return;
         };
-        if let Err(diff) = engines::treesum_compare(&bundle.join("rootfs"), m.path()) {
+        if let Err(diff) = common::treesum_compare(&rootfs, m.path(), &["--ignore-root"]) {
             panic!("{name} differs from umoci unpack:\n{diff}");
         }
         m.unmount();
@@ -125,18 +131,15 @@ fn storage_images_match_podman_image_mount_and_umoci() {
 
 #[test]
 fn storage_names_ids_and_commands() {
-    if !engines::require_tools(TOOLS) {
-        return;
-    }
-    let sb = Sandbox::new();
-    let (podman, [built, spec]) = fill_store(sb.dir.path(), &sb);
+    let Some(f) = fill_store() else { return };
+    let (podman, sb, built, spec) = (&f.podman, &f.sb, BUILT, SPEC_IMAGE);
     let id = podman.id(spec);
     let store = format!(
         "[overlay@{}+{}]",
         podman.root.display(),
         podman.run.display()
     );
-    let cache = cache_args(&sb);
+    let cache = cache_args(sb);
     let inspect = |name: &str| {
         let mut args = vec!["inspect", "--json"];
         let r = format!("containers-storage:{store}{name}");
@@ -252,12 +255,9 @@ fn store_state(podman: &Podman) -> Vec<(PathBuf, String)> {
 
 #[test]
 fn storage_writable_mount_never_writes_the_store() {
-    if !engines::require_tools(TOOLS) {
-        return;
-    }
-    let sb = Sandbox::new();
-    let (podman, [built, spec]) = fill_store(sb.dir.path(), &sb);
-    let before = store_state(&podman);
+    let Some(f) = fill_store() else { return };
+    let (podman, sb, built, spec) = (&f.podman, &f.sb, BUILT, SPEC_IMAGE);
+    let before = store_state(podman);
     for name in [built, spec] {
         let upper = sb.path(&format!("upper-{}", name.replace(['/', ':'], "_")));
         let Some(m) = MountGuard::start(
@@ -296,7 +296,7 @@ fn storage_writable_mount_never_writes_the_store() {
             "{name}: the change is in the upper"
         );
     }
-    let after = store_state(&podman);
+    let after = store_state(podman);
     assert_eq!(before.len(), after.len());
     for ((p, a), (_, b)) in before.iter().zip(&after) {
         assert!(a == b, "{} changed", p.display());
@@ -412,21 +412,14 @@ fn storage_rootless_user_store() {
 
 #[test]
 fn storage_refuses_damaged_and_unknown_stores() {
-    if !engines::require_tools(&["podman"]) {
+    let Some(f) = Store::new(&["podman"]) else {
         return;
-    }
-    let sb = Sandbox::new();
-    let podman = Podman::new(&sb.path("store"), "overlay");
-    let archive = sb.write(
-        "a.tar",
-        Shape::DockerLegacy,
-        &[
-            ImageDef::from_spec("L0: dir /etc; file /etc/a 'a'\nL1: file /etc/b 'b'")
-                .with_ref("localhost/rimgfs-a:1"),
-        ],
-        Codec::None,
+    };
+    let (podman, sb) = (&f.podman, &f.sb);
+    f.load_spec(
+        "L0: dir /etc; file /etc/a 'a'\nL1: file /etc/b 'b'",
+        "localhost/rimgfs-a:1",
     );
-    podman.load(&archive);
     let cache = sb.cache();
     let try_ls = |reference: &str| {
         rimgfs(&[
@@ -559,18 +552,11 @@ fn storage_reads_wait_for_a_writer() {
     use std::io::BufRead;
     use std::os::unix::fs::MetadataExt;
     use std::process::{Command, Stdio};
-    if !engines::require_tools(&["podman", "python3"]) {
+    let Some(f) = Store::new(&["podman", "python3"]) else {
         return;
-    }
-    let sb = Sandbox::new();
-    let podman = Podman::new(&sb.path("store"), "overlay");
-    let archive = sb.write(
-        "a.tar",
-        Shape::DockerLegacy,
-        &[ImageDef::from_spec("L0: dir /etc; file /etc/a 'a'").with_ref("localhost/rimgfs-w:1")],
-        Codec::None,
-    );
-    podman.load(&archive);
+    };
+    let (podman, sb) = (&f.podman, &f.sb);
+    f.load_spec("L0: dir /etc; file /etc/a 'a'", "localhost/rimgfs-w:1");
     let lock = podman.root.join("overlay-layers/layers.lock");
     let ino = std::fs::metadata(&lock).unwrap().ino();
     // A writer as containers/storage is one: an exclusive fcntl lock, held until told.
@@ -610,7 +596,10 @@ fn storage_reads_wait_for_a_writer() {
             .any(|l| l.contains("->") && l.contains(&format!(":{ino} ")))
     });
     assert!(waiting, "rimgfs did not wait for the lock");
-    assert!(reader.0.try_wait().unwrap().is_none(), "rimgfs read past the writer");
+    assert!(
+        reader.0.try_wait().unwrap().is_none(),
+        "rimgfs read past the writer"
+    );
     drop(writer.0.stdin.take());
     let _ = writer.0.wait();
     let done = common::harness::poll_until(std::time::Duration::from_secs(60), || {

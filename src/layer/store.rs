@@ -18,7 +18,7 @@
 //! Dependencies: error, cache, image (LayerRef, storage), layer (index, codec, data), sys.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use super::{LayerIndex, build_index};
 use crate::cache::Cache;
 use crate::error::{Context, Error, Result};
 use crate::image::LayerRef;
-use crate::image::digest::{Algorithm, Digest};
+use crate::image::digest::{Algorithm, Digest, HashingReader};
 use crate::image::storage::{StoreLayer, open_layer_file, tarsplit};
 use crate::sys::DirFd;
 
@@ -46,11 +46,6 @@ pub fn prepare(
     image_path: &Path,
     cache: &Cache,
 ) -> Result<PreparedLayer> {
-    let bad = |reason: String| Error::BadLayer {
-        path: image_path.to_path_buf(),
-        layer: layer.describe(),
-        reason,
-    };
     let dir = DirFd::open_root(&sl.dir).ctx("open", &sl.dir)?;
     let split = File::open(&sl.tar_split).ctx("open", &sl.tar_split)?;
     let stamp = FileStamp::of(&split.metadata().ctx("stat", &sl.tar_split)?);
@@ -61,7 +56,11 @@ pub fn prepare(
     let index = match verified.or_else(own).filter(|i| i.tar_size == sl.size) {
         Some(i) => i,
         None => {
-            let index = index_records(split, sl.size).map_err(bad)?;
+            let index = index_records(split, sl.size).map_err(|reason| Error::BadLayer {
+                path: image_path.to_path_buf(),
+                layer: layer.describe(),
+                reason,
+            })?;
             cache.write_atomic(&own_path, |w| {
                 io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &own_path)
             })?;
@@ -88,34 +87,17 @@ fn index_path(cache: &Cache, sl: &StoreLayer) -> PathBuf {
 fn index_records(split: File, size: u64) -> std::result::Result<LayerIndex, String> {
     let stream =
         tarsplit::TarStream::new(tarsplit::Records::open(split), tarsplit::Payloads::Zeros);
-    let mut counted = Counted {
-        inner: io::BufReader::with_capacity(1 << 16, stream),
-        count: 0,
-    };
+    let mut counted = HashingReader::new(io::BufReader::with_capacity(1 << 16, stream), None);
     let mut index = build_index(&mut counted)?;
-    io::copy(&mut counted, &mut io::sink()).map_err(|e| e.to_string())?;
-    if counted.count != size {
+    counted.drain().map_err(|e| e.to_string())?;
+    if counted.count() != size {
         return Err(format!(
             "its tar-split data describes {} bytes where the store records {size}",
-            counted.count
+            counted.count()
         ));
     }
     index.tar_size = size;
     Ok(index)
-}
-
-/// Counts the bytes read through it.
-struct Counted<R> {
-    inner: R,
-    count: u64,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
 }
 
 /// One payload of the tar: where it starts, its length, and the file holding it.
@@ -224,6 +206,7 @@ impl LayerBytes for StoreFiles {
 mod tests {
     use super::*;
     use crate::layer::entry::{LayerEntry, Meta};
+    use std::io::Read;
 
     fn file(path: &str, offset: u64, size: u64) -> LayerEntry {
         LayerEntry {

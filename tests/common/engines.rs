@@ -49,27 +49,25 @@ pub fn require_tools(tools: &[&str]) -> bool {
     false
 }
 
-/// `../shared/tools/treesum.py`.
-pub fn treesum() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/treesum.py")
-}
-
-/// Compares two trees with treesum (every attribute, content hashes, hard-link groups),
-/// ignoring the roots themselves; `Err` holds the differences.
-pub fn treesum_compare(expected: &Path, actual: &Path) -> Result<(), String> {
-    let out = Command::new("python3")
-        .arg(treesum())
-        .args(["--compare", "--ignore-root"])
-        .arg(expected)
-        .arg(actual)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() && text.contains(" 0 failed") {
-        Ok(())
-    } else {
-        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
-    }
+/// Builds an OCI layout of `source` (any skopeo transport) with skopeo, unpacks it with
+/// umoci under `work/name` and returns the unpacked root filesystem.
+pub fn umoci_rootfs(source: &str, work: &Path, name: &str) -> PathBuf {
+    let oci = work.join(format!("{name}.oci"));
+    run_ok(
+        "skopeo",
+        &["copy", "-q", source, &format!("oci:{}:t", oci.display())],
+    );
+    let bundle = work.join(format!("{name}.bundle"));
+    run_ok(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:t", oci.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    bundle.join("rootfs")
 }
 
 /// podman with a private store. Dropping it undoes the private mount that

@@ -70,6 +70,30 @@ pub fn podman_build(work: &Path, ctx: &Path, tag: &str, name: &str) -> PathBuf {
     out
 }
 
+/// `../shared/tools/treesum.py`.
+pub fn treesum() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/treesum.py")
+}
+
+/// Compares two trees (or recorded treesums) with treesum and `extra` options: every
+/// attribute, content hashes, hard-link groups. `Err` holds the differences.
+pub fn treesum_compare(expected: &Path, actual: &Path, extra: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .arg(treesum())
+        .arg("--compare")
+        .args(extra)
+        .arg(expected)
+        .arg(actual)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && text.contains(" 0 failed") {
+        Ok(())
+    } else {
+        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
 /// A temporary directory for one test: images, cache, scratch.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
