@@ -46,9 +46,7 @@ pub fn prepare(
     image_path: &Path,
     cache: &Cache,
 ) -> Result<PreparedLayer> {
-    let dir = DirFd::open_root(&sl.dir).ctx("open", &sl.dir)?;
-    let split = File::open(&sl.tar_split).ctx("open", &sl.tar_split)?;
-    let stamp = FileStamp::of(&split.metadata().ctx("stat", &sl.tar_split)?);
+    let stamp = FileStamp::of(&sl.tar_split_file.metadata().ctx("stat", &sl.tar_split)?);
     let load = |p: &Path| std::fs::read(p).ok().and_then(|d| codec::decode(&d));
     let verified = load(&cache.index_path(&sl.diff_id)).map(|(i, _)| i);
     let own_path = index_path(cache, sl);
@@ -56,7 +54,7 @@ pub fn prepare(
     let index = match verified.or_else(own).filter(|i| i.tar_size == sl.size) {
         Some(i) => i,
         None => {
-            let index = index_records(split, sl.size).map_err(|reason| Error::BadLayer {
+            let index = index_records(sl.records(), sl.size).map_err(|reason| Error::BadLayer {
                 path: image_path.to_path_buf(),
                 layer: layer.describe(),
                 reason,
@@ -67,7 +65,7 @@ pub fn prepare(
             index
         }
     };
-    let data = LayerData::new(StoreFiles::new(dir, sl.dir.clone(), &index));
+    let data = LayerData::new(StoreFiles::new(sl.dir_fd.clone(), sl.dir.clone(), &index));
     Ok(PreparedLayer { index, data })
 }
 
@@ -84,9 +82,11 @@ fn index_path(cache: &Cache, sl: &StoreLayer) -> PathBuf {
 }
 
 /// Builds the index from the tar-split records alone; the tar must be `size` bytes long.
-fn index_records(split: File, size: u64) -> std::result::Result<LayerIndex, String> {
-    let stream =
-        tarsplit::TarStream::new(tarsplit::Records::open(split), tarsplit::Payloads::Zeros);
+fn index_records(
+    records: tarsplit::Records<impl io::Read>,
+    size: u64,
+) -> std::result::Result<LayerIndex, String> {
+    let stream = tarsplit::TarStream::new(records, tarsplit::Payloads::Zeros);
     let mut counted = HashingReader::new(io::BufReader::with_capacity(1 << 16, stream), None);
     let mut index = build_index(&mut counted)?;
     counted.drain().map_err(|e| e.to_string())?;
@@ -111,7 +111,7 @@ struct Payload {
 /// A store layer's bytes: the payloads of its tar, each read from its file.
 #[derive(Debug)]
 struct StoreFiles {
-    dir: DirFd,
+    dir: Arc<DirFd>,
     /// For messages.
     path: PathBuf,
     /// By offset.
@@ -123,7 +123,7 @@ struct StoreFiles {
 }
 
 impl StoreFiles {
-    fn new(dir: DirFd, path: PathBuf, index: &LayerIndex) -> StoreFiles {
+    fn new(dir: Arc<DirFd>, path: PathBuf, index: &LayerIndex) -> StoreFiles {
         let mut names = Vec::new();
         let mut payloads = Vec::new();
         for e in &index.entries {
@@ -233,7 +233,7 @@ mod tests {
             ],
             tar_size: 6144,
         };
-        let d = DirFd::open_root(dir.path()).unwrap();
+        let d = Arc::new(DirFd::open_root(dir.path()).unwrap());
         let data = LayerData::new(StoreFiles::new(d, dir.path().into(), &index));
         let mut buf = [0u8; 3];
         data.read_exact_at(&mut buf, 514).unwrap();

@@ -29,7 +29,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -83,14 +85,20 @@ struct LayerRecord {
 }
 
 /// A layer kept in a store: its tar is its tar-split records plus its directory's files.
+/// Both are opened while the store is locked, so a layer removed afterwards is still read
+/// whole, or not at all.
 #[derive(Clone, Debug)]
 pub struct StoreLayer {
     /// The layer's ID in the store.
     pub id: String,
-    /// The directory holding its files at their tar paths (`overlay/<id>/diff`).
+    /// The directory holding its files at their tar paths (`overlay/<id>/diff`), for messages.
     pub dir: PathBuf,
-    /// Its tar-split file.
+    /// That directory, open.
+    pub dir_fd: Arc<DirFd>,
+    /// Its tar-split file, for messages and cache keys.
     pub tar_split: PathBuf,
+    /// That file, open.
+    pub tar_split_file: Arc<File>,
     /// Length of its tar.
     pub size: u64,
     /// Its diff_id, which the tar hashes to.
@@ -98,14 +106,20 @@ pub struct StoreLayer {
 }
 
 impl StoreLayer {
+    /// The tar-split records, from the start.
+    pub fn records(&self) -> tarsplit::Records<impl Read + use<>> {
+        tarsplit::Records::open(FileAt {
+            file: self.tar_split_file.clone(),
+            pos: 0,
+        })
+    }
+
     /// The whole layer tar, replayed from the tar-split records with each payload read from
     /// the layer's directory; the read that reaches the end fails unless the tar hashes to
     /// the diff_id and has the recorded length.
     pub fn reader(&self) -> Result<Box<dyn Read + Send>> {
-        let f = File::open(&self.tar_split).ctx("open", &self.tar_split)?;
-        let dir = DirFd::open_root(&self.dir).ctx("open", &self.dir)?;
         let stream =
-            tarsplit::TarStream::new(tarsplit::Records::open(f), tarsplit::Payloads::Dir(dir));
+            tarsplit::TarStream::new(self.records(), tarsplit::Payloads::Dir(self.dir_fd.clone()));
         Ok(Box::new(Verified {
             inner: stream,
             hasher: Some(Hasher::new(self.diff_id.algorithm())),
@@ -118,6 +132,21 @@ impl StoreLayer {
     /// Names the layer in messages.
     pub fn describe(&self) -> String {
         format!("store layer {}", self.id)
+    }
+}
+
+/// Reads a shared file from a position of its own (`pread`), so readers never share an
+/// offset.
+struct FileAt {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl Read for FileAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -506,19 +535,24 @@ impl Store {
                 dir.display()
             )));
         }
+        let dir_fd = DirFd::open_root(&dir).ctx("open", &dir)?;
         let tar_split = self.dir("layers").join(format!("{id}.tar-split.gz"));
-        let f = File::open(&tar_split).map_err(|e| match e.kind() {
+        let f = Arc::new(File::open(&tar_split).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => self.bad(format!("layer {id} has no tar-split data")),
             _ => Error::Io {
                 op: "open",
                 path: tar_split.clone(),
                 source: e,
             },
-        })?;
+        })?);
         let size = match rec.diff_size.and_then(|s| u64::try_from(s).ok()) {
             Some(s) if s > 0 => s,
             // Older records may lack the size; the records themselves give it.
-            _ => tarsplit::tar_len(f).map_err(|e| self.bad(format!("layer {id}: {e}")))?,
+            _ => tarsplit::tar_len(FileAt {
+                file: f.clone(),
+                pos: 0,
+            })
+            .map_err(|e| self.bad(format!("layer {id}: {e}")))?,
         };
         Ok(LayerRef {
             index,
@@ -534,7 +568,9 @@ impl Store {
             blob: Blob::Store(StoreLayer {
                 id: id.clone(),
                 dir,
+                dir_fd: Arc::new(dir_fd),
                 tar_split,
+                tar_split_file: f,
                 size,
                 diff_id,
             }),

@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -63,9 +64,9 @@ pub struct Records<R: Read> {
     next: i64,
 }
 
-impl Records<BufReader<flate2::read::GzDecoder<BufReader<File>>>> {
-    /// Reads the gzip-compressed tar-split file `f`.
-    pub fn open(f: File) -> Self {
+impl<F: Read> Records<BufReader<flate2::read::GzDecoder<BufReader<F>>>> {
+    /// Reads a gzip-compressed tar-split file.
+    pub fn open(f: F) -> Self {
         // serde_json reads a byte at a time: the buffer in front of the decoder makes that
         // cheap.
         let gz = flate2::read::GzDecoder::new(BufReader::with_capacity(1 << 16, f));
@@ -135,7 +136,7 @@ pub enum Payloads {
     /// Zeros of the right length: the tar's layout without reading any file.
     Zeros,
     /// The files of the layer's directory.
-    Dir(DirFd),
+    Dir(Arc<DirFd>),
 }
 
 /// What is being replayed now.
@@ -240,7 +241,7 @@ impl<R: Read> Read for TarStream<R> {
 }
 
 /// The length of the tar that a tar-split file describes, read from its records alone.
-pub fn tar_len(f: File) -> Result<u64, String> {
+pub fn tar_len(f: impl Read) -> Result<u64, String> {
     let mut len = 0u64;
     for r in Records::open(f) {
         len += match r? {
@@ -335,7 +336,7 @@ mod tests {
             ])
         };
         let replay = |data: Vec<u8>| {
-            let d = DirFd::open_root(dir.path()).unwrap();
+            let d = Arc::new(DirFd::open_root(dir.path()).unwrap());
             let mut out = Vec::new();
             TarStream::new(Records::new(&data[..]), Payloads::Dir(d))
                 .read_to_end(&mut out)
