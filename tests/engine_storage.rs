@@ -177,6 +177,24 @@ fn storage_names_ids_and_commands() {
         "{err}"
     );
 
+    // Without a specifier, the store that CONTAINERS_STORAGE_CONF's file names.
+    let conf = sb.path("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            podman.root.display(),
+            podman.run.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(common::harness::bin());
+    cmd.args(["ls", "containers-storage:rimgfs-spec:1", "/etc"])
+        .args(&cache)
+        .env("CONTAINERS_STORAGE_CONF", &conf);
+    let out = common::harness::run_command(cmd).success();
+    assert_eq!(out.stdout, "attrs\nhosts\n");
+
     // ls, cat, diff and commit take it like any image.
     let r = podman.reference(spec);
     let mut args = vec!["ls".to_string(), r.clone(), "/etc".into()];

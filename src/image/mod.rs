@@ -7,9 +7,11 @@
 //!                        ▼
 //!                   candidates (refs) ──select──▶ Image { config, layers: Vec<LayerRef> }
 //! ```
+//! The local engines' images (`storage` for containers-storage, `daemon` for the Docker
+//! Engine) are named by references and found by those modules directly.
 //! Nothing here reads a layer: `LayerRef` only says where its bytes are. Small documents
 //! (indexes, manifests, configs) are verified against their digests as they are read.
-//! Dependencies: error, cache, digest, config, container.
+//! Dependencies: error, cache, digest, config, container, storage, daemon.
 
 pub mod config;
 pub mod container;
@@ -473,6 +475,37 @@ mod tests {
         }
         assert!(ImageSpec::parse("oci:").is_err());
         assert!(ImageSpec::parse("x.tar:@z").is_err());
+    }
+
+    #[test]
+    fn spec_parse_engine_references() {
+        let cases = [
+            (
+                "containers-storage:[overlay@/g+/r]localhost/app:dev",
+                Transport::ContainersStorage,
+                "[overlay@/g+/r]localhost/app:dev",
+            ),
+            (
+                "containers-storage:app",
+                Transport::ContainersStorage,
+                "app",
+            ),
+            ("docker-daemon:app:dev", Transport::DockerDaemon, "app:dev"),
+            (
+                "docker-daemon:sha256:12ab",
+                Transport::DockerDaemon,
+                "sha256:12ab",
+            ),
+        ];
+        for (arg, t, r) in cases {
+            let s = ImageSpec::parse(arg).unwrap();
+            assert_eq!(
+                (s.transport, s.path.to_str().unwrap(), s.selector),
+                (t, r, None)
+            );
+        }
+        assert!(ImageSpec::parse("containers-storage:").is_err());
+        assert!(ImageSpec::parse("docker-daemon:").is_err());
     }
 
     #[test]
