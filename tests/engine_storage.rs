@@ -627,3 +627,58 @@ fn storage_reads_wait_for_a_writer() {
     assert!(reader.0.wait().unwrap().success());
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "a\n");
 }
+
+#[test]
+fn storage_indexes_stay_apart_from_verified_ones() {
+    let Some(f) = Store::new(&["podman"]) else {
+        return;
+    };
+    let spec = "L0: dir /etc; file /etc/a 'a'\nL1: dir /etc; file /etc/b 'b'";
+    f.load_spec(spec, "localhost/rimgfs-i:1");
+    let archive = f.sb.path("localhost_rimgfs-i_1.tar");
+    let reference = f.podman.reference("rimgfs-i:1");
+    let ls = |image: &str, cache: &Path| {
+        rimgfs(&[
+            "ls",
+            "-lR",
+            image,
+            "/",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .success()
+        .stdout
+    };
+    let (verified, store) = (Path::new("index/sha256"), Path::new("index/store"));
+    // The store first: its index, made from unhashed records, never serves the archive.
+    let c1 = f.sb.path("c1");
+    let from_store = ls(&reference, &c1);
+    assert!(c1.join(store).is_dir() && !c1.join(verified).exists());
+    assert_eq!(ls(archive.to_str().unwrap(), &c1), from_store);
+    assert!(c1.join(verified).is_dir());
+    // The archive first: its hashed index serves the store, which then builds none.
+    let c2 = f.sb.path("c2");
+    assert_eq!(ls(archive.to_str().unwrap(), &c2), from_store);
+    assert_eq!(ls(&reference, &c2), from_store);
+    assert!(!c2.join(store).exists());
+    // A damaged store index is rebuilt, not served.
+    let mut damaged = Vec::new();
+    for e in std::fs::read_dir(c1.join(store)).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&p, &bytes).unwrap();
+        damaged.push((p, bytes));
+    }
+    std::fs::remove_dir_all(c1.join(verified)).unwrap();
+    assert_eq!(ls(&reference, &c1), from_store);
+    for (p, bytes) in damaged {
+        assert_ne!(
+            std::fs::read(&p).unwrap(),
+            bytes,
+            "{} was not rebuilt",
+            p.display()
+        );
+    }
+}

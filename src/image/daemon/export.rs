@@ -16,7 +16,7 @@ use std::path::Path;
 use crate::cache::Cache;
 use crate::error::{Context, Error, Result};
 use crate::image::container::{BlobLoc, Compression, Container};
-use crate::image::digest::{Digest, Hasher};
+use crate::image::digest::{Digest, HashingReader};
 
 /// Members up to this size are read into memory (configs, manifests; and tiny layers).
 const SMALL_MEMBER: u64 = 1 << 20;
@@ -148,17 +148,16 @@ fn store_unknown(
         .root()
         .join("layers")
         .join(format!(".incoming.{}.{n}", std::process::id()));
-    let mut hasher = Hasher::new(alg);
-    let mut hashing = Hashing {
-        inner: &mut tar,
-        hasher: &mut hasher,
-    };
+    let mut hashing = HashingReader::new(&mut tar, Some(alg));
     cache.write_atomic(&incoming, |w| {
         io::copy(&mut hashing, w)
             .map(drop)
             .map_err(|e| Error::bad_image(origin, format!("export: {e}")))
     })?;
-    let digest = hasher.finish();
+    let digest = hashing
+        .finish()
+        .0
+        .ok_or_else(|| Error::bad_image(origin, "export: a layer could not be hashed"))?;
     let keep = wanted.contains(&digest);
     let dest = cache.layer_path(&digest);
     let existed = dest.is_file();
@@ -189,20 +188,6 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-/// Hashes what passes through.
-struct Hashing<'a, R: ?Sized> {
-    inner: &'a mut R,
-    hasher: &'a mut Hasher,
-}
-
-impl<R: Read + ?Sized> Read for Hashing<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
