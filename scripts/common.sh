@@ -18,13 +18,15 @@ install_packages() {
     apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# Installs docker-registry with a policy-rc.d exiting 101 so its service never starts.
-install_registry() {
+# Installs packages whose service the tests start themselves (docker-registry, dockerd): a
+# policy-rc.d exiting 101 keeps invoke-rc.d from starting them during the install. An existing
+# policy-rc.d is the machine's own: it is left alone.
+install_packages_without_services() {
   local p=/usr/sbin/policy-rc.d s=() rc=0
   [ "$(id -u)" -eq 0 ] || s=(sudo)
-  [ -e "$p" ] && { install_packages docker-registry; return; }
+  [ -e "$p" ] && { install_packages "$@"; return; }
   printf '#!/bin/sh\nexit 101\n' | "${s[@]}" tee "$p" >/dev/null && "${s[@]}" chmod 755 "$p"
-  install_packages docker-registry || rc=$?
+  install_packages "$@" || rc=$?
   "${s[@]}" rm -f "$p"
   return "$rc"
 }

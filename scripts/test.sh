@@ -18,7 +18,9 @@ cd "$(dirname "$0")/.."
 install_packages fuse3 attr python3 gcc libc6-dev ca-certificates \
   podman skopeo umoci fuse-overlayfs uidmap busybox-static zstd passwd util-linux \
   apache2-utils python3-jwt python3-cryptography openssl
-install_registry
+# The registry and docker-daemon tests start their own docker-registry and dockerd; the
+# packages' services must not start.
+install_packages_without_services docker-registry docker.io
 require_cargo
 [ -e /dev/fuse ] || echo "warning: /dev/fuse is missing; mount tests cannot run" >&2
 # udev makes /dev/fuse 0666 on Debian, so users other than root can mount through fusermount3;

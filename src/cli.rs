@@ -59,8 +59,9 @@ pub enum Command {
 /// Arguments of `rimgfs mount`.
 #[derive(Debug, Args)]
 pub struct MountCommand {
-    /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N], or
-    /// docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST].
+    /// The image: [docker-archive:|oci:|oci-archive:]PATH[:REF|:@N],
+    /// docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST],
+    /// containers-storage:[[DRIVER@]ROOT[+RUNROOT]]NAME or docker-daemon:NAME.
     pub image: String,
     /// An existing directory to mount on.
     pub mountpoint: PathBuf,

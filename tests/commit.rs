@@ -14,7 +14,6 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::overlay::{OverlayMount, extract_layers, set_owner_time, set_xattr};
 use common::spec::Spec;
@@ -128,35 +127,6 @@ fn apply_changes(m: &Path) {
     .unwrap();
 }
 
-fn treesum_py() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/treesum.py")
-}
-
-fn tool_present(t: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {t}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Compares a tree with a recorded treesum; the report on failure.
-fn compare(expected: &Path, actual: &Path, extra: &[&str]) -> Result<(), String> {
-    let out = Command::new("python3")
-        .arg(treesum_py())
-        .arg("--compare")
-        .args(extra)
-        .arg(expected)
-        .arg(actual)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() && text.contains(" 0 failed") {
-        Ok(())
-    } else {
-        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
-
 /// An image, an upper made through kernel overlayfs, and the merged view's treesum.
 struct Scene {
     sb: Sandbox,
@@ -213,7 +183,7 @@ fn overlay_scene() -> Option<Scene> {
     run_ok(
         "python3",
         &[
-            treesum_py().to_str().unwrap(),
+            common::treesum().to_str().unwrap(),
             mnt.to_str().unwrap(),
             "-o",
             merged.to_str().unwrap(),
@@ -320,12 +290,17 @@ fn commit_of_kernel_overlay_upper_mounts_as_the_merged_view() {
         let Some(m) = MountGuard::mount(&arg, &["--cache-dir", &cache]) else {
             return;
         };
-        if let Err(d) = compare(&s.merged, m.path(), &[]) {
+        if let Err(d) = common::treesum_compare(&s.merged, m.path(), &[]) {
             panic!("{format}: the committed image differs from the overlay's merged view:\n{d}");
         }
         m.unmount();
 
-        if require(tool_present("skopeo").then_some(()), "skopeo not installed").is_some() {
+        if require(
+            common::engines::have(&["skopeo"]).then_some(()),
+            "skopeo not installed",
+        )
+        .is_some()
+        {
             let skopeo_ref = match format {
                 "oci" => format!("oci:{out_str}:example.com/app:v2"),
                 _ => arg.clone(),
@@ -342,7 +317,11 @@ fn commit_of_kernel_overlay_upper_mounts_as_the_merged_view() {
             run_ok("skopeo", &["inspect", &skopeo_ref]);
         }
         if format == "oci"
-            && require(tool_present("umoci").then_some(()), "umoci not installed").is_some()
+            && require(
+                common::engines::have(&["umoci"]).then_some(()),
+                "umoci not installed",
+            )
+            .is_some()
         {
             let bundle = s.sb.path("bundle");
             let image_ref = format!("{out_str}:example.com/app:v2");
@@ -350,7 +329,7 @@ fn commit_of_kernel_overlay_upper_mounts_as_the_merged_view() {
                 "umoci",
                 &["unpack", "--image", &image_ref, bundle.to_str().unwrap()],
             );
-            if let Err(d) = compare(&s.merged, &bundle.join("rootfs"), &[]) {
+            if let Err(d) = common::treesum_compare(&s.merged, &bundle.join("rootfs"), &[]) {
                 panic!("umoci unpack of the committed image differs:\n{d}");
             }
         }

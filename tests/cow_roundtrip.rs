@@ -25,17 +25,6 @@ use nix::sys::stat::{Mode, SFlag, mknod};
 
 const TAG: &str = "example.com/roundtrip:1";
 
-fn treesum_py() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/treesum.py")
-}
-
-fn tool_present(t: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {t}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn fifo(p: &Path) {
     mknod(p, SFlag::S_IFIFO, Mode::from_bits_truncate(0o640), 0).unwrap();
 }
@@ -56,7 +45,7 @@ fn roundtrip(sb: &Sandbox, image: &str, changes: impl Fn(&Path), changed: &[&str
     run_ok(
         "python3",
         &[
-            treesum_py().to_str().unwrap(),
+            common::treesum().to_str().unwrap(),
             m.path().to_str().unwrap(),
             "-o",
             recorded_sum.to_str().unwrap(),
@@ -78,8 +67,14 @@ fn roundtrip(sb: &Sandbox, image: &str, changes: impl Fn(&Path), changed: &[&str
         );
     }
 
-    let have_skopeo = require(tool_present("skopeo").then_some(()), "skopeo not installed");
-    let have_umoci = require(tool_present("umoci").then_some(()), "umoci not installed");
+    let have_skopeo = require(
+        common::engines::have(&["skopeo"]).then_some(()),
+        "skopeo not installed",
+    );
+    let have_umoci = require(
+        common::engines::have(&["umoci"]).then_some(()),
+        "umoci not installed",
+    );
     for (format, name, transport) in [
         ("docker-archive", "out-docker.tar", "docker-archive:"),
         ("oci-archive", "out-oci.tar", "oci-archive:"),
@@ -148,7 +143,7 @@ fn roundtrip(sb: &Sandbox, image: &str, changes: impl Fn(&Path), changed: &[&str
                 ],
             );
             let o = Command::new("python3")
-                .arg(treesum_py())
+                .arg(common::treesum())
                 .args(["--compare", "--ignore-root"])
                 .arg(&recorded_sum)
                 .arg(bundle.join("rootfs"))
@@ -287,7 +282,7 @@ fn podman_changes(m: &Path) {
 fn cow_roundtrip_podman_built_image() {
     let tools = ["podman", "skopeo", "umoci", "busybox", "python3"];
     let Some(()) = require(
-        tools.iter().all(|t| tool_present(t)).then_some(()),
+        common::engines::have(&tools).then_some(()),
         "podman/skopeo/umoci/busybox not installed",
     ) else {
         return;

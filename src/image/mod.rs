@@ -7,17 +7,21 @@
 //!                        ▼
 //!                   candidates (refs) ──select──▶ Image { config, layers: Vec<LayerRef> }
 //! ```
+//! The local engines' images (`storage` for containers-storage, `daemon` for the Docker
+//! Engine) are named by references and found by those modules directly.
 //! Nothing here reads a layer: `LayerRef` only says where its bytes are. Small documents
 //! (indexes, manifests, configs) are verified against their digests as they are read.
-//! Dependencies: error, cache, digest, config, container, tar.
+//! Dependencies: error, cache, digest, config, container, tar, registry, storage, daemon.
 
 pub mod config;
 pub mod container;
+pub mod daemon;
 pub mod digest;
 mod docker;
 mod oci;
 pub mod registry;
 pub mod remote;
+pub mod storage;
 pub mod tar;
 
 use std::io::Read;
@@ -29,6 +33,7 @@ use config::{ImageConfig, Platform};
 use container::{BlobLoc, Compression, Container};
 use digest::Digest;
 use remote::RemoteBlob;
+use storage::StoreLayer;
 
 /// How the image argument names its source (skopeo-style transport prefixes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +48,10 @@ pub enum Transport {
     OciArchive,
     /// `docker://`: an image in a registry.
     Docker,
+    /// `containers-storage:`: an image in podman's store; `path` holds the reference.
+    ContainersStorage,
+    /// `docker-daemon:`: an image of the Docker Engine; `path` holds the reference.
+    DockerDaemon,
 }
 
 /// Which image of a multi-image source to use.
@@ -81,6 +90,23 @@ impl ImageSpec {
                 selector: None,
                 reference: Some(reference),
             });
+        }
+        // An engine's images are named by references, not paths: no `:REF` split.
+        for (p, t) in [
+            (storage::PREFIX, Transport::ContainersStorage),
+            (daemon::PREFIX, Transport::DockerDaemon),
+        ] {
+            if let Some(r) = arg.strip_prefix(p) {
+                if r.is_empty() {
+                    return Err(Error::Usage(format!("{arg}: no image named")));
+                }
+                return Ok(ImageSpec {
+                    transport: t,
+                    path: PathBuf::from(r),
+                    selector: None,
+                    reference: None,
+                });
+            }
         }
         let (transport, rest) = [
             ("docker-archive:", Transport::DockerArchive),
@@ -177,6 +203,8 @@ pub enum Blob {
     Local(BlobLoc),
     /// In a repository, fetched by range.
     Remote(RemoteBlob),
+    /// In a containers-storage store: tar-split records and a directory of files.
+    Store(StoreLayer),
 }
 
 impl Blob {
@@ -185,6 +213,7 @@ impl Blob {
         match self {
             Blob::Local(l) => l.len,
             Blob::Remote(r) => r.len,
+            Blob::Store(s) => s.size,
         }
     }
 
@@ -202,6 +231,7 @@ impl Blob {
                 path: PathBuf::from(format!("{} {}", r.fetch.describe(), r.digest)),
                 source: e,
             }),
+            Blob::Store(s) => s.reader(),
         }
     }
 
@@ -210,6 +240,7 @@ impl Blob {
         match self {
             Blob::Local(l) => l.file.display().to_string(),
             Blob::Remote(r) => format!("{} {}", r.fetch.describe(), r.digest),
+            Blob::Store(s) => s.describe(),
         }
     }
 }
@@ -269,6 +300,12 @@ pub fn open(spec: &ImageSpec, opts: &OpenOptions, cache: &Cache) -> Result<Image
     if let Some(r) = &spec.reference {
         return registry::open(r, opts, cache);
     }
+    let reference = spec.path.to_string_lossy();
+    match spec.transport {
+        Transport::ContainersStorage => return storage::open(&reference, opts),
+        Transport::DockerDaemon => return daemon::open(&reference, opts, cache),
+        _ => {}
+    }
     open_source(spec, opts, cache).map_err(|e| e.in_image(&spec.path))
 }
 
@@ -278,8 +315,8 @@ fn open_source(spec: &ImageSpec, opts: &OpenOptions, cache: &Cache) -> Result<Im
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let docker = match spec.transport {
         Transport::DockerArchive => true,
-        Transport::OciDir | Transport::OciArchive | Transport::Docker => false,
         Transport::Auto => container.exists("manifest.json") && !container.is_dir(),
+        _ => false,
     };
     if docker {
         docker::open(container, selector.as_ref())
@@ -492,6 +529,37 @@ mod tests {
         let e = ImageSpec::parse("docker://Bad/Name").unwrap_err();
         assert!(matches!(e, Error::Usage(_)), "{e}");
         assert!(ImageSpec::parse("x.tar:@z").is_err());
+    }
+
+    #[test]
+    fn spec_parse_engine_references() {
+        let cases = [
+            (
+                "containers-storage:[overlay@/g+/r]localhost/app:dev",
+                Transport::ContainersStorage,
+                "[overlay@/g+/r]localhost/app:dev",
+            ),
+            (
+                "containers-storage:app",
+                Transport::ContainersStorage,
+                "app",
+            ),
+            ("docker-daemon:app:dev", Transport::DockerDaemon, "app:dev"),
+            (
+                "docker-daemon:sha256:12ab",
+                Transport::DockerDaemon,
+                "sha256:12ab",
+            ),
+        ];
+        for (arg, t, r) in cases {
+            let s = ImageSpec::parse(arg).unwrap();
+            assert_eq!(
+                (s.transport, s.path.to_str().unwrap(), s.selector),
+                (t, r, None)
+            );
+        }
+        assert!(ImageSpec::parse("containers-storage:").is_err());
+        assert!(ImageSpec::parse("docker-daemon:").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod data;
 pub mod entry;
 pub mod lazy;
 pub mod prepare;
+pub mod storage;
 pub mod store;
 pub mod whiteout;
 

@@ -41,6 +41,7 @@ pub fn prepare(layer: &LayerRef, image_path: &Path, cache: &Cache) -> Result<Pre
             prepare_local(layer, loc, image_path, cache).map_err(|e| e.in_image(image_path))
         }
         Blob::Remote(remote) => super::lazy::prepare(layer, remote, image_path, cache),
+        Blob::Store(s) => super::storage::prepare(layer, s, image_path, cache),
     }
 }
 

@@ -4,6 +4,8 @@
 //! - [`image`]: writers for every source shape (docker-save legacy, Docker 25+, containerd,
 //!   OCI layout directory and archive, multi-image, multi-platform), with correct digests;
 //! - [`harness`]: running the CLI, and real FUSE mounts behind a cleaning-up guard;
+//! - [`engines`]: podman with a private store, a Docker Engine of the test's own, a counting
+//!   proxy for its socket, treesum comparisons;
 //! - [`listing`]: a comparable listing of a mount, an extracted tree, the library's merged
 //!   tree, or a spec of the expected tree;
 //! - [`registry`]: a real registry (docker-registry) filled by skopeo, with TLS and auth
@@ -13,6 +15,7 @@
 
 #![allow(dead_code, unused_imports, missing_docs)]
 
+pub mod engines;
 pub mod harness;
 pub mod image;
 pub mod listing;
@@ -64,35 +67,36 @@ pub fn run_ok(prog: &str, args: &[&str]) -> Output {
 /// `podman build --isolation chroot` in a private vfs storage under `work`, saves the image as
 /// a docker-archive `work/<name>` and returns that path.
 pub fn podman_build(work: &Path, ctx: &Path, tag: &str, name: &str) -> PathBuf {
-    let storage = work.join("storage");
-    let podman = |args: &[&str]| {
-        let mut full: Vec<String> = vec![
-            "--root".into(),
-            storage.join("root").display().to_string(),
-            "--runroot".into(),
-            storage.join("run").display().to_string(),
-            "--storage-driver".into(),
-            "vfs".into(),
-        ];
-        full.extend(args.iter().map(|s| s.to_string()));
-        run_ok(
-            "podman",
-            &full.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-    };
-    podman(&[
-        "build",
-        "--isolation",
-        "chroot",
-        "-q",
-        "-t",
-        tag,
-        ctx.to_str().unwrap(),
-    ]);
+    let podman = engines::Podman::new(&work.join("storage"), "vfs");
+    podman.build(ctx, tag);
     let out = work.join(name);
-    podman(&["save", "-q", "-o", out.to_str().unwrap(), tag]);
-    podman(&["rmi", "-f", tag]);
+    podman.save(tag, &out);
+    podman.run(&["rmi", "-f", tag]);
     out
+}
+
+/// `../shared/tools/treesum.py`.
+pub fn treesum() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/treesum.py")
+}
+
+/// Compares two trees (or recorded treesums) with treesum and `extra` options: every
+/// attribute, content hashes, hard-link groups. `Err` holds the differences.
+pub fn treesum_compare(expected: &Path, actual: &Path, extra: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .arg(treesum())
+        .arg("--compare")
+        .args(extra)
+        .arg(expected)
+        .arg(actual)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && text.contains(" 0 failed") {
+        Ok(())
+    } else {
+        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 /// A temporary directory for one test: images, cache, scratch.
