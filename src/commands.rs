@@ -8,10 +8,10 @@ use serde_json::json;
 
 use crate::error::{Context, Error, Result};
 use crate::image::container::Compression;
-use crate::overlay::Overlay;
 use crate::stack::Stack;
 use crate::tree::LowerTree;
 use crate::tree::node::{Node, NodeId, NodeKind};
+use crate::view::LowerView;
 
 /// Symlink hops `cat` follows before giving up (the kernel's limit).
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -293,8 +293,8 @@ pub fn cat(
         NodeKind::Dir { .. } => return Err(not_found("is a directory")),
         _ => return Err(not_found("not a regular file")),
     };
-    let ov = Overlay::new(tree.clone(), stack.layer_labels());
-    let ino = crate::overlay::ino_of(id);
+    let ov = LowerView::new(tree.clone(), stack.layer_labels());
+    let ino = crate::view::Ino::of(id);
     let mut off = 0;
     const CHUNK: u32 = 1 << 20;
     while off < size {

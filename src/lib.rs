@@ -21,11 +21,11 @@ pub mod image;
 pub mod layer;
 pub mod logger;
 pub mod mount;
-pub mod overlay;
 pub mod stack;
 pub mod sys;
 pub mod tree;
 pub mod upper;
+pub mod view;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -61,11 +61,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 .iter()
                 .map(|l| l.diff_id.hex().to_string())
                 .collect();
-            let store = overlay::PassthroughStore {
+            let store = view::PassthroughStore {
                 dir: img.cache.root().join("passthrough"),
                 layer_keys: keys,
             };
-            let mut ov = overlay::Overlay::new(tree, stack.layer_labels());
+            let mut ov = view::LowerView::new(tree, stack.layer_labels());
             drop(stack);
             if opts.read_only {
                 // Passthrough needs CAP_SYS_ADMIN; without it, no-open mode serves better.
@@ -75,7 +75,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 return mount::mount(fuse::Fuse::new(ov), &mnt, &opts, cli.verbose > 0, None);
             }
             let (upper, scratch) = open_upper(&opts, &img.cache)?;
-            let fs = fuse::Fuse::writable(cow::Cow::new(ov, upper));
+            let fs = fuse::Fuse::new(cow::Cow::new(ov, upper));
             mount::mount(fs, &mnt, &opts, cli.verbose > 0, scratch)
         }
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),

@@ -194,8 +194,7 @@ impl Upper {
         if !self.root.list()?.is_empty() {
             return Ok(());
         }
-        let parent = DirFd::open_root(&self.path.join(".."))?;
-        let name = self.path.file_name().unwrap_or_default();
+        let (parent, name) = self.root_parent()?;
         for (k, v) in xattrs.iter().filter(|(k, _)| !is_private_xattr(k)) {
             parent.set_xattr(name, k, v, 0)?;
         }
@@ -239,20 +238,27 @@ impl Upper {
         let v = match name {
             Some(n) => dir.get_xattr(n, OVERRIDE_STAT).ok()?,
             None => {
-                let parent = DirFd::open_root(&self.path.join("..")).ok()?;
-                parent
-                    .get_xattr(self.path.file_name()?, OVERRIDE_STAT)
-                    .ok()?
+                let (parent, name) = self.root_parent().ok()?;
+                parent.get_xattr(name, OVERRIDE_STAT).ok()?
             }
         };
         parse_override(&v)
     }
 
-    /// Whether the upper root itself is opaque (then no lower layer shows at all).
-    pub fn classify_self_opaque(&self, root: &DirFd) -> io::Result<bool> {
-        let _ = root;
+    /// The upper root's parent directory and the root's name in it: the one way to name the
+    /// root itself to the calls that take a name (`l*xattr`, chown, chmod).
+    pub fn root_parent(&self) -> io::Result<(DirFd, &OsStr)> {
         let parent = DirFd::open_root(&self.path.join(".."))?;
-        let name = self.path.file_name().unwrap_or_default();
+        let name = self
+            .path
+            .file_name()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok((parent, name))
+    }
+
+    /// Whether the upper root itself is opaque (then no lower layer shows at all).
+    pub fn root_is_opaque(&self) -> io::Result<bool> {
+        let (parent, name) = self.root_parent()?;
         Ok(self
             .get_flag(&parent, name, "opaque")?
             .is_some_and(|v| v == b"y"))
