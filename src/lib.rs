@@ -127,7 +127,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let img = select.to_config(&image)?;
             let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, None)?;
             let tree = stack.tree()?;
-            let upper = changes::Upper::scan(&upper)?;
+            let upper = changes::UpperTree::scan(&upper)?;
             let list = changes::diff(&changes::MergedView::new(&tree, &upper))?;
             changes::print(&list, json, stdout)
         }
@@ -143,7 +143,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let img = select.to_config(&image)?;
             let stack = stack::Stack::open(&img.spec, &img.open, &img.cache, None)?;
             let tree = stack.tree()?;
-            let upper = changes::Upper::scan(&upper)?;
+            let upper = changes::UpperTree::scan(&upper)?;
             let opts = commit::CommitOptions {
                 output,
                 tag,

@@ -15,7 +15,6 @@ use nix::errno::Errno;
 use super::inodes::Inode;
 use super::{Cow, errno};
 use crate::tree::node::{DataRef, NodeId, NodeKind};
-use crate::upper::UpperEntry;
 use crate::upper::copy_up::{CopyMode, complete_data, copy_node, copy_up};
 use crate::view::{Ino, OpResult};
 
@@ -42,8 +41,11 @@ impl Cow {
         if mode == CopyMode::Full && i.file_type == libc::S_IFREG {
             let (dir, name) = self.split(&path)?;
             let name = name.ok_or(Errno::EINVAL)?;
-            if let UpperEntry::Other { metacopy: true, .. } =
-                self.upper.classify(&dir, name).map_err(errno)?
+            if self
+                .upper
+                .classify(&dir, name)
+                .map_err(errno)?
+                .is_metacopy()
             {
                 let data = self.lower_data(&i)?;
                 complete_data(&self.upper, self.tree(), &dir, name, &data).map_err(errno)?;
@@ -140,10 +142,7 @@ impl Cow {
         let path = self.path_of(ino)?;
         let (dir, name) = self.split(&path)?;
         match name {
-            Some(n) => Ok(matches!(
-                self.upper.classify(&dir, n).map_err(errno)?,
-                UpperEntry::Other { metacopy: true, .. }
-            )),
+            Some(n) => Ok(self.upper.classify(&dir, n).map_err(errno)?.is_metacopy()),
             None => Ok(false),
         }
     }

@@ -15,7 +15,8 @@ use super::io::Handle;
 use super::{Cow, errno, lock, stat_attr};
 use crate::sys::DirFd;
 use crate::upper::copy_up::CopyMode;
-use crate::upper::{Format, UpperEntry, remove_tree};
+use crate::upper::format::name_is_free;
+use crate::upper::{Flag, UpperEntry, remove_tree};
 use crate::view::{Attr, Caller, Fh, Ino, OpResult};
 
 /// Where a new entry goes: its parent's upper directory, and whether a lower entry of its
@@ -27,9 +28,13 @@ struct Place {
 
 impl Cow {
     /// Prepares `parent` for a new entry `name`: the parent copied up, the name free in the
-    /// merged view (`EEXIST` otherwise).
+    /// merged view (`EEXIST` otherwise) and not one the upper's format reserves (`EINVAL`,
+    /// as fuse-overlayfs answers).
     fn prepare_new(&self, parent: Ino, name: &OsStr) -> OpResult<Place> {
         let (p, ppath) = self.dir_for(parent, name.as_bytes())?;
+        if !name_is_free(name.as_bytes()) {
+            return Err(Errno::EINVAL);
+        }
         if self.resolve_child(&p, &ppath, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
@@ -70,20 +75,20 @@ impl Cow {
                 work.chmod(&tmp, (st.st_mode & 0o7777) | libc::S_ISGID)?;
             }
             if opaque {
-                self.upper.set_flag(work, &tmp, "opaque", b"y")?;
+                self.upper.set_flag(work, &tmp, Flag::Opaque, b"y")?;
             }
             Ok(())
         })();
         let moved = built.and_then(|()| {
             match self.upper.classify(dir, name)? {
-                UpperEntry::Whiteout if self.upper.format == Format::Kernel => {
+                UpperEntry::Whiteout { beside: false } => {
                     // Exchange with the whiteout, then drop it: the name never shows empty.
                     work.rename(&tmp, dir, name, libc::RENAME_EXCHANGE)?;
                     work.unlink(&tmp, false)
                 }
-                UpperEntry::Whiteout => {
+                UpperEntry::Whiteout { beside: true } => {
                     work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE)?;
-                    self.upper.clear_whiteout(dir, name)
+                    self.upper.clear_whiteout(dir, name, true)
                 }
                 _ => work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE),
             }

@@ -15,7 +15,8 @@ use super::{Cow, errno, join, stat_attr};
 use crate::sys::DirFd;
 use crate::tree::LowerTree;
 use crate::tree::node::{NodeId, NodeKind};
-use crate::upper::UpperEntry;
+use crate::upper::format::Redirect;
+use crate::upper::{Role, UpperEntry};
 use crate::view::{Attr, Fh, Ino, MAX_NAME_LEN, OpResult};
 
 impl Cow {
@@ -86,18 +87,18 @@ impl Cow {
         let lower_child = self.lower_child(parent, name);
         let lower_type = |id: NodeId| tree.node(id).map(|n| n.kind.file_type_bits());
         Ok(match up {
-            UpperEntry::Whiteout => None,
-            UpperEntry::Dir { opaque, redirect } => {
-                let lower = if opaque {
-                    None
-                } else if let Some(r) = redirect {
-                    if r.starts_with(b"/") {
-                        tree.resolve(&r)
-                    } else {
-                        parent.lower.and_then(|pl| tree.lookup(pl, &r))
+            UpperEntry::Whiteout { .. } => None,
+            UpperEntry::Entry {
+                role: Role::Dir { opaque, redirect },
+                ..
+            } => {
+                let lower = match (opaque, redirect) {
+                    (true, _) => None,
+                    (false, Some(Redirect::Absolute(p))) => tree.resolve(&p),
+                    (false, Some(Redirect::Relative(n))) => {
+                        parent.lower.and_then(|pl| tree.lookup(pl, &n))
                     }
-                } else {
-                    lower_child
+                    (false, None) => lower_child,
                 };
                 let lower = lower.filter(|&id| lower_type(id) == Some(libc::S_IFDIR));
                 Some(Child {
@@ -107,7 +108,7 @@ impl Cow {
                     file_type: libc::S_IFDIR,
                 })
             }
-            UpperEntry::Other {
+            UpperEntry::Entry {
                 mode, ino, nlink, ..
             } => {
                 let ft = mode & libc::S_IFMT;

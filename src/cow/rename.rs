@@ -17,7 +17,8 @@ use crate::sys::DirFd;
 use crate::tree::LowerTree;
 use crate::tree::node::NodeId;
 use crate::upper::copy_up::CopyMode;
-use crate::upper::{Format, UpperEntry, remove_tree};
+use crate::upper::format::name_is_free;
+use crate::upper::{Flag, UpperEntry, remove_tree};
 use crate::view::{Ino, OpResult};
 
 /// What a rename does to an existing target (`renameat2(2)` flags).
@@ -107,6 +108,10 @@ impl Cow {
         flags: u32,
     ) -> OpResult<()> {
         let how = How::from_flags(flags)?;
+        if !name_is_free(newname) {
+            // A name the upper's format reserves, as for a new entry.
+            return Err(Errno::EINVAL);
+        }
         let (name, newname) = (OsStr::from_bytes(name), OsStr::from_bytes(newname));
         let _ns = lock(&self.ns)?;
         let Some(r) = self.rename_check(how, (parent, name), (newparent, newname))? else {
@@ -188,17 +193,21 @@ impl Cow {
                 remove_tree(&ddir, newname).map_err(errno)?;
             }
         }
-        let over_whiteout = matches!(
-            self.upper.classify(&ddir, newname).map_err(errno)?,
-            UpperEntry::Whiteout
-        );
-        if over_whiteout && src.file_type == libc::S_IFDIR {
+        let whiteout = match self.upper.classify(&ddir, newname).map_err(errno)? {
+            UpperEntry::Whiteout { beside } => Some(beside),
+            _ => None,
+        };
+        if whiteout == Some(false) && src.file_type == libc::S_IFDIR {
             // rename(2) cannot put a directory over a character device.
-            self.upper.clear_whiteout(&ddir, newname).map_err(errno)?;
+            self.upper
+                .clear_whiteout(&ddir, newname, false)
+                .map_err(errno)?;
         }
         sdir.rename(name, &ddir, newname, 0).map_err(errno)?;
-        if self.upper.format == Format::User {
-            self.upper.clear_whiteout(&ddir, newname).map_err(errno)?;
+        if whiteout == Some(true) {
+            self.upper
+                .clear_whiteout(&ddir, newname, true)
+                .map_err(errno)?;
         }
         self.fix_moved_dir(&ddir, newname, &src, lower_at_dst)?;
         if lower_at_src {
@@ -258,12 +267,12 @@ impl Cow {
                 let mut abs = b"/".to_vec();
                 abs.extend_from_slice(&path);
                 self.upper
-                    .set_flag(dir, name, "redirect", &abs)
+                    .set_flag(dir, name, Flag::Redirect, &abs)
                     .map_err(errno)
             }
             None if lower_at_new => self
                 .upper
-                .set_flag(dir, name, "opaque", b"y")
+                .set_flag(dir, name, Flag::Opaque, b"y")
                 .map_err(errno),
             None => Ok(()),
         }
