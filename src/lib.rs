@@ -20,6 +20,7 @@ pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod logger;
+pub mod merge;
 pub mod mount;
 pub mod stack;
 pub mod sys;

@@ -15,9 +15,10 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{Error, Result};
+use crate::merge;
 use crate::tree::LowerTree;
-use crate::tree::node::{NodeId, NodeKind};
-use crate::upper::format::{Redirect, Role};
+use crate::tree::node::NodeId;
+use crate::upper::format::Role;
 pub use diff::{Change, ChangeKind, diff, print};
 pub use scan::{UpperKind, UpperNode, UpperTree, classify, view_dir};
 
@@ -84,23 +85,6 @@ impl<'a> MergedView<'a> {
         self.tree.node(id).is_some_and(|n| n.is_dir())
     }
 
-    fn is_file(&self, id: NodeId) -> bool {
-        self.tree
-            .node(id)
-            .is_some_and(|n| matches!(n.kind, NodeKind::File(_)))
-    }
-
-    /// The lower node an upper entry named `name` in a directory whose lower directory is
-    /// `parent` takes content from, as overlayfs's lookup finds it: an absolute redirect
-    /// starts again from the lower root, even below an opaque directory.
-    fn origin(&self, parent: Option<NodeId>, name: &[u8], r: Option<&Redirect>) -> Option<NodeId> {
-        match r {
-            Some(Redirect::Absolute(p)) => self.tree.resolve(p),
-            Some(Redirect::Relative(n)) => self.tree.lookup(parent?, n),
-            None => self.tree.lookup(parent?, name),
-        }
-    }
-
     /// The entries of a merged directory (`path` only names it in errors); empty for a
     /// non-directory.
     pub fn dir(&self, path: &[u8], m: &Merged<'a>) -> Result<MergedDir<'a>> {
@@ -123,42 +107,26 @@ impl<'a> MergedView<'a> {
         };
         let view = view_dir(children).map_err(|(name, e)| self.bad(&join(path, &name), e))?;
         for (name, (child, role)) in &view {
-            let merged = match role {
-                Role::Whiteout => {
-                    out.whiteouts.push((name.to_vec(), *child));
-                    continue;
-                }
-                Role::Dir { opaque, redirect } => Merged::Upper {
-                    node: child,
-                    lower: self
-                        .origin(lower, name, redirect.as_ref())
-                        .filter(|&id| !opaque && self.is_dir(id)),
-                    metacopy: false,
-                },
-                Role::Metacopy { redirect } => {
-                    let data = self
-                        .origin(lower, name, redirect.as_ref())
-                        .filter(|&id| self.is_file(id));
-                    if data.is_none() {
-                        return Err(self.bad(
-                            &join(path, name),
-                            "metadata-only copy without a lower file to take its data from",
-                        ));
-                    }
-                    Merged::Upper {
-                        node: child,
-                        lower: data,
-                        metacopy: true,
-                    }
-                }
-                Role::Plain => Merged::Upper {
-                    node: child,
-                    lower: None,
-                    metacopy: false,
-                },
+            if *role == Role::Whiteout {
+                out.whiteouts.push((name.to_vec(), *child));
+                continue;
+            }
+            let origin = merge::origin(self.tree, lower, name, role);
+            let metacopy = matches!(role, Role::Metacopy { .. });
+            if metacopy && origin.is_none() {
+                return Err(self.bad(
+                    &join(path, name),
+                    "metadata-only copy without a lower file to take its data from",
+                ));
+            }
+            let merged = Merged::Upper {
+                node: child,
+                lower: origin,
+                metacopy,
             };
             out.entries.insert(name.to_vec(), merged);
         }
+        // Names the upper leaves alone show the lower entry.
         if let Some(d) = lower {
             for e in self.tree.children(d) {
                 let name = self.tree.name(e);
@@ -193,24 +161,9 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 /// Upper and lower trees built in memory, for the tests of this module and its users.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use std::path::PathBuf;
-
     use super::{UpperKind, UpperNode};
-    use crate::image::container::BlobLoc;
-    use crate::layer::LayerIndex;
-    use crate::layer::data::LayerData;
-    use crate::layer::entry::{EntryKind, LayerEntry, Meta, Xattr};
-    use crate::layer::prepare::PreparedLayer;
-    use crate::tree::LowerTree;
-
-    /// Attributes of every entry.
-    pub const META: Meta = Meta {
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: 100,
-        mtime_nsec: 0,
-    };
+    use crate::layer::entry::Xattr;
+    pub use crate::merge::cases::{META, lower};
 
     pub fn x(k: &str, v: &str) -> Xattr {
         (k.as_bytes().into(), v.as_bytes().into())
@@ -241,33 +194,96 @@ pub(crate) mod fixtures {
     pub fn whiteout() -> UpperNode {
         node(UpperKind::CharDev { major: 0, minor: 0 }, vec![])
     }
+}
 
-    /// A one-layer lower tree: `(path, is a directory)`; files are empty.
-    pub fn lower(entries: &[(&str, bool)]) -> LowerTree {
-        let entries = entries
-            .iter()
-            .map(|(p, is_dir)| LayerEntry {
-                path: p.as_bytes().into(),
-                meta: META,
-                kind: if *is_dir {
-                    EntryKind::Dir
-                } else {
-                    EntryKind::File { offset: 0, size: 0 }
-                },
-                xattrs: Vec::new(),
-            })
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::fixtures::{dir, file, node, whiteout, x};
+    use super::*;
+    use crate::merge::cases::{CASES, Case, LOWER, Up, Want, lower, redirect_value, role};
+
+    /// A case's upper, read whole: the root, the case's directory, the entry.
+    fn upper_of(c: &Case) -> UpperTree {
+        let flag = |k: &str, v: Vec<u8>| (format!("trusted.overlay.{k}").into_bytes(), v);
+        let mut xattrs = Vec::new();
+        if let Some(Role::Dir { opaque: true, .. }) = role(c.up) {
+            xattrs.push(flag("opaque", b"y".to_vec()));
+        }
+        if let Some(Role::Dir { redirect, .. } | Role::Metacopy { redirect }) = role(c.up) {
+            if let Some(r) = redirect {
+                xattrs.push(flag("redirect", redirect_value(&r)));
+            }
+        }
+        let xattrs: Vec<_> = xattrs
+            .into_iter()
+            .map(|(k, v)| (k.into_boxed_slice(), v.into_boxed_slice()))
             .collect();
-        let layer = PreparedLayer {
-            index: LayerIndex {
-                entries,
-                tar_size: 0,
-            },
-            data: LayerData::host(BlobLoc {
-                file: PathBuf::new(),
-                offset: 0,
-                len: 0,
-            }),
+        let entry = match c.up {
+            Up::Nothing => None,
+            Up::Whiteout => Some(whiteout()),
+            Up::Dir(..) => Some(dir(&[], xattrs)),
+            Up::Metacopy(_) => {
+                let mut xattrs = xattrs;
+                xattrs.push(x("trusted.overlay.metacopy", ""));
+                Some(node(UpperKind::File { size: 0 }, xattrs))
+            }
+            Up::File => Some(file(1)),
         };
-        LowerTree::build(&[layer]).unwrap()
+        let kids: Vec<(&str, UpperNode)> = entry.into_iter().map(|e| (c.name, e)).collect();
+        let root = match c.dir {
+            "" => dir(&kids, vec![]),
+            d => {
+                let opaque = match c.opaque {
+                    true => vec![x("user.overlay.opaque", "y")],
+                    false => vec![],
+                };
+                dir(&[(d, dir(&kids, opaque))], vec![])
+            }
+        };
+        UpperTree {
+            path: PathBuf::from("/upper"),
+            root,
+        }
+    }
+
+    /// The merge rule's table, through the upper read whole.
+    #[test]
+    fn merged_view_follows_the_merge_table() {
+        let tree = lower(LOWER);
+        for c in CASES {
+            let upper = upper_of(c);
+            let view = MergedView::new(&tree, &upper);
+            let root = view.root().unwrap();
+            let parent = match c.dir {
+                "" => root,
+                d => view.dir(b"", &root).unwrap().entries[d.as_bytes()],
+            };
+            let listed = view.dir(c.dir.as_bytes(), &parent);
+            let id = |p: &str| tree.resolve(p.as_bytes());
+            match (c.want, role(c.up)) {
+                // diff and commit cannot do without a metadata-only copy's data.
+                (Want::Upper(None), Some(Role::Metacopy { .. })) => {
+                    assert!(listed.is_err(), "{c:?}");
+                }
+                (Want::Nothing, _) => {
+                    let entries = listed.unwrap().entries;
+                    assert!(!entries.contains_key(c.name.as_bytes()), "{c:?}");
+                }
+                (Want::Lower(p), _) => {
+                    let got = listed.unwrap().entries[c.name.as_bytes()];
+                    assert!(matches!(got, Merged::Lower(l) if Some(l) == id(p)), "{c:?}");
+                }
+                (Want::Upper(origin), _) => {
+                    let got = listed.unwrap().entries[c.name.as_bytes()];
+                    let want = origin.and_then(id);
+                    assert!(
+                        matches!(got, Merged::Upper { lower, .. } if lower == want),
+                        "{c:?}: {got:?}"
+                    );
+                }
+            }
+        }
     }
 }

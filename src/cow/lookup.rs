@@ -12,10 +12,10 @@ use nix::errno::Errno;
 
 use super::inodes::{Child, Inode};
 use super::{Cow, errno, join, stat_attr};
+use crate::merge::{self, Found};
 use crate::sys::DirFd;
 use crate::tree::LowerTree;
 use crate::tree::node::{NodeId, NodeKind};
-use crate::upper::format::Redirect;
 use crate::upper::{Role, UpperEntry};
 use crate::view::{Attr, Fh, Ino, MAX_NAME_LEN, OpResult};
 
@@ -70,7 +70,7 @@ impl Cow {
             .and_then(|pl| self.tree().lookup(pl, name.as_bytes()))
     }
 
-    /// Resolves `name` in the directory inode `parent` (at `ppath`).
+    /// Resolves `name` in the directory inode `parent` (at `ppath`), by the merge rule.
     pub(super) fn resolve_child(
         &self,
         parent: &Inode,
@@ -84,51 +84,47 @@ impl Cow {
         } else {
             UpperEntry::Absent
         };
-        let lower_child = self.lower_child(parent, name);
-        let lower_type = |id: NodeId| tree.node(id).map(|n| n.kind.file_type_bits());
-        Ok(match up {
-            UpperEntry::Whiteout { .. } => None,
+        let whiteout = Role::Whiteout;
+        let (role, stat) = match &up {
+            UpperEntry::Absent => (None, None),
+            UpperEntry::Whiteout { .. } => (Some(&whiteout), None),
             UpperEntry::Entry {
-                role: Role::Dir { opaque, redirect },
-                ..
-            } => {
-                let lower = match (opaque, redirect) {
-                    (true, _) => None,
-                    (false, Some(Redirect::Absolute(p))) => tree.resolve(&p),
-                    (false, Some(Redirect::Relative(n))) => {
-                        parent.lower.and_then(|pl| tree.lookup(pl, &n))
-                    }
-                    (false, None) => lower_child,
-                };
-                let lower = lower.filter(|&id| lower_type(id) == Some(libc::S_IFDIR));
-                Some(Child {
-                    lower,
-                    upper: true,
-                    linked: None,
-                    file_type: libc::S_IFDIR,
-                })
-            }
-            UpperEntry::Entry {
-                mode, ino, nlink, ..
-            } => {
-                let ft = mode & libc::S_IFMT;
-                let lower = lower_child.filter(|&id| lower_type(id) == Some(ft));
-                Some(Child {
-                    lower,
-                    upper: true,
-                    linked: (nlink > 1).then_some(ino),
-                    file_type: ft,
-                })
-            }
-            UpperEntry::Absent => lower_child.and_then(|id| {
-                lower_type(id).map(|ft| Child {
+                role,
+                mode,
+                ino,
+                nlink,
+            } => (Some(role), Some((*mode & libc::S_IFMT, *ino, *nlink))),
+        };
+        let type_of = |id: NodeId| tree.node(id).map(|n| n.kind.file_type_bits());
+        Ok(
+            match merge::child(tree, parent.lower, name.as_bytes(), role) {
+                Found::Nothing => None,
+                Found::Lower(id) => type_of(id).map(|ft| Child {
                     lower: Some(id),
                     upper: false,
                     linked: None,
                     file_type: ft,
-                })
-            }),
-        })
+                }),
+                Found::Upper { lower } => {
+                    let (ft, ino, nlink) = stat.ok_or(Errno::EIO)?;
+                    // A non-directory copied up whole still is the lower entry of its name and
+                    // type, for its inode number and its hard links.
+                    let lower = match ft == libc::S_IFDIR {
+                        true => lower,
+                        false => lower.or_else(|| {
+                            self.lower_child(parent, name)
+                                .filter(|&id| type_of(id) == Some(ft))
+                        }),
+                    };
+                    Some(Child {
+                        lower,
+                        upper: true,
+                        linked: (ft != libc::S_IFDIR && nlink > 1).then_some(ino),
+                        file_type: ft,
+                    })
+                }
+            },
+        )
     }
 
     /// Registers (or refreshes) the inode at `(parent, name)` and counts a lookup if asked.

@@ -28,6 +28,8 @@ mod io;
 mod lookup;
 mod remove;
 mod rename;
+#[cfg(test)]
+mod tests;
 mod xattr;
 
 use std::collections::HashMap;
