@@ -26,8 +26,8 @@ use log::debug;
 use crate::view::{BLOCK_SIZE, DirListing, Features, Fh, MAX_NAME_LEN, SetAttr, View};
 use backing::Backing;
 use convert::{
-    TTL, caller, decode_dev, errno, file_attr, file_type, ino, reply_attr, reply_empty,
-    reply_entry, reply_xattr, show, timespec,
+    TTL, caller, decode_dev, errno, file_attr, file_type, ino, listed_file_attr, reply_attr,
+    reply_empty, reply_entry, reply_xattr, show, timespec,
 };
 
 /// Largest read the kernel is asked to send at once (with `FUSE_MAX_PAGES`).
@@ -312,10 +312,17 @@ impl Filesystem for Fuse {
             Ok(x) => x,
             Err(e) => return reply.error(errno(e)),
         };
+        let attr = match file_attr(&a) {
+            Ok(attr) => attr,
+            Err(e) => {
+                self.view.release(fh);
+                return reply.error(errno(e));
+            }
+        };
         let modes = self
             .backing
             .open(&*self.view, a.ino, fh, |f| reply.open_backing(f));
-        let (attr, h, g) = (file_attr(&a), FileHandle(fh.0), Generation(0));
+        let (h, g) = (FileHandle(fh.0), Generation(0));
         match modes.id(a.ino) {
             Some(id) => reply.created_passthrough(&TTL, &attr, g, h, FopenFlags::empty(), id),
             None => reply.created(&TTL, &attr, g, h, self.cached_open()),
@@ -464,9 +471,9 @@ impl Filesystem for Fuse {
         let mut failed = None;
         let mut add = |l: DirListing<'_>| match self.view.listed_attr(ino(i), &l) {
             Ok(a) => {
+                let (attr, ttl) = listed_file_attr(&a);
                 let name = OsStr::from_bytes(l.name);
-                let attr = file_attr(&a);
-                reply.add(INodeNo(l.ino.0), l.next, name, &TTL, &attr, Generation(0))
+                reply.add(INodeNo(l.ino.0), l.next, name, &ttl, &attr, Generation(0))
             }
             Err(e) => {
                 failed = Some(e);
