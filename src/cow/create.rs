@@ -12,7 +12,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use super::io::Handle;
-use super::{Cow, errno, lock, stat_attr};
+use super::{Cow, errno, stat_attr};
 use crate::sys::DirFd;
 use crate::upper::copy_up::CopyMode;
 use crate::upper::format::name_is_free;
@@ -117,7 +117,7 @@ impl Cow {
         who: Caller,
     ) -> OpResult<(Attr, Fh)> {
         let name = OsStr::from_bytes(name);
-        let _ns = lock(&self.ns)?;
+        let _change = self.change_names()?;
         let at = self.prepare_new(parent, name)?;
         self.install(&at.dir, name, who, false, |w, tmp| {
             w.open_file(
@@ -136,7 +136,7 @@ impl Cow {
     /// Creates a directory (opaque where it replaces a deleted lower entry).
     pub(super) fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, who: Caller) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
-        let _ns = lock(&self.ns)?;
+        let _change = self.change_names()?;
         let at = self.prepare_new(parent, name)?;
         self.install(&at.dir, name, who, at.hides_lower, |w, tmp| {
             w.mkdir(tmp, mode & 0o7777)
@@ -155,7 +155,7 @@ impl Cow {
         who: Caller,
     ) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
-        let _ns = lock(&self.ns)?;
+        let _change = self.change_names()?;
         let at = self.prepare_new(parent, name)?;
         self.install(&at.dir, name, who, false, |w, tmp| w.mknod(tmp, mode, rdev))?;
         self.created(parent, name, mode & libc::S_IFMT, &at.dir)
@@ -170,7 +170,7 @@ impl Cow {
         who: Caller,
     ) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
-        let _ns = lock(&self.ns)?;
+        let _change = self.change_names()?;
         let at = self.prepare_new(parent, name)?;
         self.install(&at.dir, name, who, false, |w, tmp| {
             w.symlink(OsStr::from_bytes(target), tmp)
@@ -187,7 +187,7 @@ impl Cow {
         who: Caller,
     ) -> OpResult<Attr> {
         let newname = OsStr::from_bytes(newname);
-        let _ns = lock(&self.ns)?;
+        let _change = self.change_names()?;
         let i = self.inode(ino)?;
         if i.is_dir() {
             return Err(Errno::EPERM);

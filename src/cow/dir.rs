@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
 
@@ -61,9 +62,21 @@ impl Cow {
         if let Some(n) = lock(&self.dir_nlink)?.get(&ino) {
             return Ok(*n);
         }
+        let before = self.names.load(Ordering::SeqCst);
         let n = self.merged_nlink(ino)?;
-        lock(&self.dir_nlink)?.insert(ino, n);
+        self.keep_nlink(ino, n, before)?;
         Ok(n)
+    }
+
+    /// Caches a link count counted since the namespace generation was `before`, unless a name
+    /// changed since: a change made after the listing may have dropped the cached count
+    /// already, and this one would stay wrong.
+    pub(super) fn keep_nlink(&self, ino: Ino, n: u32, before: u64) -> OpResult<()> {
+        let mut cache = lock(&self.dir_nlink)?;
+        if before % 2 == 0 && self.names.load(Ordering::SeqCst) == before {
+            cache.insert(ino, n);
+        }
+        Ok(())
     }
 
     /// Forgets the cached link count of a directory whose subdirectories changed.
@@ -74,7 +87,7 @@ impl Cow {
     }
 
     /// `2 + subdirectories` of a merged directory.
-    fn merged_nlink(&self, ino: Ino) -> OpResult<u32> {
+    pub(super) fn merged_nlink(&self, ino: Ino) -> OpResult<u32> {
         let i = self.inode(ino)?;
         let path = self.path_of(ino)?;
         let tree = self.tree();
@@ -178,11 +191,13 @@ impl Cow {
 
     /// Syncs a directory's upper copy.
     pub(super) fn fsyncdir(&self, ino: Ino) -> OpResult<()> {
-        let i = self.inode(ino)?;
-        if !i.upper {
-            return Ok(());
+        let dir = self.stable(|| match self.inode(ino)?.upper {
+            true => self.upper_dir(&self.path_of(ino)?).map(Some),
+            false => Ok(None),
+        })?;
+        match dir {
+            Some(d) => d.sync().map_err(errno),
+            None => Ok(()),
         }
-        let d = self.upper_dir(&self.path_of(ino)?)?;
-        d.sync().map_err(errno)
     }
 }

@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use nix::errno::Errno;
 
 use crate::tree::node::NodeId;
-use crate::view::{Ino, OpResult};
+use crate::view::{Attr, Ino, OpResult};
 
 /// Deepest directory nesting walked when building a path.
 pub(super) const MAX_DEPTH: usize = 4096;
@@ -45,6 +45,9 @@ pub(super) struct Inode {
     pub names: u32,
     /// No name leads here any more: the inode lives on only through open files.
     pub unlinked: bool,
+    /// Its attributes when it lost its last name, if it had an upper entry then: what it
+    /// answers for as long as open files still reach it.
+    pub last: Option<Attr>,
 }
 
 impl Inode {
@@ -59,6 +62,7 @@ impl Inode {
             lookups: 0,
             names: 0,
             unlinked: false,
+            last: None,
         }
     }
 
@@ -106,6 +110,7 @@ impl Inodes {
             lookups: 1,
             names: 0,
             unlinked: false,
+            last: None,
         };
         Inodes {
             map: HashMap::from([(Ino::ROOT, root)]),
@@ -142,8 +147,17 @@ impl Inodes {
             i.names += 1;
             if i.unlinked {
                 i.unlinked = false;
+                i.last = None;
                 (i.parent, i.name) = key;
             }
+        }
+    }
+
+    /// Keeps `attr` (taken before its entry went) as what `ino` answers if it is now
+    /// unlinked.
+    pub fn remember(&mut self, ino: Ino, attr: Option<Attr>) {
+        if let Some(i) = self.map.get_mut(&ino).filter(|i| i.unlinked) {
+            i.last = attr.map(|a| Attr { nlink: 0, ..a });
         }
     }
 
@@ -430,6 +444,35 @@ mod tests {
         assert!(t.get(f).is_some());
         t.forget(f, 1);
         assert!(t.get(f).is_none());
+    }
+
+    #[test]
+    fn inodes_remember_attributes_of_unlinked_inodes_only() {
+        let mut t = table();
+        let a = Attr {
+            ino: Ino(0),
+            mode: libc::S_IFREG | 0o640,
+            nlink: 1,
+            uid: 1,
+            gid: 2,
+            size: 3,
+            blocks: 0,
+            rdev: 0,
+            mtime: 4,
+            mtime_nsec: 5,
+        };
+        let f = t.register(Ino::ROOT, OsStr::new("f"), &upper(40, 2), true);
+        t.linked(key(Ino::ROOT, "g"), f, 40);
+        // Still named elsewhere: nothing to remember.
+        t.unbind(&key(Ino::ROOT, "f"));
+        t.remember(f, Some(a));
+        assert_eq!(t.get(f).unwrap().last, None);
+        t.unbind(&key(Ino::ROOT, "g"));
+        t.remember(f, Some(a));
+        assert_eq!(t.get(f).unwrap().last, Some(Attr { nlink: 0, ..a }));
+        // Named again (a link made through /proc): the entry answers for itself again.
+        t.bind(key(Ino::ROOT, "h"), f);
+        assert_eq!(t.get(f).unwrap().last, None);
     }
 
     #[test]

@@ -128,17 +128,25 @@ impl Cow {
         if let Some(f) = self.file_handle(fh)? {
             return pread(&f, offset, size);
         }
-        let i = self.inode(ino)?;
-        if i.upper && !i.unlinked && !self.is_metacopy(ino)? {
+        // The upper file, opened by its path (with the names still); the read itself takes
+        // no lock.
+        let upper = self.stable(|| {
+            let i = self.inode(ino)?;
+            if !i.upper || i.unlinked || self.is_metacopy(ino)? {
+                return Ok(Err(i));
+            }
             let path = self.path_of(ino)?;
             let (dir, name) = self.split(&path)?;
-            let f = dir
-                .open_file(name.ok_or(Errno::EISDIR)?, libc::O_RDONLY, 0)
-                .map_err(errno)?;
-            return pread(&f, offset, size);
+            let f = dir.open_file(name.ok_or(Errno::EISDIR)?, libc::O_RDONLY, 0);
+            Ok(Ok(f.map_err(errno)?))
+        })?;
+        match upper {
+            Ok(f) => pread(&f, offset, size),
+            Err(i) => {
+                let data = self.lower_data(&i)?;
+                self.lower.read_data(&data, offset, size)
+            }
         }
-        let data = self.lower_data(&i)?;
-        self.lower.read_data(&data, offset, size)
     }
 
     /// Writes to an open file; `kill` (the kernel's `FUSE_WRITE_KILL_SUIDGID`): the writer

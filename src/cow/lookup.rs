@@ -184,12 +184,18 @@ impl Cow {
 
     /// Looks `name` up in `parent`.
     pub(super) fn lookup(&self, parent: Ino, name: &[u8]) -> OpResult<Attr> {
-        let (p, ppath) = self.dir_for(parent, name)?;
-        let name = OsStr::from_bytes(name);
-        let c = self.resolve_child(&p, &ppath, name)?.ok_or(Errno::ENOENT)?;
-        let ino = self.register(parent, name, &c, true)?;
-        let i = self.inode(ino)?;
-        self.attr(ino, &i, &join(&ppath, name))
+        let name_os = OsStr::from_bytes(name);
+        let c = self.stable(|| {
+            let (p, ppath) = self.dir_for(parent, name)?;
+            self.resolve_child(&p, &ppath, name_os)
+        })?;
+        // Registered by the parent's inode and the name, which a rename of the parent (or of
+        // a directory above it) since then leaves right.
+        let ino = self.register(parent, name_os, &c.ok_or(Errno::ENOENT)?, true)?;
+        self.stable(|| {
+            let i = self.inode(ino)?;
+            self.attr(ino, &i, &join(&self.path_of(parent)?, name_os))
+        })
     }
 
     /// Drops `n` kernel references; a deleted inode with none left is forgotten.
@@ -206,21 +212,30 @@ impl Cow {
             let m = f.metadata().map_err(errno)?;
             return Ok(meta_attr(ino, &m));
         }
-        let i = self.inode(ino)?;
-        if i.unlinked {
-            // Only open descriptors still reach it: a lower file no name shows any more.
-            let id = i.lower.ok_or(Errno::ESTALE)?;
-            return Ok(Attr {
-                nlink: 0,
-                ..self.lower.lower_attr(id, ino)?
-            });
-        }
-        let path = self.path_of(ino)?;
-        self.attr(ino, &i, &path)
+        self.stable(|| {
+            let i = self.inode(ino)?;
+            if i.unlinked {
+                // Only open descriptors still reach it: it answers as its entry was when it
+                // went, or as the lower node it still is.
+                if let Some(a) = i.last {
+                    return Ok(Attr { ino, ..a });
+                }
+                let id = i.lower.ok_or(Errno::ESTALE)?;
+                return Ok(Attr {
+                    nlink: 0,
+                    ..self.lower.lower_attr(id, ino)?
+                });
+            }
+            self.attr(ino, &i, &self.path_of(ino)?)
+        })
     }
 
     /// Target of a symlink.
     pub(super) fn readlink(&self, ino: Ino) -> OpResult<Vec<u8>> {
+        self.stable(|| self.readlink_now(ino))
+    }
+
+    fn readlink_now(&self, ino: Ino) -> OpResult<Vec<u8>> {
         let i = self.inode(ino)?;
         if i.file_type != libc::S_IFLNK {
             return Err(Errno::EINVAL);

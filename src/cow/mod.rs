@@ -15,8 +15,12 @@
 //!    or update.
 //!
 //! Reads and writes on open files take only `handles`, briefly, and then do their I/O on an
-//! `Arc<File>` without any lock. Never panics on the request path: an impossible state
-//! answers `EIO` and logs at error.
+//! `Arc<File>` without any lock. Requests that only read (lookup, getattr, readlink, reads by
+//! inode, xattrs) take no `ns`: they find the upper entry by a path built from the inode
+//! table, and check that no name changed meanwhile (`names`, odd while a change is being
+//! made, from its first step on disk to its last in the table); if one did, the path may have
+//! named another entry, and they run again holding `ns`. Never panics on the request path:
+//! an impossible state answers `EIO` and logs at error.
 //! Dependencies: view (the lower view, shared types), upper, tree, sys, nix.
 
 mod attr;
@@ -36,6 +40,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use nix::errno::Errno;
@@ -55,6 +60,8 @@ pub struct Cow {
     lower: LowerView,
     upper: Upper,
     ns: Mutex<()>,
+    /// Namespace changes made, counted twice each (see the module header).
+    names: AtomicU64,
     inodes: RwLock<Inodes>,
     handles: Mutex<Handles>,
     /// Link counts of merged directories, computed once (a full listing) and dropped when a
@@ -80,6 +87,7 @@ impl Cow {
             lower,
             upper,
             ns: Mutex::new(()),
+            names: AtomicU64::new(0),
             inodes: RwLock::new(inodes),
             handles: Mutex::new(Handles::default()),
             dir_nlink: Mutex::new(HashMap::new()),
@@ -95,12 +103,51 @@ impl Cow {
         self.lower.tree()
     }
 
+    /// Takes `ns` for a namespace change (a name made, removed or moved), marked as under
+    /// way until the guard drops.
+    fn change_names(&self) -> OpResult<NameChange<'_>> {
+        let ns = lock(&self.ns)?;
+        self.names.fetch_add(1, Ordering::SeqCst);
+        Ok(NameChange {
+            names: &self.names,
+            _ns: ns,
+        })
+    }
+
+    /// Runs `op`, which reads the upper directory by paths built from the inode table,
+    /// without `ns`; runs it again holding `ns` if a name changed meanwhile. Holding `ns`
+    /// already, it runs once: no change can be under way.
+    fn stable<T>(&self, op: impl Fn() -> OpResult<T>) -> OpResult<T> {
+        let before = self.names.load(Ordering::SeqCst);
+        if before % 2 == 0 {
+            let r = op();
+            if self.names.load(Ordering::SeqCst) == before {
+                return r;
+            }
+        }
+        let _ns = lock(&self.ns)?;
+        op()
+    }
+
     fn read_inodes(&self) -> OpResult<std::sync::RwLockReadGuard<'_, Inodes>> {
         self.inodes.read().map_err(|_| poisoned())
     }
 
     fn write_inodes(&self) -> OpResult<std::sync::RwLockWriteGuard<'_, Inodes>> {
         self.inodes.write().map_err(|_| poisoned())
+    }
+}
+
+/// A namespace change under way, holding `ns` (see [`Cow::change_names`]). The count moves
+/// on before `ns` is released: fields drop after `drop` runs.
+struct NameChange<'a> {
+    names: &'a AtomicU64,
+    _ns: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for NameChange<'_> {
+    fn drop(&mut self) {
+        self.names.fetch_add(1, Ordering::SeqCst);
     }
 }
 

@@ -8,10 +8,10 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 
-use super::{Cow, errno, lock};
+use super::{Cow, errno, join};
 use crate::upper::copy_up::CopyMode;
 use crate::upper::remove_tree;
-use crate::view::{Ino, OpResult};
+use crate::view::{Attr, Ino, OpResult};
 
 impl Cow {
     /// Whether a merged directory has no entries.
@@ -35,7 +35,7 @@ impl Cow {
     }
 
     fn remove(&self, parent: Ino, name: &OsStr, want_dir: bool) -> OpResult<()> {
-        let _ns = lock(&self.ns)?;
+        let _change = self.change_names()?;
         let p = self.inode(parent)?;
         let ppath = self.path_of(parent)?;
         let c = self.resolve_child(&p, &ppath, name)?.ok_or(Errno::ENOENT)?;
@@ -63,6 +63,8 @@ impl Cow {
             // index=on keeps reporting the lower count).
             self.ensure_upper(ino, CopyMode::Full)?;
         }
+        // What it answers once unlinked, for open files: taken while its entry is there.
+        let last = self.last_attr(ino, &join(&ppath, name));
         let dir = self.upper_dir(&ppath)?;
         if self.lower_child(&p, name).is_some() {
             self.upper.whiteout(&dir, name).map_err(errno)?;
@@ -73,7 +75,16 @@ impl Cow {
         if is_dir {
             self.dirs_changed(parent);
         }
-        self.write_inodes()?.unbind(&(parent, name.to_os_string()));
+        let mut st = self.write_inodes()?;
+        st.unbind(&(parent, name.to_os_string()));
+        st.remember(ino, last);
         Ok(())
+    }
+
+    /// The attributes of `ino`'s upper entry at `path`, before a change may take its last
+    /// name (`None` when it has no upper entry: a lower node answers for itself).
+    pub(super) fn last_attr(&self, ino: Ino, path: &[u8]) -> Option<Attr> {
+        let i = self.inode(ino).ok().filter(|i| i.upper)?;
+        self.attr(ino, &i, path).ok()
     }
 }

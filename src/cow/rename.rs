@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use nix::errno::Errno;
 
 use super::inodes::{Child, Inode, MAX_DEPTH};
-use super::{Cow, errno, lock};
+use super::{Cow, errno, join};
 use crate::sys::DirFd;
 use crate::tree::LowerTree;
 use crate::tree::node::NodeId;
@@ -113,12 +113,24 @@ impl Cow {
             return Err(Errno::EINVAL);
         }
         let (name, newname) = (OsStr::from_bytes(name), OsStr::from_bytes(newname));
-        let _ns = lock(&self.ns)?;
+        let _change = self.change_names()?;
         let Some(r) = self.rename_check(how, (parent, name), (newparent, newname))? else {
             return Ok(());
         };
+        // What a replaced target answers once unlinked, for open files.
+        let replaced = match (&r.dst, r.how) {
+            (Some((_, d)), How::Replace) => {
+                let path = join(&r.dirs[1].1, newname);
+                Some((*d, self.last_attr(*d, &path)))
+            }
+            _ => None,
+        };
         self.rename_move(&r)?;
-        self.rename_rebind(&r)
+        self.rename_rebind(&r)?;
+        if let Some((d, last)) = replaced {
+            self.write_inodes()?.remember(d, last);
+        }
+        Ok(())
     }
 
     /// Resolves both ends and checks them; `None` when there is nothing to do.

@@ -255,3 +255,61 @@ fn cow_refuses_names_the_upper_format_reserves() {
     assert!(left.is_empty(), "{left:?}");
     assert!(cow.lookup(Ino::ROOT, b"top").is_ok());
 }
+
+/// A read that finds its entry by path, with a rename of a directory above it in between
+/// (as from another thread: the read holds no lock), runs again; the second run sees the
+/// names still.
+#[test]
+fn cow_reads_racing_a_rename_run_again() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = tree_with_data(t.path(), &[("a", None), ("a/f", Some(b"f"))]);
+    let cow = view(t.path(), tree, |_| {});
+    let a = cow.lookup(Ino::ROOT, b"a").unwrap().ino;
+    let f = cow.lookup(a, b"f").unwrap().ino;
+    // Copied up, so its attributes are read from the upper, by path.
+    let fh = cow.open(f, libc::O_WRONLY, ROOT).unwrap();
+    cow.release(fh);
+    let runs = std::cell::Cell::new(0);
+    let got = cow.stable(|| {
+        runs.set(runs.get() + 1);
+        let path = cow.path_of(f)?;
+        if runs.get() == 1 {
+            cow.rename(Ino::ROOT, b"a", Ino::ROOT, b"b", 0).unwrap();
+        }
+        let i = cow.inode(f)?;
+        cow.attr(f, &i, &path)
+    });
+    assert_eq!(runs.get(), 2);
+    assert_eq!(got.map(|a| a.size), Ok(1));
+    // Without a change in between, once.
+    runs.set(0);
+    let once = cow.stable(|| {
+        runs.set(runs.get() + 1);
+        Ok(())
+    });
+    assert_eq!(once, Ok(()));
+    assert_eq!(runs.get(), 1);
+}
+
+/// A merged directory's link count counted while a subdirectory is made in it is not kept:
+/// the count is stale, and the change has dropped the cached one already.
+#[test]
+fn cow_link_count_counted_across_a_change_is_not_cached() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = tree_with_data(t.path(), &[("d", None), ("d/sub", None)]);
+    let cow = view(t.path(), tree, |_| {});
+    let d = cow.lookup(Ino::ROOT, b"d").unwrap().ino;
+    // Counted (as a getattr without the namespace lock would), then a mkdir lands before
+    // the count is stored.
+    let before = cow.names.load(std::sync::atomic::Ordering::SeqCst);
+    let stale = cow.merged_nlink(d).unwrap();
+    cow.mkdir(d, b"new", 0o755, ROOT).unwrap();
+    cow.keep_nlink(d, stale, before).unwrap();
+    assert_eq!(stale, 3);
+    assert_eq!(cow.getattr(d, None).unwrap().nlink, 4);
+    // Counted with no change in between: kept, and dropped by the next change.
+    assert_eq!(cow.cached_nlink(d).unwrap(), 4);
+    assert_eq!(cow.dir_nlink.lock().unwrap().get(&d), Some(&4));
+    cow.rmdir(d, b"new").unwrap();
+    assert_eq!(cow.getattr(d, None).unwrap().nlink, 3);
+}

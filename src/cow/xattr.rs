@@ -15,6 +15,10 @@ use crate::view::{Ino, OpResult, PROVENANCE_XATTR, View};
 impl Cow {
     /// An extended attribute (the image's, or the upper copy's once copied up).
     pub(super) fn getxattr(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
+        self.stable(|| self.getxattr_now(ino, name))
+    }
+
+    fn getxattr_now(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
         let i = self.inode(ino)?;
         if name == PROVENANCE_XATTR {
             // A directory merged with a lower one still comes from that layer; anything
@@ -63,6 +67,10 @@ impl Cow {
 
     /// The attribute names, NUL-terminated, without the overlay's private ones.
     pub(super) fn listxattr(&self, ino: Ino) -> OpResult<Vec<u8>> {
+        self.stable(|| self.listxattr_now(ino))
+    }
+
+    fn listxattr_now(&self, ino: Ino) -> OpResult<Vec<u8>> {
         let i = self.inode(ino)?;
         if !i.upper {
             return match i.lower {
