@@ -203,6 +203,7 @@ mod tests {
     use crate::changes::UpperKind;
     use crate::changes::UpperTree;
     use crate::changes::fixtures::{dir, file, lower, node, whiteout, x};
+    use crate::merge::cases::LOWER;
 
     fn changes(tree: &LowerTree, root: UpperNode) -> Vec<String> {
         let upper = UpperTree {
@@ -218,15 +219,8 @@ mod tests {
 
     #[test]
     fn diff_rules() {
-        let tree = lower(&[
-            ("a", true),
-            ("a/f", false),
-            ("a/sub", true),
-            ("a/sub/g", false),
-            ("b", true),
-            ("b/h", false),
-            ("top", false),
-        ]);
+        // a/ (f, sub/g), b/ (h), top
+        let tree = lower(LOWER);
         // Nothing in the upper but a copied-up root: no change.
         assert!(changes(&tree, dir(&[], vec![])).is_empty());
         // A deep new file: its parents are changed.

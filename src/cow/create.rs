@@ -107,6 +107,26 @@ impl Cow {
         Ok(stat_attr(ino, &st))
     }
 
+    /// Makes the entry `name` of `file_type` in `parent` with `build` (given the work
+    /// directory and a temporary name) and registers it; the caller is changing names. Returns
+    /// its attributes and the directory it is in.
+    fn make(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        who: Caller,
+        file_type: u32,
+        build: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<()>,
+    ) -> OpResult<(Attr, DirFd)> {
+        let at = self.prepare_new(parent, name)?;
+        let dir = file_type == libc::S_IFDIR;
+        self.install(&at.dir, name, who, dir && at.hides_lower, build)?;
+        if dir {
+            self.dirs_changed(parent);
+        }
+        Ok((self.created(parent, name, file_type, &at.dir)?, at.dir))
+    }
+
     /// Creates and opens a regular file.
     pub(super) fn create(
         &self,
@@ -118,18 +138,12 @@ impl Cow {
     ) -> OpResult<(Attr, Fh)> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let at = self.prepare_new(parent, name)?;
-        self.install(&at.dir, name, who, false, |w, tmp| {
-            w.open_file(
-                tmp,
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                mode & 0o7777,
-            )
-            .map(drop)
+        let (attr, dir) = self.make(parent, name, who, libc::S_IFREG, |w, tmp| {
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            w.open_file(tmp, flags, mode & 0o7777).map(drop)
         })?;
-        let attr = self.created(parent, name, libc::S_IFREG, &at.dir)?;
         let keep = flags & (libc::O_ACCMODE | libc::O_TRUNC);
-        let f = at.dir.open_file(name, keep, 0).map_err(errno)?;
+        let f = dir.open_file(name, keep, 0).map_err(errno)?;
         Ok((attr, self.new_handle(Handle::File(Arc::new(f)))?))
     }
 
@@ -137,12 +151,8 @@ impl Cow {
     pub(super) fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, who: Caller) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let at = self.prepare_new(parent, name)?;
-        self.install(&at.dir, name, who, at.hides_lower, |w, tmp| {
-            w.mkdir(tmp, mode & 0o7777)
-        })?;
-        self.dirs_changed(parent);
-        self.created(parent, name, libc::S_IFDIR, &at.dir)
+        let build = |w: &DirFd, tmp: &OsStr| w.mkdir(tmp, mode & 0o7777);
+        Ok(self.make(parent, name, who, libc::S_IFDIR, build)?.0)
     }
 
     /// Creates a device, fifo, socket or regular file node.
@@ -156,9 +166,8 @@ impl Cow {
     ) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let at = self.prepare_new(parent, name)?;
-        self.install(&at.dir, name, who, false, |w, tmp| w.mknod(tmp, mode, rdev))?;
-        self.created(parent, name, mode & libc::S_IFMT, &at.dir)
+        let build = |w: &DirFd, tmp: &OsStr| w.mknod(tmp, mode, rdev);
+        Ok(self.make(parent, name, who, mode & libc::S_IFMT, build)?.0)
     }
 
     /// Creates a symlink.
@@ -171,11 +180,8 @@ impl Cow {
     ) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let at = self.prepare_new(parent, name)?;
-        self.install(&at.dir, name, who, false, |w, tmp| {
-            w.symlink(OsStr::from_bytes(target), tmp)
-        })?;
-        self.created(parent, name, libc::S_IFLNK, &at.dir)
+        let build = |w: &DirFd, tmp: &OsStr| w.symlink(OsStr::from_bytes(target), tmp);
+        Ok(self.make(parent, name, who, libc::S_IFLNK, build)?.0)
     }
 
     /// Makes a hard link to `ino` (copied up first) as `newparent/newname`.

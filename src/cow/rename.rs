@@ -333,6 +333,7 @@ mod tests {
 
     #[test]
     fn rename_checks_table() {
+        use Errno::{EEXIST, EINVAL, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY};
         use How::*;
         type Case = (How, End, Option<End>, bool, bool, bool, OpResult<bool>);
         // (how, source, target, same name, into itself, target empty, verdict)
@@ -341,70 +342,22 @@ mod tests {
             (Replace, FILE, Some(FILE), false, false, true, Ok(true)),
             (Replace, DIR, None, false, false, true, Ok(true)),
             (Replace, DIR, Some(DIR), false, false, true, Ok(true)),
-            (
-                Replace,
-                DIR,
-                Some(DIR),
-                false,
-                false,
-                false,
-                Err(Errno::ENOTEMPTY),
-            ),
-            (
-                Replace,
-                DIR,
-                Some(FILE),
-                false,
-                false,
-                true,
-                Err(Errno::ENOTDIR),
-            ),
-            (
-                Replace,
-                FILE,
-                Some(DIR),
-                false,
-                false,
-                true,
-                Err(Errno::EISDIR),
-            ),
-            (Replace, DIR, None, false, true, true, Err(Errno::EINVAL)),
+            (Replace, DIR, Some(DIR), false, false, false, Err(ENOTEMPTY)),
+            (Replace, DIR, Some(FILE), false, false, true, Err(ENOTDIR)),
+            (Replace, FILE, Some(DIR), false, false, true, Err(EISDIR)),
+            (Replace, DIR, None, false, true, true, Err(EINVAL)),
             // A file "into itself" is a file moving into its own directory: fine.
             (Replace, FILE, None, false, true, true, Ok(true)),
             (Replace, FILE, Some(FILE), true, false, true, Ok(false)),
             (Replace, DIR, Some(DIR), true, true, false, Ok(false)),
-            (
-                NoReplace,
-                FILE,
-                Some(FILE),
-                false,
-                false,
-                true,
-                Err(Errno::EEXIST),
-            ),
-            (
-                NoReplace,
-                FILE,
-                Some(FILE),
-                true,
-                false,
-                true,
-                Err(Errno::EEXIST),
-            ),
+            (NoReplace, FILE, Some(FILE), false, false, true, Err(EEXIST)),
+            (NoReplace, FILE, Some(FILE), true, false, true, Err(EEXIST)),
             (NoReplace, DIR, None, false, false, true, Ok(true)),
-            (Exchange, FILE, None, false, false, true, Err(Errno::ENOENT)),
+            (Exchange, FILE, None, false, false, true, Err(ENOENT)),
             // An exchange swaps whatever the two are, full directories included.
             (Exchange, DIR, Some(FILE), false, false, false, Ok(true)),
             (Exchange, FILE, Some(DIR), false, false, false, Ok(true)),
-            (
-                Exchange,
-                DIR,
-                Some(DIR),
-                false,
-                true,
-                true,
-                Err(Errno::EINVAL),
-            ),
+            (Exchange, DIR, Some(DIR), false, true, true, Err(EINVAL)),
             (Exchange, FILE, Some(FILE), true, false, true, Ok(false)),
         ];
         for &(how, src, dst, same, into, empty, want) in cases {

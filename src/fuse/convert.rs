@@ -6,8 +6,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno as FErrno, FileAttr, FileType, Generation, INodeNo, ReplyAttr, ReplyEmpty, ReplyEntry,
-    ReplyXattr, Request, TimeOrNow,
+    Errno as FErrno, FileAttr, FileType, Generation, INodeNo, ReplyAttr, ReplyData, ReplyEmpty,
+    ReplyEntry, ReplyXattr, Request, TimeOrNow,
 };
 use nix::errno::Errno;
 
@@ -181,6 +181,14 @@ pub fn reply_entry(r: OpResult<Attr>, reply: ReplyEntry) {
 pub fn reply_attr(r: OpResult<Attr>, reply: ReplyAttr) {
     match r.and_then(|a| file_attr(&a)) {
         Ok(a) => reply.attr(&TTL, &a),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+/// Replies with bytes (readlink, read).
+pub fn reply_data(r: OpResult<Vec<u8>>, reply: ReplyData) {
+    match r {
+        Ok(data) => reply.data(&data),
         Err(e) => reply.error(errno(e)),
     }
 }

@@ -27,7 +27,7 @@ use crate::view::{BLOCK_SIZE, DirListing, Features, Fh, MAX_NAME_LEN, SetAttr, V
 use backing::Backing;
 use convert::{
     TTL, caller, decode_dev, errno, file_attr, file_type, ino, listed_file_attr, reply_attr,
-    reply_empty, reply_entry, reply_xattr, show, timespec,
+    reply_data, reply_empty, reply_entry, reply_xattr, show, timespec,
 };
 
 /// Largest read the kernel is asked to send at once (with `FUSE_MAX_PAGES`).
@@ -160,10 +160,7 @@ impl Filesystem for Fuse {
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
         debug!("readlink(ino={})", i.0);
-        match self.view.readlink(ino(i)) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_data(self.view.readlink(ino(i)), reply);
     }
 
     fn mknod(
@@ -360,10 +357,7 @@ impl Filesystem for Fuse {
             "read(ino={}, fh={}, offset={offset}, size={size})",
             i.0, fh.0
         );
-        match self.view.read(ino(i), Fh(fh.0), offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_data(self.view.read(ino(i), Fh(fh.0), offset, size), reply);
     }
 
     fn write(
