@@ -5,7 +5,7 @@
 //! What an upper entry means is [`crate::upper::format`]'s to say, for the live mount and
 //! for these alike: an upper written by any daemon (a root one in kernel overlayfs's format,
 //! an unprivileged one in the fallback format) reads the same here as mounted.
-//! Dependencies: upper::format, tree, layer (entry), sys, error.
+//! Dependencies: upper::format, merge, tree, layer (entry), sys, error.
 
 pub mod diff;
 pub mod scan;

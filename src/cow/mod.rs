@@ -21,7 +21,7 @@
 //! made, from its first step on disk to its last in the table); if one did, the path may have
 //! named another entry, and they run again holding `ns`. Never panics on the request path:
 //! an impossible state answers `EIO` and logs at error.
-//! Dependencies: view (the lower view, shared types), upper, tree, sys, nix.
+//! Dependencies: view (the lower view, shared types), upper, merge, tree, sys, nix.
 
 mod attr;
 mod copy;
