@@ -115,8 +115,9 @@ impl Cow {
     }
 
     /// Runs `op`, which reads the upper directory by paths built from the inode table,
-    /// without `ns`; runs it again holding `ns` if a name changed meanwhile. Holding `ns`
-    /// already, it runs once: no change can be under way.
+    /// without `ns`; runs it again holding `ns` if a name changed meanwhile. A caller that
+    /// holds `ns` (not for a name change of its own, which would wait for itself) runs it
+    /// once: no change can be under way.
     fn stable<T>(&self, op: impl Fn() -> OpResult<T>) -> OpResult<T> {
         let before = self.names.load(Ordering::SeqCst);
         if before % 2 == 0 {
