@@ -1,6 +1,6 @@
 //! Errors of the setup path (image, layer, tree, mount, CLI).
 //!
-//! The request path (FUSE operations) uses `nix::errno::Errno` instead; see `overlay.rs`.
+//! The request path (FUSE operations) uses `nix::errno::Errno` instead; see `view`.
 //! Every variant carries enough context to print a one-line message that names the file and
 //! the problem. Dependencies: std, thiserror.
 

@@ -1,17 +1,17 @@
 //! rimgfs: mount a container image as its merged filesystem.
 //!
-//! Data flows one way, each stage knowing only the one below:
+//! Data flows one way, each stage knowing only the ones before it:
 //! ```text
 //! image (sources, manifests) ─▶ layer (tar index, cache) ─▶ tree (merged lower, immutable)
-//!     ─▶ overlay (read operations, Result<_, Errno>) ─▶ cow (+ upper: writes, copy-up)
-//!     ─▶ fuse (thin adapter) ─▶ cli / mount
-//! changes (upper dir → A/C/D) ─▶ commit (new layer and image)
+//!     ─▶ upper (the upper directory: its format, copy-up) ─▶ merge (overlayfs's lookup rule)
+//!     ─▶ view (the read-only view; what both views share) ─▶ cow (the writable view)
+//!     ─▶ fuse (switchboard over one view) ─▶ mount ─▶ app (subcommands)
+//!          merge ─▶ changes (upper read whole, A/C/D) ─▶ commit (new layer and image)
 //! ```
-//! Nothing below `fuse` knows fuser types, so the logic is tested without a kernel.
+//! Nothing before `fuse` knows fuser types, so the logic is tested without a kernel.
 
 pub mod app;
 pub mod cache;
-
 pub mod changes;
 pub mod cli;
 pub mod commit;
@@ -21,12 +21,13 @@ pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod logger;
+pub mod merge;
 pub mod mount;
-pub mod overlay;
 pub mod stack;
 pub mod sys;
 pub mod tree;
 pub mod upper;
+pub mod view;
 
 use std::process::ExitCode;
 

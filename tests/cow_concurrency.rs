@@ -15,7 +15,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -431,4 +431,83 @@ fn cow_reopen_of_replaced_file_never_reaches_the_new_file() {
     assert_eq!(rlog[3], klog[3], "fstat of an unlinked upper file");
     assert_eq!(rlog[4], klog[4], "reading an unlinked upper file");
     assert_eq!(rlog[5], klog[5], "names after the unlink");
+}
+
+/// What `fstat` of a descriptor says once the entry it was opened on lost its name: an
+/// `O_PATH` descriptor carries no open file, so the daemon must answer for the inode itself.
+fn fstat_after_removal(dir: &Path, make: impl Fn(&Path) -> std::io::Result<()>) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let at = dir.join("victim");
+    let r = make(&at).and_then(|()| {
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(&at)?;
+        match std::fs::symlink_metadata(&at)?.is_dir() {
+            true => std::fs::remove_dir(&at)?,
+            false => std::fs::remove_file(&at)?,
+        }
+        held.metadata()
+    });
+    match r {
+        // Overlayfs reports merged directories' link counts as 1, removed or not.
+        Ok(m) if m.is_dir() => format!("dir mode={:o}", m.mode()),
+        Ok(m) => format!("nlink={} mode={:o} size={}", m.nlink(), m.mode(), m.len()),
+        Err(e) => format!("{:?}", e.raw_os_error()),
+    }
+}
+
+/// An entry removed while a process still holds it answers `stat` through that descriptor:
+/// the removed directory a reader had just opened, which the concurrent run above hit as
+/// ESTALE (`reader-subdir`), and removed files, with a link count of 0 as on kernel
+/// overlayfs.
+#[test]
+fn cow_removed_entries_answer_stat_through_descriptors() {
+    const SPEC: &str = "L0: dir /d; file /d/lower 0644 'l'; dir /d/lowerdir";
+    fn ops(m: &Path) -> Vec<String> {
+        let d = m.join("d");
+        let mut log = Vec::new();
+        log.push(fstat_after_removal(&d, |p| {
+            std::fs::DirBuilder::new().mode(0o750).create(p)
+        }));
+        log.push(fstat_after_removal(&d, |p| {
+            std::fs::write(p, "new")?;
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        }));
+        log.push(fstat_after_removal(&d, |p| {
+            std::fs::rename(d.join("lower"), p)
+        }));
+        log.push(fstat_after_removal(&d, |p| {
+            std::fs::rename(d.join("lowerdir"), p)
+        }));
+        log
+    }
+    let sb = Sandbox::new();
+    let def = ImageDef::from_spec(SPEC);
+    let image = sb.image(SPEC);
+    let lowers = extract_layers(&def.layers, &sb.path("lower"));
+    for d in ["k-upper", "k-work"] {
+        std::fs::create_dir_all(sb.path(d)).unwrap();
+    }
+    let Some(k) = require(
+        OverlayMount::mount(
+            &lowers,
+            Some((&sb.path("k-upper"), &sb.path("k-work"))),
+            KERNEL_OPTS,
+            &sb.path("k-mnt"),
+        )
+        .ok(),
+        "kernel overlayfs cannot be mounted here",
+    ) else {
+        return;
+    };
+    let klog = ops(&k.mnt);
+    k.unmount();
+    let Some(m) = common::harness::mount_with_upper(&image, &sb.cache(), &sb.path("r-upper"))
+    else {
+        return;
+    };
+    let rlog = ops(m.path());
+    m.unmount();
+    assert_eq!(rlog, klog, "left rimgfs, right kernel overlayfs");
 }

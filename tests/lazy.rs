@@ -13,9 +13,9 @@ use common::listing::Listing;
 use common::remote::{FileFetch, LayerBlob, estargz, open_remote, write_layout};
 use common::spec::{Spec, generated};
 use rimgfs::cache::{Cache, Policy};
-use rimgfs::overlay::{Overlay, ino_of};
 use rimgfs::stack::Stack;
 use rimgfs::tree::LowerTree;
+use rimgfs::view::{Ino, LowerView};
 use serde_json::json;
 
 /// A layer stack with small and big files, links, devices and xattrs; layer 1 holds files
@@ -60,14 +60,14 @@ fn layout(sb: &Sandbox, codec: Codec) -> std::path::PathBuf {
 }
 
 fn read_path(
-    ov: &Overlay,
+    ov: &LowerView,
     tree: &LowerTree,
     path: &str,
     offset: u64,
     size: u32,
 ) -> Result<Vec<u8>, nix::errno::Errno> {
     let id = tree.resolve(path.as_bytes()).expect("path exists");
-    ov.read(ino_of(id), offset, size)
+    ov.read(Ino::of(id), offset, size)
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn evicted_gzip_blob_is_fetched_again_span_by_span() {
     let stack = open_lazy(&dir, &fetch, &sb, quiet());
     let tree = stack.tree().unwrap();
     assert_eq!(fetch.total_requests(), 0, "mounting needs no blob data");
-    let ov = Overlay::new(Arc::new(tree), stack.layer_labels());
+    let ov = LowerView::new(Arc::new(tree), stack.layer_labels());
     // A read in the middle of the big file fetches the span(s) it needs, not the blob.
     let got = read_path(&ov, ov.tree(), "usr/big", 5 << 20, 4096).unwrap();
     assert_eq!(
@@ -177,7 +177,7 @@ fn estargz_mounts_from_its_toc_and_reads_one_chunk_per_small_file() {
         mount_bytes * 100 < blob_len,
         "mounting read {mount_bytes} of {blob_len} blob bytes"
     );
-    let ov = Overlay::new(Arc::new(tree), stack.layer_labels());
+    let ov = LowerView::new(Arc::new(tree), stack.layer_labels());
     let before = fetch.requests.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         read_path(&ov, ov.tree(), "usr/tail", 0, 1024).unwrap(),
@@ -237,7 +237,7 @@ fn reads_survive_faults_or_fail_with_eio_and_cached_data_stays_readable() {
     let dir = estargz_layout(&sb, 256 << 10);
     let fetch = FileFetch::new(&dir);
     let stack = open_lazy(&dir, &fetch, &sb, quiet());
-    let ov = Overlay::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
+    let ov = LowerView::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
     let big = generated(9_437_184, 9_437_184);
     let chunk = |i: usize| big[i << 18..(i << 18) + 100].to_vec();
     // Transient faults end in success after retries: an error, a short body, wrong bytes.
@@ -286,7 +286,7 @@ fn concurrent_readers_fetch_each_chunk_once() {
     let dir = estargz_layout(&sb, 1 << 20);
     let fetch = FileFetch::new(&dir);
     let stack = open_lazy(&dir, &fetch, &sb, quiet());
-    let ov = Overlay::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
+    let ov = LowerView::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
     fetch.faults().delay = std::time::Duration::from_millis(100);
     let before = fetch.requests.load(std::sync::atomic::Ordering::SeqCst);
     let big = generated(9_437_184, 9_437_184);
@@ -452,7 +452,7 @@ fn zstd_chunked_from_podman_mounts_from_its_toc() {
         "mounting read {} of {blob_len}",
         fetch.bytes()
     );
-    let ov = Overlay::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
+    let ov = LowerView::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
     let before = fetch.requests.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         read_path(&ov, ov.tree(), "d/small", 0, 1024).unwrap(),
@@ -572,7 +572,7 @@ struct InProcess {
 }
 
 impl InProcess {
-    fn mount(ov: Overlay, mnt: &Path) -> InProcess {
+    fn mount(ov: LowerView, mnt: &Path) -> InProcess {
         let args = rimgfs::cli::MountArgs {
             read_only: true,
             foreground: true,
@@ -631,7 +631,7 @@ fn lazy_image_through_fuse_reads_like_the_local_one() {
     let fetch = FileFetch::new(&dir);
     // No fill: the queue is per process, and another test here starts its own.
     let stack = open_lazy(&dir, &fetch, &sb, quiet());
-    let ov = Overlay::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
+    let ov = LowerView::new(Arc::new(stack.tree().unwrap()), stack.layer_labels());
     drop(stack);
     let mnt = sb.path("mnt");
     std::fs::create_dir_all(&mnt).unwrap();

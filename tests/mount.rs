@@ -362,6 +362,43 @@ fn mount_lookup_errors() {
     m.unmount();
 }
 
+/// FUSE carries device numbers in 32 bits (12 for the major, 20 for the minor), as the
+/// kernel's own: a device it cannot number is listed, but `stat` of it fails with EOVERFLOW
+/// as the kernel's `stat(2)` does, instead of showing another device.
+#[test]
+fn mount_device_numbers_beyond_fuse_fail_stat() {
+    let sb = Sandbox::new();
+    let spec = "L0: dir /dev; char /dev/null 1 3 0666; char /dev/wide 4095 1048575; \
+                char /dev/huge 4096 1; block /dev/far 8 1048576";
+    let image = sb.image(spec);
+    let cache = sb.cache();
+    let Some(m) = MountGuard::mount(&image, &["--cache-dir", cache.to_str().unwrap()]) else {
+        return;
+    };
+    let mut names: Vec<String> = std::fs::read_dir(m.at("/dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let rdev = |p: &str| {
+        std::fs::symlink_metadata(m.at(p)).map(|md| std::os::unix::fs::MetadataExt::rdev(&md))
+    };
+    let null = rdev("/dev/null").unwrap();
+    let wide = rdev("/dev/wide").unwrap();
+    let errs: Vec<_> = ["/dev/huge", "/dev/far"]
+        .iter()
+        .map(|p| rdev(p).map_err(|e| e.raw_os_error()))
+        .collect();
+    m.unmount();
+    assert_eq!(names, ["far", "huge", "null", "wide"]);
+    assert_eq!(null, libc::makedev(1, 3));
+    assert_eq!(wide, libc::makedev(4095, 1048575));
+    assert_eq!(
+        errs,
+        [Err(Some(libc::EOVERFLOW)), Err(Some(libc::EOVERFLOW))]
+    );
+}
+
 #[test]
 fn mount_large_directory_lists_every_entry() {
     // Enough entries that readdir needs several calls and resumes from offsets.

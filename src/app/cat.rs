@@ -1,5 +1,5 @@
 //! `rimgfs cat`: a file of the merged image to stdout, read as a mount would read it,
-//! following symlinks inside the image only. Dependencies: stack, tree, overlay, error.
+//! following symlinks inside the image only. Dependencies: stack, tree, view, error.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -7,10 +7,10 @@ use std::sync::Arc;
 use super::{open_stack, write_out};
 use crate::cli::CatCommand;
 use crate::error::{Error, Result};
-use crate::overlay::Overlay;
 use crate::stack::Stack;
 use crate::tree::LowerTree;
 use crate::tree::node::{NodeId, NodeKind};
+use crate::view::LowerView;
 
 /// Symlink hops `cat` follows before giving up (the kernel's limit).
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -36,8 +36,8 @@ pub fn cat(stack: &Stack, tree: Arc<LowerTree>, path: &str, out: &mut dyn Write)
         NodeKind::Dir { .. } => return Err(not_found("is a directory")),
         _ => return Err(not_found("not a regular file")),
     };
-    let ov = Overlay::new(tree.clone(), stack.layer_labels());
-    let ino = crate::overlay::ino_of(id);
+    let ov = LowerView::new(tree.clone(), stack.layer_labels());
+    let ino = crate::view::Ino::of(id);
     let mut off = 0;
     const CHUNK: u32 = 1 << 20;
     while off < size {

@@ -11,7 +11,7 @@ use crate::error::Result;
 pub fn run(a: CommitCommand) -> Result<()> {
     let stack = open_stack(&a.image, &a.select, None)?;
     let tree = stack.tree()?;
-    let upper = changes::Upper::scan(&a.upper)?;
+    let upper = changes::UpperTree::scan(&a.upper)?;
     let opts = CommitOptions {
         output: a.output,
         tag: a.tag,

@@ -12,7 +12,7 @@ use crate::error::Result;
 pub fn run(a: DiffCommand, out: &mut dyn Write) -> Result<()> {
     let stack = open_stack(&a.image, &a.select, None)?;
     let tree = stack.tree()?;
-    let upper = changes::Upper::scan(&a.upper)?;
+    let upper = changes::UpperTree::scan(&a.upper)?;
     let list = changes::diff(&changes::MergedView::new(&tree, &upper))?;
     changes::print(&list, a.json, out)
 }

@@ -4,7 +4,7 @@
 //! the mount options are validated, the mount point checked; then the layers are prepared
 //! and merged, and the view built: read-only (with kernel passthrough for big files when
 //! allowed), or writable over an upper layer, `--upper DIR` or an ephemeral one.
-//! Dependencies: cli, stack, overlay, upper, cow, fuse, mount, error.
+//! Dependencies: cli, stack, view, upper, cow, fuse, mount, error.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::mount::{self, MountOptions};
 use crate::stack::Stack;
 use crate::upper::{self, ephemeral};
-use crate::{cow, fuse, overlay};
+use crate::{cow, fuse, view};
 
 /// Runs `rimgfs mount`; `verbose` is the `-v` count (a daemon that logs keeps its stderr).
 pub fn run(a: MountCommand, verbose: u8) -> Result<()> {
@@ -37,11 +37,11 @@ pub fn run(a: MountCommand, verbose: u8) -> Result<()> {
         .iter()
         .map(|l| l.diff_id.hex().to_string())
         .collect();
-    let store = overlay::PassthroughStore {
+    let store = view::PassthroughStore {
         dir: img.cache.root().join("passthrough"),
         layer_keys: keys,
     };
-    let mut ov = overlay::Overlay::new(tree, stack.layer_labels());
+    let mut ov = view::LowerView::new(tree, stack.layer_labels());
     drop(stack);
     if opts.read_only {
         // Passthrough needs CAP_SYS_ADMIN; without it, no-open mode serves better.
@@ -51,7 +51,7 @@ pub fn run(a: MountCommand, verbose: u8) -> Result<()> {
         return mount::mount(fuse::Fuse::new(ov), &mnt, &opts, verbose > 0, None);
     }
     let (upper, scratch) = open_upper(&opts, &img.cache)?;
-    let fs = fuse::Fuse::writable(cow::Cow::new(ov, upper));
+    let fs = fuse::Fuse::new(cow::Cow::new(ov, upper));
     mount::mount(fs, &mnt, &opts, verbose > 0, scratch)
 }
 

@@ -24,7 +24,9 @@ pub struct Meta {
 /// An extended attribute: name and value (the value may be empty).
 pub type Xattr = (Box<[u8]>, Box<[u8]>);
 
-/// What an entry is.
+/// What an entry is, as the layer's tar says. Not the merged tree's `NodeKind` nor the
+/// upper's `changes::UpperKind`: a hard link is an entry of its own here (a name for another
+/// path, resolved when layers are merged), and a file is a range of this layer's tar.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     /// A directory.

@@ -23,7 +23,10 @@ pub struct DataRef {
     pub size: u64,
 }
 
-/// What a node is.
+/// What a node is. Not a layer's `EntryKind`: hard links are gone (two names of one node),
+/// a directory's children are a run of the tree's arena, and a file's data may be in any
+/// layer. Not the upper's `changes::UpperKind`: no sockets (no layer entry is one), and file
+/// data lives in a layer, not in a host file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeKind {
     /// A directory whose children are `entries[first..first + len]`.

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 
-use super::{Upper, UpperEntry, is_private_xattr};
+use super::{Flag, Role, Upper, UpperEntry, is_private_xattr};
 use crate::layer::entry::Meta;
 use crate::sys::DirFd;
 use crate::tree::LowerTree;
@@ -51,7 +51,10 @@ pub fn copy_up(
         push_comp(&mut lower_path, comp);
         let name = OsStr::from_bytes(comp);
         match upper.classify(&dir, name)? {
-            UpperEntry::Dir { .. } => {}
+            UpperEntry::Entry {
+                role: Role::Dir { .. },
+                ..
+            } => {}
             UpperEntry::Absent => {
                 let node = lower_node(tree, &lower_path)?;
                 copy_node(upper, tree, &dir, name, node, CopyMode::Full)?;
@@ -109,7 +112,7 @@ pub fn copy_node(
                     }
                     CopyMode::MetaOnly => {
                         out.set_len(d.size)?;
-                        upper.set_flag(work, &tmp, "metacopy", b"")?;
+                        upper.set_flag(work, &tmp, Flag::Metacopy, b"")?;
                     }
                 }
             }
@@ -199,10 +202,13 @@ pub fn complete_data(
         {
             work.set_xattr(&tmp, k, &dir.get_xattr(name, k)?, 0)?;
         }
+        // The owner it shows: an unprivileged daemon's copy records the one it could not set.
+        let shown = upper.owner_override(dir, Some(name));
+        let (uid, gid, mode) = shown.unwrap_or((st.st_uid, st.st_gid, st.st_mode & 0o7777));
         let meta = Meta {
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
+            mode,
+            uid,
+            gid,
             mtime: st.st_mtime,
             mtime_nsec: st.st_mtime_nsec as u32,
         };
@@ -340,10 +346,7 @@ mod tests {
         let path = t.path().join("upper/etc/sub/f");
         let m = std::fs::metadata(&path).unwrap();
         assert_eq!((m.len(), m.blocks()), (5, 0), "sparse, lower size");
-        assert!(matches!(
-            u.classify(&dir, &name).unwrap(),
-            UpperEntry::Other { metacopy: true, .. }
-        ));
+        assert!(u.classify(&dir, &name).unwrap().is_metacopy());
         dir.chmod(&name, 0o600).unwrap();
         let NodeKind::File(d) = &tr.node(tr.resolve(b"etc/sub/f").unwrap()).unwrap().kind else {
             panic!("not a file")
@@ -354,8 +357,8 @@ mod tests {
         assert_eq!((m.mode() & 0o7777, m.uid()), (0o600, 7));
         assert!(matches!(
             u.classify(&dir, &name).unwrap(),
-            UpperEntry::Other {
-                metacopy: false,
+            UpperEntry::Entry {
+                role: Role::Plain,
                 ..
             }
         ));

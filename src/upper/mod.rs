@@ -8,16 +8,19 @@
 //!
 //! Where mknod or `trusted.*` xattrs are not permitted (an unprivileged daemon), the fallback is
 //! fuse-overlayfs's: whiteouts are empty `.wh.NAME` files and the xattrs use `user.overlay.`.
+//! A daemon writes in the one format it may ([`Format`]) and reads both, entry by entry, by
+//! the rules of [`format`], which `diff` and `commit` read with too.
 //!
 //! Every operation goes through [`DirFd`]s opened beneath the upper root with
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so nothing planted in the upper directory can make
 //! the daemon (root) touch a file outside it. New entries are built in the work directory and
 //! renamed into place, so a crash never leaves a partial entry in the upper; stray work files
-//! are removed when the upper is opened.
-//! Dependencies: sys (DirFd), layer::whiteout.
+//! are removed when the upper is opened. Copy-up is [`copy_up`]'s.
+//! Dependencies: sys (DirFd), layer (entry, whiteout names).
 
 pub mod copy_up;
 pub mod ephemeral;
+pub mod format;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -25,81 +28,46 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::layer::entry::Xattr;
 use crate::layer::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
-use crate::sys::DirFd;
+use crate::sys::{DirFd, FileStat};
+use format::{EntryStat, Name};
+pub use format::{Flag, Format, OVERRIDE_STAT, Role, is_private_xattr};
 
-/// Which on-disk conventions an upper directory uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Kernel overlayfs: 0/0 character-device whiteouts, `trusted.overlay.*` xattrs.
-    Kernel,
-    /// Unprivileged fallback: `.wh.NAME` whiteout files, `user.overlay.*` xattrs.
-    User,
-}
-
-impl Format {
-    /// The prefix of the private xattrs.
-    pub fn xattr_prefix(self) -> &'static [u8] {
-        match self {
-            Format::Kernel => b"trusted.overlay.",
-            Format::User => b"user.overlay.",
-        }
-    }
-
-    fn xattr(self, suffix: &str) -> Vec<u8> {
-        let mut v = self.xattr_prefix().to_vec();
-        v.extend_from_slice(suffix.as_bytes());
-        v
-    }
-}
-
-/// Whether an xattr name is private to an overlay (never shown to users, never copied up).
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.")
-        || name.starts_with(b"user.overlay.")
-        || name == OVERRIDE_STAT
-}
-
-/// Where an unprivileged daemon records the owner and mode an entry should show but that it
-/// may not set: `uid:gid:mode` (octal), as fuse-overlayfs and containers/storage do.
-pub const OVERRIDE_STAT: &[u8] = b"user.containers.override_stat";
-
-/// Parses an `OVERRIDE_STAT` value.
-pub fn parse_override(v: &[u8]) -> Option<(u32, u32, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let mut it = s.trim().split(':');
-    let uid = it.next()?.parse().ok()?;
-    let gid = it.next()?.parse().ok()?;
-    let mode = u32::from_str_radix(it.next()?, 8).ok()?;
-    Some((uid, gid, mode & 0o7777))
-}
-
-/// What an upper entry means for the merged view.
+/// What the upper holds under a name, as the merged view reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpperEntry {
-    /// No upper entry: the lower one (if any) shows through.
+    /// Nothing: the lower entry, if any, shows through.
     Absent,
-    /// A whiteout: the name is deleted.
-    Whiteout,
-    /// A directory; `opaque` hides the lower one, `redirect` names the lower directory it
-    /// continues (after a rename).
-    Dir {
-        /// Lower children are hidden.
-        opaque: bool,
-        /// The lower path it was renamed from, absolute within the image.
-        redirect: Option<Vec<u8>>,
+    /// The name is deleted: by its own entry, or (`beside`) by a `.wh.NAME` file next to it.
+    Whiteout {
+        /// The whiteout is the `.wh.NAME` file, not an entry of the name itself.
+        beside: bool,
     },
-    /// Anything else; `metacopy` when its data is still the lower file's.
-    Other {
-        /// Metadata-only copy.
-        metacopy: bool,
-        /// `st_mode` of the entry.
+    /// An entry of the upper.
+    Entry {
+        /// What it means (never [`Role::Whiteout`]).
+        role: Role,
+        /// `st_mode`.
         mode: u32,
         /// Inode number in the upper filesystem (hard links share it).
         ino: u64,
         /// Link count in the upper filesystem.
         nlink: u64,
     },
+}
+
+impl UpperEntry {
+    /// Whether the entry is a metadata-only copy (its data still the lower file's).
+    pub fn is_metacopy(&self) -> bool {
+        matches!(
+            self,
+            UpperEntry::Entry {
+                role: Role::Metacopy { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// An opened upper layer: its root and work directories.
@@ -195,8 +163,7 @@ impl Upper {
         if !self.root.list()?.is_empty() {
             return Ok(());
         }
-        let parent = DirFd::open_root(&self.path.join(".."))?;
-        let name = self.path.file_name().unwrap_or_default();
+        let (parent, name) = self.root_parent()?;
         for (k, v) in xattrs.iter().filter(|(k, _)| !is_private_xattr(k)) {
             parent.set_xattr(name, k, v, 0)?;
         }
@@ -210,7 +177,9 @@ impl Upper {
     }
 
     /// Gives an entry an owner: chown where permitted; an unprivileged daemon records it
-    /// (with the mode) in `OVERRIDE_STAT` instead, which the view then shows.
+    /// (with the mode) in [`OVERRIDE_STAT`] instead, which the view then shows. An entry that
+    /// already carries a recorded owner gets the new one recorded too, since that is what
+    /// every reader shows.
     pub fn set_owner(
         &self,
         dir: &DirFd,
@@ -219,113 +188,161 @@ impl Upper {
         gid: u32,
         mode: u32,
     ) -> io::Result<()> {
+        let record = || {
+            let v = format::override_value(uid, gid, mode);
+            match dir.set_xattr(name, OVERRIDE_STAT, v.as_bytes(), 0) {
+                // Symlinks take no user.* attributes; they show the daemon's ids.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+                r => r,
+            }
+        };
         match dir.chown(name, Some(uid), Some(gid)) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) && self.format == Format::User => {
-                let v = format!("{uid}:{gid}:{:o}", mode & 0o7777);
-                match dir.set_xattr(name, OVERRIDE_STAT, v.as_bytes(), 0) {
-                    // Symlinks take no user.* attributes; they show the daemon's ids.
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
-                    r => r,
-                }
+                record()
             }
+            Ok(()) if dir.get_xattr(name, OVERRIDE_STAT).is_ok() => record(),
             r => r,
         }
     }
 
     /// The owner and mode an entry shows, when an unprivileged daemon recorded them.
     pub fn owner_override(&self, dir: &DirFd, name: Option<&OsStr>) -> Option<(u32, u32, u32)> {
-        if self.format != Format::User {
-            return None;
-        }
         let v = match name {
             Some(n) => dir.get_xattr(n, OVERRIDE_STAT).ok()?,
             None => {
-                let parent = DirFd::open_root(&self.path.join("..")).ok()?;
-                parent
-                    .get_xattr(self.path.file_name()?, OVERRIDE_STAT)
-                    .ok()?
+                let (parent, name) = self.root_parent().ok()?;
+                parent.get_xattr(name, OVERRIDE_STAT).ok()?
             }
         };
-        parse_override(&v)
+        format::parse_override(&v)
+    }
+
+    /// The upper root's parent directory and the root's name in it: the one way to name the
+    /// root itself to the calls that take a name (`l*xattr`, chown, chmod).
+    pub fn root_parent(&self) -> io::Result<(DirFd, &OsStr)> {
+        let parent = DirFd::open_root(&self.path.join(".."))?;
+        let name = self
+            .path
+            .file_name()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok((parent, name))
     }
 
     /// Whether the upper root itself is opaque (then no lower layer shows at all).
-    pub fn classify_self_opaque(&self, root: &DirFd) -> io::Result<bool> {
-        let _ = root;
-        let parent = DirFd::open_root(&self.path.join(".."))?;
-        let name = self.path.file_name().unwrap_or_default();
-        Ok(self
-            .get_flag(&parent, name, "opaque")?
-            .is_some_and(|v| v == b"y"))
+    pub fn root_is_opaque(&self) -> io::Result<bool> {
+        let st = self.root.stat(None)?;
+        let (parent, name) = self.root_parent()?;
+        let marker = self
+            .root
+            .stat(Some(OsStr::from_bytes(OPAQUE_MARKER)))
+            .is_ok();
+        let facts = entry_stat(&st, marker);
+        let role = format::classify(&facts, &self.private_xattrs(&parent, name)?);
+        Ok(matches!(role, Ok(Role::Dir { opaque: true, .. })))
     }
 
-    /// What the upper says about `name` in the upper directory `dir`.
+    /// What the upper holds under `name` in the upper directory `dir`. An entry the format
+    /// cannot read (a redirect that climbs out) is an `InvalidData` error naming it.
     pub fn classify(&self, dir: &DirFd, name: &OsStr) -> io::Result<UpperEntry> {
-        if self.format == Format::User && dir.stat(Some(&whiteout_name(name))).is_ok() {
-            return Ok(UpperEntry::Whiteout);
-        }
         let st = match dir.stat(Some(name)) {
             Ok(st) => st,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(UpperEntry::Absent),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(match self.has_whiteout_file(dir, name)? {
+                    true => UpperEntry::Whiteout { beside: true },
+                    false => UpperEntry::Absent,
+                });
+            }
             Err(e) => return Err(e),
         };
-        let fmt = st.st_mode & libc::S_IFMT;
-        if fmt == libc::S_IFCHR && st.st_rdev == 0 {
-            return Ok(UpperEntry::Whiteout);
+        let is_file = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if format::name(name.as_bytes(), is_file) != Name::Entry {
+            // Bookkeeping of the format, never an entry of its own name.
+            return Ok(UpperEntry::Absent);
         }
-        if fmt == libc::S_IFDIR {
-            let opaque = self
-                .get_flag(dir, name, "opaque")?
-                .is_some_and(|v| v == b"y")
-                || (self.format == Format::User
-                    && self.dir_child_exists(dir, name, OsStr::from_bytes(OPAQUE_MARKER)));
-            let redirect = self.get_flag(dir, name, "redirect")?;
-            return Ok(UpperEntry::Dir { opaque, redirect });
+        let marker = st.st_mode & libc::S_IFMT == libc::S_IFDIR && self.holds_marker(dir, name)?;
+        let facts = entry_stat(&st, marker);
+        let xattrs = match facts.reads_xattrs() {
+            true => self.private_xattrs(dir, name)?,
+            false => Vec::new(),
+        };
+        match format::classify(&facts, &xattrs) {
+            Ok(Role::Whiteout) => Ok(UpperEntry::Whiteout { beside: false }),
+            Ok(role) => Ok(UpperEntry::Entry {
+                role,
+                mode: st.st_mode,
+                ino: st.st_ino,
+                nlink: st.st_nlink,
+            }),
+            Err(reason) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {reason}", self.path.join(name).display()),
+            )),
         }
-        let metacopy = fmt == libc::S_IFREG && self.get_flag(dir, name, "metacopy")?.is_some();
-        Ok(UpperEntry::Other {
-            metacopy,
-            mode: st.st_mode,
-            ino: st.st_ino,
-            nlink: st.st_nlink,
-        })
     }
 
-    fn dir_child_exists(&self, dir: &DirFd, name: &OsStr, child: &OsStr) -> bool {
-        let mut p = name.as_bytes().to_vec();
-        p.push(b'/');
-        p.extend_from_slice(child.as_bytes());
-        dir.open_beneath(Path::new(name))
-            .is_ok_and(|d| d.stat(Some(child)).is_ok())
-    }
-
-    fn get_flag(&self, dir: &DirFd, name: &OsStr, suffix: &str) -> io::Result<Option<Vec<u8>>> {
-        match dir.get_xattr(name, &self.format.xattr(suffix)) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => {
-                Ok(None)
+    /// Whether `.wh.NAME` beside `name` is a whiteout file.
+    fn has_whiteout_file(&self, dir: &DirFd, name: &OsStr) -> io::Result<bool> {
+        match dir.stat(Some(&whiteout_name(name))) {
+            Ok(st) => Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG),
+            // `.wh.` + a 252-byte or longer name is beyond what any name can be.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENAMETOOLONG)) => {
+                Ok(false)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Sets one of the overlay's private flags (`opaque`, `redirect`, `metacopy`) on an entry.
-    pub fn set_flag(
-        &self,
-        dir: &DirFd,
-        name: &OsStr,
-        suffix: &str,
-        value: &[u8],
-    ) -> io::Result<()> {
-        dir.set_xattr(name, &self.format.xattr(suffix), value, 0)
+    /// Whether the directory `dir/name` holds the opaque marker (of any type): one
+    /// `openat2` beneath `dir`, which fails with `ENOTDIR` (or `ELOOP` for a symlink) on a
+    /// marker that exists and is not a directory.
+    fn holds_marker(&self, dir: &DirFd, name: &OsStr) -> io::Result<bool> {
+        let marker = Path::new(name).join(OsStr::from_bytes(OPAQUE_MARKER));
+        match dir.open_beneath(&marker) {
+            Ok(_) => Ok(true),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOTDIR | libc::ELOOP) => Ok(true),
+                Some(libc::ENOENT) => Ok(false),
+                _ => Err(e),
+            },
+        }
     }
 
-    /// Removes one of the overlay's private flags, if set.
-    pub fn clear_flag(&self, dir: &DirFd, name: &OsStr, suffix: &str) -> io::Result<()> {
-        match dir.remove_xattr(name, &self.format.xattr(suffix)) {
-            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e),
-            _ => Ok(()),
+    /// The overlay's private attributes of an entry, with their values.
+    fn private_xattrs(&self, dir: &DirFd, name: &OsStr) -> io::Result<Vec<Xattr>> {
+        let names = match dir.list_xattr(name) {
+            Ok(n) => n,
+            // A filesystem without extended attributes has none to read.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for k in names.into_iter().filter(|k| is_private_xattr(k)) {
+            match dir.get_xattr(name, &k) {
+                Ok(v) => out.push((k.into_boxed_slice(), v.into_boxed_slice())),
+                // Removed since it was listed.
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(out)
+    }
+
+    /// Sets one of the overlay's private flags on an entry, in this daemon's format.
+    pub fn set_flag(&self, dir: &DirFd, name: &OsStr, flag: Flag, value: &[u8]) -> io::Result<()> {
+        dir.set_xattr(name, &self.format.xattr(flag), value, 0)
+    }
+
+    /// Removes one of the overlay's private flags, in either format, if set.
+    pub fn clear_flag(&self, dir: &DirFd, name: &OsStr, flag: Flag) -> io::Result<()> {
+        for f in [Format::Kernel, Format::User] {
+            match dir.remove_xattr(name, &f.xattr(flag)) {
+                Err(e) if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EPERM)) => {
+                    return Err(e);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Marks `name` in `dir` deleted: replaces whatever upper entry it has by a whiteout,
@@ -363,11 +380,12 @@ impl Upper {
         }
     }
 
-    /// Removes a whiteout of `name` (before a new entry takes the name).
-    pub fn clear_whiteout(&self, dir: &DirFd, name: &OsStr) -> io::Result<()> {
-        let victim = match self.format {
-            Format::Kernel => name.to_os_string(),
-            Format::User => whiteout_name(name),
+    /// Removes a whiteout of `name` (before a new entry takes the name): the entry of the
+    /// name itself, or with `beside`, the `.wh.NAME` file.
+    pub fn clear_whiteout(&self, dir: &DirFd, name: &OsStr, beside: bool) -> io::Result<()> {
+        let victim = match beside {
+            false => name.to_os_string(),
+            true => whiteout_name(name),
         };
         match dir.unlink(&victim, false) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
@@ -375,25 +393,50 @@ impl Upper {
         }
     }
 
-    /// The names of an upper directory as the merged view sees them: entries and whiteouts,
-    /// without the user format's `.wh.` bookkeeping files, which come back as whiteouts.
+    /// The names of an upper directory as the merged view sees them, each with whether it is
+    /// a whiteout; the format's bookkeeping names are left out.
     pub fn list(&self, dir: &DirFd) -> io::Result<Vec<(OsString, bool)>> {
+        let names = dir.list()?;
+        let present: std::collections::HashSet<&[u8]> =
+            names.iter().map(|n| n.as_bytes()).collect();
         let mut out = Vec::new();
-        for name in dir.list()? {
-            let b = name.as_bytes();
-            if self.format == Format::User {
-                if b == OPAQUE_MARKER {
-                    continue;
-                }
-                if let Some(target) = b.strip_prefix(WHITEOUT_PREFIX) {
+        for name in &names {
+            let st = match dir.stat(Some(name)) {
+                Ok(st) => st,
+                // Gone since it was listed.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            let is_file = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+            match format::name(name.as_bytes(), is_file) {
+                Name::Hidden => {}
+                Name::WhiteoutOf(target) if !present.contains(target) => {
                     out.push((OsString::from_vec(target.to_vec()), true));
-                    continue;
+                }
+                Name::WhiteoutOf(_) => {}
+                Name::Entry => {
+                    // Only whether it is a whiteout matters here; most entries cannot be.
+                    let facts = entry_stat(&st, false);
+                    let wh = facts.may_be_whiteout()
+                        && matches!(
+                            format::classify(&facts, &self.private_xattrs(dir, name)?),
+                            Ok(Role::Whiteout)
+                        );
+                    out.push((name.clone(), wh));
                 }
             }
-            let wh = matches!(self.classify(dir, &name)?, UpperEntry::Whiteout);
-            out.push((name, wh));
         }
         Ok(out)
+    }
+}
+
+/// What the format looks at of an entry's `stat`.
+fn entry_stat(st: &FileStat, opaque_marker: bool) -> EntryStat {
+    EntryStat {
+        mode: st.st_mode,
+        rdev: st.st_rdev,
+        size: st.st_size as u64,
+        opaque_marker,
     }
 }
 
@@ -443,29 +486,46 @@ mod tests {
         assert_eq!(u.format, want);
     }
 
+    /// The role of a classified entry, or of what is not one.
+    fn role(e: UpperEntry) -> Option<Role> {
+        match e {
+            UpperEntry::Entry { role, .. } => Some(role),
+            UpperEntry::Whiteout { .. } => Some(Role::Whiteout),
+            UpperEntry::Absent => None,
+        }
+    }
+
     #[test]
     fn upper_whiteout_replaces_entries_and_is_classified() {
         let (_t, u) = upper();
         let root = u.dir(b"").unwrap();
         let n = OsStr::new;
+        // The whiteout this daemon writes: in place, or a `.wh.` file beside.
+        let beside = u.format == Format::User;
         assert_eq!(u.classify(&root, n("f")).unwrap(), UpperEntry::Absent);
         root.open_file(n("f"), libc::O_CREAT | libc::O_WRONLY, 0o644)
             .unwrap();
         u.whiteout(&root, n("f")).unwrap();
-        assert_eq!(u.classify(&root, n("f")).unwrap(), UpperEntry::Whiteout);
+        assert_eq!(
+            u.classify(&root, n("f")).unwrap(),
+            UpperEntry::Whiteout { beside }
+        );
         root.mkdir(n("d"), 0o755).unwrap();
         let d = u.dir(b"d").unwrap();
         d.open_file(n("inner"), libc::O_CREAT | libc::O_WRONLY, 0o644)
             .unwrap();
         u.whiteout(&root, n("d")).unwrap();
-        assert_eq!(u.classify(&root, n("d")).unwrap(), UpperEntry::Whiteout);
+        assert_eq!(
+            u.classify(&root, n("d")).unwrap(),
+            UpperEntry::Whiteout { beside }
+        );
         let mut listed = u.list(&root).unwrap();
         listed.sort();
         assert_eq!(
             listed,
             [(OsString::from("d"), true), (OsString::from("f"), true)]
         );
-        u.clear_whiteout(&root, n("f")).unwrap();
+        u.clear_whiteout(&root, n("f"), beside).unwrap();
         assert_eq!(u.classify(&root, n("f")).unwrap(), UpperEntry::Absent);
     }
 
@@ -475,28 +535,115 @@ mod tests {
         let root = u.dir(b"").unwrap();
         let n = OsStr::new;
         root.mkdir(n("d"), 0o755).unwrap();
-        assert_eq!(
-            u.classify(&root, n("d")).unwrap(),
-            UpperEntry::Dir {
-                opaque: false,
-                redirect: None
-            }
-        );
-        u.set_flag(&root, n("d"), "opaque", b"y").unwrap();
-        u.set_flag(&root, n("d"), "redirect", b"/old/d").unwrap();
-        assert_eq!(
-            u.classify(&root, n("d")).unwrap(),
-            UpperEntry::Dir {
-                opaque: true,
-                redirect: Some(b"/old/d".to_vec())
-            }
-        );
-        u.clear_flag(&root, n("d"), "opaque").unwrap();
-        u.clear_flag(&root, n("d"), "opaque").unwrap();
+        let dir = |opaque, redirect| Some(Role::Dir { opaque, redirect });
+        assert_eq!(role(u.classify(&root, n("d")).unwrap()), dir(false, None));
+        u.set_flag(&root, n("d"), Flag::Opaque, b"y").unwrap();
+        u.set_flag(&root, n("d"), Flag::Redirect, b"/old/d")
+            .unwrap();
+        let old = Some(format::Redirect::Absolute(b"old/d".to_vec()));
+        assert_eq!(role(u.classify(&root, n("d")).unwrap()), dir(true, old));
+        u.clear_flag(&root, n("d"), Flag::Opaque).unwrap();
+        u.clear_flag(&root, n("d"), Flag::Opaque).unwrap();
         assert!(matches!(
-            u.classify(&root, n("d")).unwrap(),
-            UpperEntry::Dir { opaque: false, .. }
+            role(u.classify(&root, n("d")).unwrap()),
+            Some(Role::Dir { opaque: false, .. })
         ));
+        // A redirect that climbs out is refused, naming the entry.
+        u.set_flag(&root, n("d"), Flag::Redirect, b"/../etc")
+            .unwrap();
+        let e = u.classify(&root, n("d")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("upper/d: bad redirect"), "{e}");
+    }
+
+    /// Whatever format this daemon writes, it reads entries written in the unprivileged one
+    /// exactly as `diff` does (the kernel's `trusted.*` ones need root to be seen at all).
+    #[test]
+    fn upper_reads_the_fallback_format_whatever_it_writes() {
+        let (t, u) = upper();
+        let up = t.path().join("upper");
+        let n = OsStr::new;
+        let x = |p: &str, k: &str, v: &[u8]| {
+            u.dir(b"")
+                .unwrap()
+                .set_xattr(n(p), k.as_bytes(), v, 0)
+                .unwrap()
+        };
+        std::fs::write(up.join(".wh.gone"), "").unwrap();
+        std::fs::write(up.join("back"), "b").unwrap();
+        std::fs::write(up.join(".wh.back"), "").unwrap();
+        std::fs::create_dir(up.join(".wh.notfile")).unwrap();
+        for d in ["opq", "marked", "moved"] {
+            std::fs::create_dir(up.join(d)).unwrap();
+        }
+        x("opq", "user.overlay.opaque", b"y");
+        std::fs::write(up.join("marked/.wh..wh..opq"), "").unwrap();
+        x("moved", "user.overlay.redirect", b"/from");
+        std::fs::write(up.join("meta"), "").unwrap();
+        x("meta", "user.overlay.metacopy", b"");
+        std::fs::write(up.join(".wh..wh.plnk"), "").unwrap();
+        let root = u.dir(b"").unwrap();
+        let dir = |opaque, redirect| Some(Role::Dir { opaque, redirect });
+        let cases = [
+            ("gone", Some(Role::Whiteout)),
+            // An entry beside its `.wh.` file wins.
+            ("back", Some(Role::Plain)),
+            (".wh.notfile", dir(false, None)),
+            ("opq", dir(true, None)),
+            ("marked", dir(true, None)),
+            (
+                "moved",
+                dir(false, Some(format::Redirect::Absolute(b"from".to_vec()))),
+            ),
+            ("meta", Some(Role::Metacopy { redirect: None })),
+            // Bookkeeping names are no entries.
+            (".wh.gone", None),
+            (".wh..wh.plnk", None),
+            (".wh..wh..opq", None),
+            ("nothing", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(role(u.classify(&root, n(name)).unwrap()), want, "{name}");
+        }
+        assert_eq!(
+            u.classify(&root, n("gone")).unwrap(),
+            UpperEntry::Whiteout { beside: true }
+        );
+        let mut listed = u.list(&root).unwrap();
+        listed.sort();
+        let want: Vec<(OsString, bool)> = [
+            (".wh.notfile", false),
+            ("back", false),
+            ("gone", true),
+            ("marked", false),
+            ("meta", false),
+            ("moved", false),
+            ("opq", false),
+        ]
+        .iter()
+        .map(|(k, wh)| (OsString::from(k), *wh))
+        .collect();
+        assert_eq!(listed, want);
+        // The root is opaque by the marker too.
+        assert!(!u.root_is_opaque().unwrap());
+        std::fs::write(up.join(".wh..wh..opq"), "").unwrap();
+        assert!(u.root_is_opaque().unwrap());
+    }
+
+    #[test]
+    fn upper_set_owner_keeps_a_recorded_owner_true() {
+        let (t, u) = upper();
+        let root = u.dir(b"").unwrap();
+        let f = OsStr::new("f");
+        std::fs::write(t.path().join("upper/f"), "").unwrap();
+        root.set_xattr(f, OVERRIDE_STAT, b"0:0:644", 0).unwrap();
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        // Owners this process may give: itself.
+        u.set_owner(&root, f, me.0, me.1, 0o600).unwrap();
+        assert_eq!(u.owner_override(&root, Some(f)), Some((me.0, me.1, 0o600)));
     }
 
     #[test]

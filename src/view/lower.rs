@@ -1,89 +1,31 @@
-//! Filesystem operations on the merged view, as plain methods returning `Result<_, Errno>`.
+//! The read-only view: the image's merged lower tree served as it is.
 //!
-//! This is where a FUSE request is answered; `fuse.rs` only decodes and replies. Inode numbers
-//! are `NodeId + 1` (the root is 1, as FUSE requires), stable across mounts of the same image.
+//! Inode numbers are the nodes' ([`Ino::of`]), the same on every mount of the image. Big
+//! files may be handed to the kernel (passthrough) from a copy of their own in the cache.
 //!
 //! Locking: none. The lower tree is immutable and shared without locks, and file data is read
 //! through each layer's [`LayerData`], which takes none either, so reads never serialise.
 //!
 //! Never panics: an impossible state answers `EIO` and logs at error.
-//! Dependencies: tree, layer (entry, data), nix (Errno).
+//! Dependencies: view (shared types), tree, layer (data), nix (Errno).
 
 use std::fs::File;
 use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use super::{
+    Attr, BLOCK_SIZE, Caller, DirListing, Features, Fh, Ino, MAX_NAME_LEN, OpResult,
+    PROVENANCE_XATTR, StatFs, View, io_errno,
+};
 use crate::layer::data::LayerData;
 use crate::tree::LowerTree;
 use crate::tree::node::{DataRef, Node, NodeId, NodeKind};
 
-/// Result of a request-path operation.
-pub type OpResult<T> = Result<T, Errno>;
-
-/// The provenance attribute: answered on every entry, never listed.
-pub const PROVENANCE_XATTR: &[u8] = b"user.rimgfs.layer";
-/// Reported block size; also the unit of `statfs` block counts.
-pub const BLOCK_SIZE: u32 = 4096;
-/// Longest name the view accepts (as every Linux filesystem).
-pub const MAX_NAME_LEN: u32 = 255;
 /// Files at least this big are read through kernel passthrough from a copy of their own in
 /// the cache: one copy on first open buys native read speed afterwards. Smaller files are
 /// served from the layer by offset, where the copy would cost more than it saves.
 pub const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
-
-/// Attributes of an inode, in host terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Attr {
-    /// Inode number.
-    pub ino: u64,
-    /// `st_mode` (type and permission bits).
-    pub mode: u32,
-    /// Link count.
-    pub nlink: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Size in bytes.
-    pub size: u64,
-    /// 512-byte blocks allocated.
-    pub blocks: u64,
-    /// Device number.
-    pub rdev: u64,
-    /// mtime seconds (also used for atime and ctime: layers record only mtime).
-    pub mtime: i64,
-    /// mtime nanoseconds.
-    pub mtime_nsec: u32,
-}
-
-/// One entry of a directory listing, borrowing its name from the tree.
-#[derive(Clone, Copy, Debug)]
-pub struct DirListing<'a> {
-    /// Inode number.
-    pub ino: u64,
-    /// Offset of the next entry (for the kernel to resume from).
-    pub next: u64,
-    /// `S_IFMT` bits.
-    pub file_type: u32,
-    /// Name.
-    pub name: &'a [u8],
-}
-
-/// Filesystem statistics.
-#[derive(Clone, Copy, Debug)]
-pub struct StatFs {
-    /// Total blocks of `BLOCK_SIZE`.
-    pub blocks: u64,
-    /// Free blocks.
-    pub bfree: u64,
-    /// Blocks available to unprivileged users.
-    pub bavail: u64,
-    /// Inodes.
-    pub files: u64,
-    /// Free inodes.
-    pub ffree: u64,
-}
 
 /// Where big files get a file of their own for kernel passthrough:
 /// `<dir>/<layer key>/<offset>`, the key being the layer's diff_id hex.
@@ -95,23 +37,18 @@ pub struct PassthroughStore {
     pub layer_keys: Vec<String>,
 }
 
-/// The merged filesystem.
-pub struct Overlay {
+/// The image's merged tree, served read-only.
+pub struct LowerView {
     tree: Arc<LowerTree>,
     /// `"<index> <digest>"` per layer, for the provenance attribute.
     pub layer_labels: Vec<String>,
     passthrough: Option<PassthroughStore>,
 }
 
-/// `ino` of a node.
-pub fn ino_of(id: NodeId) -> u64 {
-    u64::from(id.0) + 1
-}
-
-impl Overlay {
+impl LowerView {
     /// A view of `tree`.
-    pub fn new(tree: Arc<LowerTree>, layer_labels: Vec<String>) -> Overlay {
-        Overlay {
+    pub fn new(tree: Arc<LowerTree>, layer_labels: Vec<String>) -> LowerView {
+        LowerView {
             tree,
             layer_labels,
             passthrough: None,
@@ -119,19 +56,14 @@ impl Overlay {
     }
 
     /// Enables backing files for passthrough reads of big files.
-    pub fn with_passthrough(mut self, store: PassthroughStore) -> Overlay {
+    pub fn with_passthrough(mut self, store: PassthroughStore) -> LowerView {
         self.passthrough = Some(store);
         self
     }
 
-    /// Whether big files may be served through passthrough at all.
-    pub fn passthrough_enabled(&self) -> bool {
-        self.passthrough.is_some()
-    }
-
     /// Whether `ino` should be opened in passthrough mode. The answer depends only on the
     /// inode, as the kernel requires every open of an inode to use the same mode.
-    pub fn wants_passthrough(&self, ino: u64) -> bool {
+    fn wants_passthrough(&self, ino: Ino) -> bool {
         self.passthrough.is_some()
             && self.node(ino).is_ok_and(|(_, n)| {
                 n.kind.size() >= PASSTHROUGH_MIN_SIZE && matches!(n.kind, NodeKind::File(_))
@@ -141,7 +73,7 @@ impl Overlay {
     /// A file holding exactly the bytes of `ino`, made on first use by copying its range out
     /// of the layer (`copy_file_range`, a reflink where the filesystem can), into a
     /// temporary name that is renamed into place, so a partial copy is never used.
-    pub fn backing_file(&self, ino: u64) -> OpResult<File> {
+    fn passthrough_file(&self, ino: Ino) -> OpResult<File> {
         let (_, n) = self.node(ino)?;
         let (NodeKind::File(d), Some(store)) = (&n.kind, &self.passthrough) else {
             return Err(Errno::EINVAL);
@@ -183,12 +115,11 @@ impl Overlay {
         &self.tree
     }
 
-    fn node(&self, ino: u64) -> OpResult<(NodeId, &Node)> {
-        let id = ino
-            .checked_sub(1)
-            .and_then(|i| u32::try_from(i).ok())
-            .map(NodeId);
-        match id.and_then(|id| self.tree.node(id).map(|n| (id, n))) {
+    fn node(&self, ino: Ino) -> OpResult<(NodeId, &Node)> {
+        match ino
+            .node()
+            .and_then(|id| self.tree.node(id).map(|n| (id, n)))
+        {
             Some(x) => Ok(x),
             None => {
                 log::error!("request for unknown inode {ino}");
@@ -198,89 +129,16 @@ impl Overlay {
     }
 
     /// Attributes of a lower node, under inode number `ino`.
-    pub fn lower_attr(&self, id: NodeId, ino: u64) -> OpResult<Attr> {
-        let (_, n) = self.node(ino_of(id))?;
+    pub fn lower_attr(&self, id: NodeId, ino: Ino) -> OpResult<Attr> {
+        let (_, n) = self.node(Ino::of(id))?;
         Ok(Attr {
             ino,
-            ..self.attr_of(id, n)
+            ..attr_of(id, n)
         })
     }
 
-    fn attr_of(&self, id: NodeId, n: &Node) -> Attr {
-        let size = match &n.kind {
-            // Directories report a size like ext4's smallest: one block.
-            NodeKind::Dir { .. } => u64::from(BLOCK_SIZE),
-            k => k.size(),
-        };
-        Attr {
-            ino: ino_of(id),
-            mode: n.mode(),
-            nlink: n.nlink,
-            uid: n.meta.uid,
-            gid: n.meta.gid,
-            size,
-            blocks: size.div_ceil(512),
-            rdev: n.kind.rdev(),
-            mtime: n.meta.mtime,
-            mtime_nsec: n.meta.mtime_nsec,
-        }
-    }
-
-    /// Looks `name` up in directory `parent`.
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> OpResult<Attr> {
-        let (pid, p) = self.node(parent)?;
-        if !p.is_dir() {
-            return Err(Errno::ENOTDIR);
-        }
-        if name.len() > MAX_NAME_LEN as usize {
-            return Err(Errno::ENAMETOOLONG);
-        }
-        let id = match name {
-            b"." => pid,
-            b".." => p.parent,
-            _ => self.tree.lookup(pid, name).ok_or(Errno::ENOENT)?,
-        };
-        let (_, n) = self.node(ino_of(id))?;
-        Ok(self.attr_of(id, n))
-    }
-
-    /// Attributes of an inode.
-    pub fn getattr(&self, ino: u64) -> OpResult<Attr> {
-        let (id, n) = self.node(ino)?;
-        Ok(self.attr_of(id, n))
-    }
-
-    /// Target of a symlink.
-    pub fn readlink(&self, ino: u64) -> OpResult<&[u8]> {
-        match &self.node(ino)?.1.kind {
-            NodeKind::Symlink(t) => Ok(t),
-            _ => Err(Errno::EINVAL),
-        }
-    }
-
-    /// Checks that an inode can be opened with `flags` (`open(2)` flags).
-    pub fn open(&self, ino: u64, flags: i32) -> OpResult<()> {
-        let (_, n) = self.node(ino)?;
-        if n.is_dir() {
-            return Err(Errno::EISDIR);
-        }
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(Errno::EROFS);
-        }
-        Ok(())
-    }
-
-    /// Checks that an inode is a directory that can be listed.
-    pub fn opendir(&self, ino: u64) -> OpResult<()> {
-        if self.node(ino)?.1.is_dir() {
-            Ok(())
-        } else {
-            Err(Errno::ENOTDIR)
-        }
-    }
-
-    /// Reads up to `size` bytes at `offset`.
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+    /// Reads up to `size` bytes at `offset` of a file.
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> OpResult<Vec<u8>> {
         let (_, n) = self.node(ino)?;
         let data = match &n.kind {
             NodeKind::File(d) => *d,
@@ -320,22 +178,116 @@ impl Overlay {
                 Errno::EIO
             })
     }
+}
 
-    /// Lists a directory from `offset` on, handing each entry to `add` until it returns
-    /// true (the reply buffer is full): `.` is offset 0→1, `..` 1→2, children after. Nothing
-    /// is allocated, so listing a huge directory in many calls stays linear.
-    pub fn readdir(
+fn attr_of(id: NodeId, n: &Node) -> Attr {
+    let size = match &n.kind {
+        // Directories report a size like ext4's smallest: one block.
+        NodeKind::Dir { .. } => u64::from(BLOCK_SIZE),
+        k => k.size(),
+    };
+    Attr {
+        ino: Ino::of(id),
+        mode: n.mode(),
+        nlink: n.nlink,
+        uid: n.meta.uid,
+        gid: n.meta.gid,
+        size,
+        blocks: size.div_ceil(512),
+        rdev: n.kind.rdev(),
+        mtime: n.meta.mtime,
+        mtime_nsec: n.meta.mtime_nsec,
+    }
+}
+
+impl View for LowerView {
+    fn features(&self) -> Features {
+        Features {
+            // Depth 1 either way: backing files live on a plain filesystem (the cache), and
+            // the mount may itself be stacked under overlayfs.
+            passthrough: true,
+            kills_privs: false,
+            // Without passthrough an open needs no state (reads are by inode), so the kernel
+            // may skip open and release altogether, keeping the page cache.
+            stateless_open: self.passthrough.is_none(),
+            // Listing needs no state either; skipping opendir saves two round trips per
+            // directory of a walk.
+            stateless_opendir: true,
+            keep_cache: true,
+        }
+    }
+
+    fn lookup(&self, parent: Ino, name: &[u8]) -> OpResult<Attr> {
+        let (pid, p) = self.node(parent)?;
+        if !p.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if name.len() > MAX_NAME_LEN as usize {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let id = match name {
+            b"." => pid,
+            b".." => p.parent,
+            _ => self.tree.lookup(pid, name).ok_or(Errno::ENOENT)?,
+        };
+        let (_, n) = self.node(Ino::of(id))?;
+        Ok(attr_of(id, n))
+    }
+
+    fn getattr(&self, ino: Ino, _fh: Option<Fh>) -> OpResult<Attr> {
+        let (id, n) = self.node(ino)?;
+        Ok(attr_of(id, n))
+    }
+
+    fn readlink(&self, ino: Ino) -> OpResult<Vec<u8>> {
+        match &self.node(ino)?.1.kind {
+            NodeKind::Symlink(t) => Ok(t.to_vec()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn open(&self, ino: Ino, flags: i32, _who: Caller) -> OpResult<Fh> {
+        let (_, n) = self.node(ino)?;
+        if n.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(Errno::EROFS);
+        }
+        Ok(Fh::NONE)
+    }
+
+    fn read(&self, ino: Ino, _fh: Fh, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+        LowerView::read(self, ino, offset, size)
+    }
+
+    fn backing_file(&self, ino: Ino, _fh: Fh) -> Option<OpResult<Arc<File>>> {
+        self.wants_passthrough(ino)
+            .then(|| self.passthrough_file(ino).map(Arc::new))
+    }
+
+    fn opendir(&self, ino: Ino) -> OpResult<Fh> {
+        if self.node(ino)?.1.is_dir() {
+            Ok(Fh::NONE)
+        } else {
+            Err(Errno::ENOTDIR)
+        }
+    }
+
+    /// Nothing is allocated, so listing a huge directory in many calls stays linear.
+    fn readdir(
         &self,
-        ino: u64,
+        ino: Ino,
+        _fh: Fh,
         offset: u64,
-        mut add: impl FnMut(DirListing<'_>) -> bool,
+        add: &mut dyn FnMut(DirListing<'_>) -> bool,
     ) -> OpResult<()> {
         let (id, n) = self.node(ino)?;
         if !n.is_dir() {
             return Err(Errno::ENOTDIR);
         }
         let dot = |name: &'static [u8], target: NodeId, next| DirListing {
-            ino: ino_of(target),
+            ino: Ino::of(target),
             next,
             file_type: libc::S_IFDIR,
             name,
@@ -348,9 +300,9 @@ impl Overlay {
         }
         let skip = offset.saturating_sub(2) as usize;
         for (i, e) in self.tree.children(id).iter().enumerate().skip(skip) {
-            let (_, child) = self.node(ino_of(e.node))?;
+            let (_, child) = self.node(Ino::of(e.node))?;
             let full = add(DirListing {
-                ino: ino_of(e.node),
+                ino: Ino::of(e.node),
                 next: i as u64 + 3,
                 file_type: child.kind.file_type_bits(),
                 name: self.tree.name(e),
@@ -362,8 +314,12 @@ impl Overlay {
         Ok(())
     }
 
-    /// An extended attribute's value; `user.rimgfs.layer` answers the provenance.
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> OpResult<Vec<u8>> {
+    fn listed_attr(&self, _parent: Ino, l: &DirListing<'_>) -> OpResult<Attr> {
+        self.getattr(l.ino, None)
+    }
+
+    /// `user.rimgfs.layer` answers the provenance.
+    fn getxattr(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
         let (_, n) = self.node(ino)?;
         if name == PROVENANCE_XATTR {
             let label = self
@@ -375,9 +331,9 @@ impl Overlay {
         n.xattr(name).map(<[u8]>::to_vec).ok_or(Errno::ENODATA)
     }
 
-    /// The image's own attribute names, NUL-terminated (the provenance one is not listed, so
-    /// copies and comparisons see exactly the image).
-    pub fn listxattr(&self, ino: u64) -> OpResult<Vec<u8>> {
+    /// The image's own attribute names (the provenance one is not listed, so copies and
+    /// comparisons see exactly the image).
+    fn listxattr(&self, ino: Ino) -> OpResult<Vec<u8>> {
         let (_, n) = self.node(ino)?;
         let mut out = Vec::new();
         for (k, _) in n.xattrs.iter() {
@@ -387,21 +343,20 @@ impl Overlay {
         Ok(out)
     }
 
-    /// `access(2)` against the image's owners and modes (used when the kernel does not check
-    /// permissions itself). Writing is refused: the lower tree is read-only.
-    pub fn access(&self, ino: u64, mask: i32, uid: u32, gid: u32) -> OpResult<()> {
+    /// Against the image's owners and modes; writing is refused: the lower tree is read-only.
+    fn access(&self, ino: Ino, mask: i32, who: Caller) -> OpResult<()> {
         let (_, n) = self.node(ino)?;
         if mask & libc::W_OK != 0 {
             return Err(Errno::EROFS);
         }
         if mask == libc::F_OK
-            || uid == 0 && (mask & libc::X_OK == 0 || n.meta.mode & 0o111 != 0 || n.is_dir())
+            || who.uid == 0 && (mask & libc::X_OK == 0 || n.meta.mode & 0o111 != 0 || n.is_dir())
         {
             return Ok(());
         }
-        let bits = if uid == n.meta.uid {
+        let bits = if who.uid == n.meta.uid {
             (n.meta.mode >> 6) & 7
-        } else if gid == n.meta.gid {
+        } else if who.gid == n.meta.gid {
             (n.meta.mode >> 3) & 7
         } else {
             n.meta.mode & 7
@@ -414,25 +369,14 @@ impl Overlay {
         }
     }
 
-    /// Filesystem statistics: the image's size and inode count, nothing free.
-    pub fn statfs(&self) -> StatFs {
-        StatFs {
+    /// The image's size and inode count, nothing free.
+    fn statfs(&self) -> OpResult<StatFs> {
+        Ok(StatFs {
             blocks: self.tree.total_bytes.div_ceil(u64::from(BLOCK_SIZE)),
             bfree: 0,
             bavail: 0,
             files: self.tree.len() as u64,
             ffree: 0,
-        }
-    }
-}
-
-/// Maps a host I/O error to an errno; an error without one becomes `EIO`, logged.
-pub fn io_errno(e: &std::io::Error, op: &str) -> Errno {
-    match e.raw_os_error() {
-        Some(code) => Errno::from_raw(code),
-        None => {
-            log::warn!("{op}: {e}");
-            Errno::EIO
-        }
+        })
     }
 }

@@ -1,0 +1,571 @@
+//! The writable view's inode table: every inode the kernel knows, where it stands in the
+//! merged namespace, and what backs it. Pure bookkeeping, no I/O.
+//!
+//! A name `(parent, name)` leads to at most one inode. An inode keeps one of its names (for
+//! building its path) and counts how many lead to it (several for a hard link); losing the
+//! last one makes it unlinked: it lives on through open files and kernel references only, and
+//! is forgotten once the kernel drops the last of those.
+//!
+//! Numbers: a lower node keeps its own ([`Ino::of`]) through copy-up and renames; entries born
+//! in the upper get fresh numbers from a counter that is never reused, so the kernel never
+//! sees one number stand for two files.
+//! Dependencies: view (Ino, OpResult), tree (NodeId), nix (Errno).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+
+use crate::tree::node::NodeId;
+use crate::view::{Attr, Ino, OpResult};
+
+/// Deepest directory nesting walked when building a path.
+pub(super) const MAX_DEPTH: usize = 4096;
+
+/// A name: the directory inode and the name in it.
+pub(super) type Key = (Ino, OsString);
+
+/// What the table knows of one inode.
+#[derive(Clone, Debug)]
+pub(super) struct Inode {
+    /// Where it is: parent inode and name (the root is its own parent, with an empty name).
+    pub parent: Ino,
+    pub name: OsString,
+    /// The lower node it continues: its data and attributes until copied up; for a directory,
+    /// the lower directory merged under it (`None` when opaque or born in the upper).
+    pub lower: Option<NodeId>,
+    /// It has an entry in the upper directory.
+    pub upper: bool,
+    /// `S_IFMT` bits.
+    pub file_type: u32,
+    /// Kernel references (lookups minus forgets).
+    pub lookups: u64,
+    /// Names in the merged view known to lead here (several for a hard link).
+    pub names: u32,
+    /// No name leads here any more: the inode lives on only through open files.
+    pub unlinked: bool,
+    /// Its attributes when it lost its last name, if it had an upper entry then: what it
+    /// answers for as long as open files still reach it.
+    pub last: Option<Attr>,
+}
+
+impl Inode {
+    /// An inode just found at `(parent, name)`, not yet counted anywhere.
+    pub fn at(parent: Ino, name: &OsStr, c: &Child) -> Inode {
+        Inode {
+            parent,
+            name: name.to_os_string(),
+            lower: c.lower,
+            upper: c.upper,
+            file_type: c.file_type,
+            lookups: 0,
+            names: 0,
+            unlinked: false,
+            last: None,
+        }
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.file_type == libc::S_IFDIR
+    }
+}
+
+/// What the merged view shows under a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Child {
+    /// The lower node it continues (see [`Inode::lower`]).
+    pub lower: Option<NodeId>,
+    /// It has an upper entry.
+    pub upper: bool,
+    /// The host inode of its upper file, when that file has several names (a hard link).
+    pub linked: Option<u64>,
+    /// `S_IFMT` bits.
+    pub file_type: u32,
+}
+
+/// The table.
+#[derive(Debug)]
+pub(super) struct Inodes {
+    map: HashMap<Ino, Inode>,
+    at: HashMap<Key, Ino>,
+    /// Host inode number of a hard-linked upper file → its inode here, so every name of it
+    /// answers one inode, across mounts too.
+    by_upper: HashMap<u64, Ino>,
+    /// The next number for an entry born in the upper.
+    next: u64,
+}
+
+impl Inodes {
+    /// A table holding the root, whose lower directory is `root_lower` (none when the upper
+    /// root is opaque); numbers from `first_free` on are free for entries born in the upper.
+    pub fn new(first_free: u64, root_lower: Option<NodeId>) -> Inodes {
+        let root = Inode {
+            parent: Ino::ROOT,
+            name: OsString::new(),
+            lower: root_lower,
+            upper: true,
+            file_type: libc::S_IFDIR,
+            lookups: 1,
+            names: 0,
+            unlinked: false,
+            last: None,
+        };
+        Inodes {
+            map: HashMap::from([(Ino::ROOT, root)]),
+            at: HashMap::new(),
+            by_upper: HashMap::new(),
+            next: first_free,
+        }
+    }
+
+    /// An inode.
+    pub fn get(&self, ino: Ino) -> Option<&Inode> {
+        self.map.get(&ino)
+    }
+
+    /// The inode a name leads to, if known.
+    #[cfg(test)]
+    pub fn named(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.at.get(&(parent, name.to_os_string())).copied()
+    }
+
+    fn fresh_number(&mut self) -> Ino {
+        self.next += 1;
+        Ino(self.next - 1)
+    }
+
+    /// Makes `key` lead to `ino`; an inode it led to before loses that name.
+    pub fn bind(&mut self, key: Key, ino: Ino) {
+        match self.at.insert(key.clone(), ino) {
+            Some(old) if old == ino => return,
+            Some(old) => self.lose_name(old, &key),
+            None => {}
+        }
+        if let Some(i) = self.map.get_mut(&ino) {
+            i.names += 1;
+            if i.unlinked {
+                i.unlinked = false;
+                i.last = None;
+                (i.parent, i.name) = key;
+            }
+        }
+    }
+
+    /// Keeps `attr` (taken before its entry went) as what `ino` answers if it is now
+    /// unlinked.
+    pub fn remember(&mut self, ino: Ino, attr: Option<Attr>) {
+        if let Some(i) = self.map.get_mut(&ino).filter(|i| i.unlinked) {
+            i.last = attr.map(|a| Attr { nlink: 0, ..a });
+        }
+    }
+
+    /// Removes the name `key`: the inode it led to moves to another of its names, or is
+    /// unlinked when it has none left.
+    pub fn unbind(&mut self, key: &Key) {
+        if let Some(ino) = self.at.remove(key) {
+            self.lose_name(ino, key);
+        }
+    }
+
+    fn lose_name(&mut self, ino: Ino, key: &Key) {
+        let Some(i) = self.map.get_mut(&ino) else {
+            return;
+        };
+        i.names = i.names.saturating_sub(1);
+        if (i.parent, &i.name) != (key.0, &key.1) {
+            return;
+        }
+        if i.names == 0 {
+            i.unlinked = true;
+            return;
+        }
+        // A hard link with other names: rare, so a scan is fine.
+        let other = self
+            .at
+            .iter()
+            .find(|(_, v)| **v == ino)
+            .map(|(k, _)| k.clone());
+        if let (Some((p, n)), Some(i)) = (other, self.map.get_mut(&ino)) {
+            i.parent = p;
+            i.name = n;
+        }
+    }
+
+    /// Registers (or refreshes) the inode the merged view shows at `(parent, name)` and counts
+    /// a kernel reference if asked. A name already known keeps its inode; otherwise the inode
+    /// is the one of the same hard-linked upper file, or the lower node's own number if no
+    /// other inode holds it, or the one already showing the same lower hard link under
+    /// another name; else a fresh number.
+    pub fn register(&mut self, parent: Ino, name: &OsStr, c: &Child, count: bool) -> Ino {
+        let key = (parent, name.to_os_string());
+        let linked = c.linked;
+        let known = self.at.get(&key).copied();
+        let ino = match known {
+            Some(ino) => ino,
+            None => {
+                let by_upper = linked
+                    .and_then(|u| self.by_upper.get(&u).copied())
+                    .filter(|i| self.map.contains_key(i));
+                let by_lower = c.lower.map(Ino::of).filter(|i| !self.map.contains_key(i));
+                // A lower hard link seen under a second name shares the inode.
+                let shared = c.lower.map(Ino::of).filter(|i| {
+                    c.file_type != libc::S_IFDIR
+                        && self.map.get(i).is_some_and(|n| n.lower == c.lower)
+                });
+                match by_upper.or(by_lower).or(shared) {
+                    Some(i) => i,
+                    None => self.fresh_number(),
+                }
+            }
+        };
+        let entry = self
+            .map
+            .entry(ino)
+            .or_insert_with(|| Inode::at(parent, name, c));
+        entry.upper = c.upper;
+        entry.lower = c.lower;
+        entry.file_type = c.file_type;
+        if count {
+            entry.lookups += 1;
+        }
+        if known.is_none() {
+            self.bind(key, ino);
+        }
+        if let Some(u) = linked {
+            self.by_upper.insert(u, ino);
+        }
+        ino
+    }
+
+    /// Registers an entry just created in the upper at `(parent, name)`, counted once: a fresh
+    /// inode, even where a deleted lower entry had a number.
+    pub fn created(&mut self, parent: Ino, name: &OsStr, file_type: u32) -> Ino {
+        let key = (parent, name.to_os_string());
+        self.unbind(&key);
+        let ino = self.fresh_number();
+        let c = Child {
+            lower: None,
+            upper: true,
+            linked: None,
+            file_type,
+        };
+        let inode = Inode {
+            lookups: 1,
+            ..Inode::at(parent, name, &c)
+        };
+        self.map.insert(ino, inode);
+        self.bind(key, ino);
+        ino
+    }
+
+    /// Records a new hard link `key` to `ino`, whose upper file is host inode `upper_ino`.
+    pub fn linked(&mut self, key: Key, ino: Ino, upper_ino: u64) {
+        self.bind(key, ino);
+        self.by_upper.insert(upper_ino, ino);
+        if let Some(n) = self.map.get_mut(&ino) {
+            n.lookups += 1;
+        }
+    }
+
+    /// Records a rename of `from` to `to`: the inode `moving` leaves its old name without
+    /// being unlinked by it. With `exchanged`, that inode (which was at `to`) takes `from`;
+    /// otherwise whatever `to` led to loses it (unlinked unless it has other names).
+    pub fn moved(&mut self, from: Key, to: Key, moving: Ino, exchanged: Option<Ino>) {
+        self.at.remove(&from);
+        if let Some(n) = self.map.get_mut(&moving) {
+            n.names = n.names.saturating_sub(1);
+            (n.parent, n.name) = to.clone();
+            n.upper = true;
+        }
+        match exchanged {
+            Some(other) => {
+                self.at.insert(to, moving);
+                self.at.insert(from.clone(), other);
+                if let Some(n) = self.map.get_mut(&moving) {
+                    n.names += 1;
+                }
+                if let Some(n) = self.map.get_mut(&other) {
+                    (n.parent, n.name) = from;
+                    n.upper = true;
+                }
+            }
+            None => self.bind(to, moving),
+        }
+    }
+
+    /// Drops `n` kernel references; an inode no name leads to is forgotten with the last one.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        if ino == Ino::ROOT {
+            return;
+        }
+        let Some(i) = self.map.get_mut(&ino) else {
+            return;
+        };
+        i.lookups = i.lookups.saturating_sub(n);
+        if i.lookups > 0 {
+            return;
+        }
+        let key = (i.parent, i.name.clone());
+        if self.at.get(&key) != Some(&ino) {
+            self.map.remove(&ino);
+        }
+    }
+
+    /// Marks the inode upper (just copied up).
+    pub fn set_upper(&mut self, ino: Ino) {
+        if let Some(i) = self.map.get_mut(&ino) {
+            i.upper = true;
+        }
+    }
+
+    /// Marks the known inodes along `path` (directories just copied up) as upper.
+    pub fn mark_path_upper(&mut self, path: &[u8]) {
+        let mut cur = Ino::ROOT;
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            let Some(&next) = self.at.get(&(cur, OsStr::from_bytes(comp).to_os_string())) else {
+                break;
+            };
+            if let Some(n) = self.map.get_mut(&next) {
+                n.upper = true;
+            }
+            cur = next;
+        }
+    }
+
+    /// The merged path of an inode, components joined by `/` (empty for the root); `ESTALE`
+    /// once no name leads to it or to a directory above it.
+    pub fn path_of(&self, ino: Ino) -> OpResult<Vec<u8>> {
+        let mut names: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        while cur != Ino::ROOT {
+            let i = self.map.get(&cur).ok_or(Errno::ESTALE)?;
+            if i.unlinked {
+                return Err(Errno::ESTALE);
+            }
+            names.push(&i.name);
+            cur = i.parent;
+            if names.len() > MAX_DEPTH {
+                log::error!("inode {ino}: parent chain too deep");
+                return Err(Errno::EIO);
+            }
+        }
+        let mut p = Vec::new();
+        for n in names.iter().rev() {
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(n.as_bytes());
+        }
+        Ok(p)
+    }
+
+    /// Whether `anc` is `ino` or a directory above it.
+    pub fn is_ancestor(&self, anc: Ino, mut ino: Ino) -> bool {
+        for _ in 0..MAX_DEPTH {
+            if ino == anc {
+                return true;
+            }
+            if ino == Ino::ROOT {
+                return false;
+            }
+            ino = self.map.get(&ino).map_or(Ino::ROOT, |i| i.parent);
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST_FREE: u64 = 100;
+
+    fn table() -> Inodes {
+        Inodes::new(FIRST_FREE, Some(NodeId(0)))
+    }
+
+    fn key(parent: Ino, name: &str) -> Key {
+        (parent, OsString::from(name))
+    }
+
+    fn lower(id: u32, file_type: u32) -> Child {
+        Child {
+            lower: Some(NodeId(id)),
+            upper: false,
+            linked: None,
+            file_type,
+        }
+    }
+
+    fn upper(host_ino: u64, nlink: u64) -> Child {
+        Child {
+            lower: None,
+            upper: true,
+            linked: (nlink > 1).then_some(host_ino),
+            file_type: libc::S_IFREG,
+        }
+    }
+
+    #[test]
+    fn inodes_lower_nodes_keep_their_numbers_upper_entries_get_fresh_ones() {
+        let mut t = table();
+        let etc = t.register(Ino::ROOT, OsStr::new("etc"), &lower(3, libc::S_IFDIR), true);
+        assert_eq!(etc, Ino::of(NodeId(3)));
+        let new = t.register(etc, OsStr::new("new"), &upper(77, 1), true);
+        assert_eq!(new, Ino(FIRST_FREE));
+        // Known names keep their inode, and count each lookup.
+        assert_eq!(t.register(etc, OsStr::new("new"), &upper(77, 1), true), new);
+        assert_eq!(t.get(new).unwrap().lookups, 2);
+        assert_eq!(t.path_of(new).unwrap(), b"etc/new");
+        // A fresh entry never takes a number back, even after the old one is forgotten.
+        t.unbind(&key(etc, "new"));
+        t.forget(new, 2);
+        assert!(t.get(new).is_none());
+        assert_eq!(
+            t.created(etc, OsStr::new("new"), libc::S_IFREG),
+            Ino(FIRST_FREE + 1)
+        );
+    }
+
+    #[test]
+    fn inodes_unbind_last_name_unlinks_until_forgotten() {
+        let mut t = table();
+        let f = t.register(Ino::ROOT, OsStr::new("f"), &lower(5, libc::S_IFREG), true);
+        t.unbind(&key(Ino::ROOT, "f"));
+        let i = t.get(f).unwrap();
+        assert!(i.unlinked);
+        assert_eq!(i.names, 0);
+        assert_eq!(t.path_of(f), Err(Errno::ESTALE));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("f")), None);
+        // Still known to the kernel: kept until its last reference goes.
+        t.forget(f, 0);
+        assert!(t.get(f).is_some());
+        t.forget(f, 1);
+        assert!(t.get(f).is_none());
+    }
+
+    #[test]
+    fn inodes_remember_attributes_of_unlinked_inodes_only() {
+        let mut t = table();
+        let a = Attr {
+            ino: Ino(0),
+            mode: libc::S_IFREG | 0o640,
+            nlink: 1,
+            uid: 1,
+            gid: 2,
+            size: 3,
+            blocks: 0,
+            rdev: 0,
+            mtime: 4,
+            mtime_nsec: 5,
+        };
+        let f = t.register(Ino::ROOT, OsStr::new("f"), &upper(40, 2), true);
+        t.linked(key(Ino::ROOT, "g"), f, 40);
+        // Still named elsewhere: nothing to remember.
+        t.unbind(&key(Ino::ROOT, "f"));
+        t.remember(f, Some(a));
+        assert_eq!(t.get(f).unwrap().last, None);
+        t.unbind(&key(Ino::ROOT, "g"));
+        t.remember(f, Some(a));
+        assert_eq!(t.get(f).unwrap().last, Some(Attr { nlink: 0, ..a }));
+        // Named again (a link made through /proc): the entry answers for itself again.
+        t.bind(key(Ino::ROOT, "h"), f);
+        assert_eq!(t.get(f).unwrap().last, None);
+    }
+
+    #[test]
+    fn inodes_named_inode_survives_forget() {
+        let mut t = table();
+        let f = t.register(Ino::ROOT, OsStr::new("f"), &lower(5, libc::S_IFREG), true);
+        t.forget(f, 1);
+        assert_eq!(t.get(f).unwrap().lookups, 0);
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("f")), Some(f));
+        // The root is never forgotten.
+        t.forget(Ino::ROOT, 10);
+        assert!(t.get(Ino::ROOT).is_some());
+    }
+
+    #[test]
+    fn inodes_hard_links_share_an_inode_and_move_to_a_remaining_name() {
+        let mut t = table();
+        // A lower hard link: one node under two names.
+        let a = t.register(Ino::ROOT, OsStr::new("a"), &lower(7, libc::S_IFREG), true);
+        let b = t.register(Ino::ROOT, OsStr::new("b"), &lower(7, libc::S_IFREG), true);
+        assert_eq!(a, b);
+        assert_eq!(t.get(a).unwrap().names, 2);
+        // Its first name goes: the inode now stands at the other one.
+        t.unbind(&key(Ino::ROOT, "a"));
+        let i = t.get(a).unwrap();
+        assert!(!i.unlinked);
+        assert_eq!((i.names, t.path_of(a).unwrap()), (1, b"b".to_vec()));
+        // Upper hard links: one host inode under two names is one inode, found by host inode.
+        let x = t.register(Ino::ROOT, OsStr::new("x"), &upper(40, 2), true);
+        let y = t.register(Ino::ROOT, OsStr::new("y"), &upper(40, 2), true);
+        assert_eq!(x, y);
+        // A new link made through the view.
+        t.linked(key(Ino::ROOT, "z"), x, 40);
+        assert_eq!(t.get(x).unwrap().names, 3);
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("z")), Some(x));
+    }
+
+    #[test]
+    fn inodes_directories_never_share_a_lower_number() {
+        let mut t = table();
+        let d = t.register(Ino::ROOT, OsStr::new("d"), &lower(9, libc::S_IFDIR), true);
+        // The same lower directory seen under a second name (a copy left behind a rename) is
+        // another inode: directories have one name.
+        let e = t.register(Ino::ROOT, OsStr::new("e"), &lower(9, libc::S_IFDIR), true);
+        assert_ne!(d, e);
+    }
+
+    #[test]
+    fn inodes_bind_over_a_name_unlinks_what_it_led_to() {
+        let mut t = table();
+        let a = t.register(Ino::ROOT, OsStr::new("a"), &lower(5, libc::S_IFREG), true);
+        let b = t.register(Ino::ROOT, OsStr::new("b"), &lower(6, libc::S_IFREG), true);
+        t.bind(key(Ino::ROOT, "a"), b);
+        assert!(t.get(a).unwrap().unlinked);
+        assert_eq!(t.get(b).unwrap().names, 2);
+        // Binding an unlinked inode again brings it back at that name.
+        t.bind(key(Ino::ROOT, "c"), a);
+        let i = t.get(a).unwrap();
+        assert!(!i.unlinked);
+        assert_eq!(t.path_of(a).unwrap(), b"c");
+    }
+
+    #[test]
+    fn inodes_rename_moves_and_exchanges() {
+        let mut t = table();
+        let d = t.register(Ino::ROOT, OsStr::new("d"), &lower(2, libc::S_IFDIR), true);
+        let f = t.register(Ino::ROOT, OsStr::new("f"), &lower(5, libc::S_IFREG), true);
+        let g = t.register(d, OsStr::new("g"), &lower(6, libc::S_IFREG), true);
+        // f → d/g replaces g.
+        t.moved(key(Ino::ROOT, "f"), key(d, "g"), f, None);
+        assert_eq!(t.named(d, OsStr::new("g")), Some(f));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("f")), None);
+        assert_eq!(t.path_of(f).unwrap(), b"d/g");
+        let fi = t.get(f).unwrap();
+        assert!(fi.upper && !fi.unlinked && fi.names == 1);
+        assert!(t.get(g).unwrap().unlinked);
+        // Exchange d/g with d: each takes the other's name (d is now below itself: the
+        // view's checks refuse that; the table only records).
+        let h = t.register(Ino::ROOT, OsStr::new("h"), &lower(8, libc::S_IFREG), true);
+        t.moved(key(d, "g"), key(Ino::ROOT, "h"), f, Some(h));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("h")), Some(f));
+        assert_eq!(t.named(d, OsStr::new("g")), Some(h));
+        assert_eq!(t.path_of(h).unwrap(), b"d/g");
+        assert_eq!((t.get(f).unwrap().names, t.get(h).unwrap().names), (1, 1));
+        assert!(t.is_ancestor(d, h) && t.is_ancestor(Ino::ROOT, h) && !t.is_ancestor(h, d));
+    }
+
+    #[test]
+    fn inodes_mark_path_upper_stops_at_unknown_names() {
+        let mut t = table();
+        let a = t.register(Ino::ROOT, OsStr::new("a"), &lower(2, libc::S_IFDIR), true);
+        let b = t.register(a, OsStr::new("b"), &lower(3, libc::S_IFDIR), true);
+        t.mark_path_upper(b"a/b/unknown/c");
+        assert!(t.get(a).unwrap().upper && t.get(b).unwrap().upper);
+    }
+}

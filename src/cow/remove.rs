@@ -1,0 +1,90 @@
+//! Removing names from the writable view (unlink, rmdir).
+//!
+//! A name with a lower entry gets a whiteout; one that exists in the upper only is simply
+//! removed there. A directory is empty when its merged listing is: whiteouts do not count.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+
+use super::{Cow, errno, join};
+use crate::upper::copy_up::CopyMode;
+use crate::upper::remove_tree;
+use crate::view::{Attr, Ino, OpResult};
+
+impl Cow {
+    /// Whether a merged directory has no entries.
+    pub(super) fn is_empty_dir(&self, ino: Ino) -> OpResult<bool> {
+        let mut empty = true;
+        self.merged_listing(ino, |_, _, _| {
+            empty = false;
+            true
+        })?;
+        Ok(empty)
+    }
+
+    /// Removes a non-directory.
+    pub(super) fn unlink(&self, parent: Ino, name: &[u8]) -> OpResult<()> {
+        self.remove(parent, OsStr::from_bytes(name), false)
+    }
+
+    /// Removes an empty directory.
+    pub(super) fn rmdir(&self, parent: Ino, name: &[u8]) -> OpResult<()> {
+        self.remove(parent, OsStr::from_bytes(name), true)
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, want_dir: bool) -> OpResult<()> {
+        let _change = self.change_names()?;
+        let p = self.inode(parent)?;
+        let ppath = self.path_of(parent)?;
+        let c = self.resolve_child(&p, &ppath, name)?.ok_or(Errno::ENOENT)?;
+        let is_dir = c.file_type == libc::S_IFDIR;
+        if want_dir && !is_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if !want_dir && is_dir {
+            return Err(Errno::EISDIR);
+        }
+        let ino = self.register(parent, name, &c, false)?;
+        if is_dir && !self.is_empty_dir(ino)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        if !p.upper {
+            self.ensure_upper(parent, CopyMode::Full)?;
+        }
+        let hard_linked = !c.upper
+            && c.lower
+                .and_then(|id| self.tree().node(id))
+                .is_some_and(|n| !is_dir && n.nlink > 1);
+        if hard_linked {
+            // Its other names must count one link less: copy it up under all of them, so the
+            // upper's link count is the truth once this name goes (kernel overlayfs without
+            // index=on keeps reporting the lower count).
+            self.ensure_upper(ino, CopyMode::Full)?;
+        }
+        // What it answers once unlinked, for open files: taken while its entry is there.
+        let last = self.last_attr(ino, &join(&ppath, name));
+        let dir = self.upper_dir(&ppath)?;
+        if self.lower_child(&p, name).is_some() {
+            self.upper.whiteout(&dir, name).map_err(errno)?;
+        } else if c.upper {
+            // Only whiteouts can be left in an empty merged directory's upper copy.
+            remove_tree(&dir, name).map_err(errno)?;
+        }
+        if is_dir {
+            self.dirs_changed(parent);
+        }
+        let mut st = self.write_inodes()?;
+        st.unbind(&(parent, name.to_os_string()));
+        st.remember(ino, last);
+        Ok(())
+    }
+
+    /// The attributes of `ino`'s upper entry at `path`, before a change may take its last
+    /// name (`None` when it has no upper entry: a lower node answers for itself).
+    pub(super) fn last_attr(&self, ino: Ino, path: &[u8]) -> Option<Attr> {
+        let i = self.inode(ino).ok().filter(|i| i.upper)?;
+        self.attr(ino, &i, path).ok()
+    }
+}

@@ -1,0 +1,315 @@
+//! The writable view over temporary directories, without a mount: the merge rule's table of
+//! cases through the live upper reader, and operations checked against the upper on disk.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+
+use super::Cow;
+use crate::merge::cases::{CASES, Case, LOWER, Up, Want, lower, redirect_value, role};
+use crate::tree::LowerTree;
+use crate::upper::format::{Format, Role};
+use crate::upper::{Flag, Upper};
+use crate::view::{Caller, Ino, LowerView, SetAttr};
+
+const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
+/// A writable view of `tree` over a fresh upper in `dir`, made by `prepare` first.
+fn view(dir: &Path, tree: LowerTree, prepare: impl FnOnce(&Path)) -> Cow {
+    let upper = dir.join("upper");
+    std::fs::create_dir_all(&upper).unwrap();
+    prepare(&upper);
+    let u = Upper::open(&upper, &dir.join("work")).unwrap();
+    Cow::new(LowerView::new(Arc::new(tree), Vec::new()), u)
+}
+
+fn set_xattr(p: &Path, name: Flag, value: &[u8]) {
+    let dir = crate::sys::DirFd::open_root(p.parent().unwrap()).unwrap();
+    let k = Format::User.xattr(name);
+    dir.set_xattr(p.file_name().unwrap(), &k, value, 0).unwrap();
+}
+
+/// Writes a case's upper in the unprivileged format, which every daemon reads.
+fn write_case(upper: &Path, c: &Case) {
+    let dir = upper.join(c.dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    if c.opaque {
+        set_xattr(&dir, Flag::Opaque, b"y");
+    }
+    let at = dir.join(c.name);
+    let redirect = |r: Option<&str>| {
+        if let Some(r) = r {
+            let v = redirect_value(&crate::upper::format::parse_redirect(r.as_bytes()).unwrap());
+            set_xattr(&at, Flag::Redirect, &v);
+        }
+    };
+    match c.up {
+        Up::Nothing => {}
+        Up::Whiteout => std::fs::write(dir.join(format!(".wh.{}", c.name)), "").unwrap(),
+        Up::Dir(opaque, r) => {
+            std::fs::create_dir(&at).unwrap();
+            if opaque {
+                set_xattr(&at, Flag::Opaque, b"y");
+            }
+            redirect(r);
+        }
+        Up::Metacopy(r) => {
+            std::fs::write(&at, "").unwrap();
+            set_xattr(&at, Flag::Metacopy, b"");
+            redirect(r);
+        }
+        Up::File => std::fs::write(&at, "u").unwrap(),
+    }
+}
+
+/// The merge rule's table, through the live view: lookups find what the table says, and
+/// the inode continues the lower node the table names.
+#[test]
+fn cow_lookup_follows_the_merge_table() {
+    for c in CASES {
+        assert!(
+            !(c.dir.is_empty() && c.opaque),
+            "no case makes the root opaque"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let cow = view(t.path(), lower(LOWER), |u| write_case(u, c));
+        let tree = cow.tree();
+        let id = |p: &str| tree.resolve(p.as_bytes());
+        let parent = match c.dir {
+            "" => Ino::ROOT,
+            d => cow.lookup(Ino::ROOT, d.as_bytes()).unwrap().ino,
+        };
+        let got = cow.lookup(parent, c.name.as_bytes());
+        let path = [c.dir, c.name].join("/");
+        match c.want {
+            Want::Nothing => assert_eq!(got.map(|a| a.ino), Err(Errno::ENOENT), "{c:?}"),
+            Want::Lower(p) => {
+                let a = got.unwrap_or_else(|e| panic!("{c:?}: {e}"));
+                let i = cow.inode(a.ino).unwrap();
+                assert_eq!(a.ino, Ino::of(id(p).unwrap()), "{c:?}");
+                assert!(!i.upper, "{c:?}");
+            }
+            Want::Upper(origin) => {
+                let a = got.unwrap_or_else(|e| panic!("{c:?}: {e}"));
+                let i = cow.inode(a.ino).unwrap();
+                assert!(i.upper, "{c:?}");
+                let continues = match role(c.up) {
+                    Some(Role::Dir { .. } | Role::Metacopy { .. }) => origin.and_then(id),
+                    // A file whole in the upper continues the lower file of its name (its
+                    // inode number, its hard links), if there is one.
+                    _ => id(path.trim_start_matches('/'))
+                        .filter(|&l| tree.node(l).is_some_and(|n| !n.is_dir())),
+                };
+                assert_eq!(i.lower, continues, "{c:?}");
+            }
+        }
+    }
+}
+
+/// A tree with file data, from `(path, content)` (`None` for a directory).
+fn tree_with_data(dir: &Path, entries: &[(&str, Option<&[u8]>)]) -> LowerTree {
+    use crate::image::container::BlobLoc;
+    use crate::layer::LayerIndex;
+    use crate::layer::data::LayerData;
+    use crate::layer::entry::{EntryKind, LayerEntry};
+    use crate::layer::prepare::PreparedLayer;
+    let mut data = Vec::new();
+    let entries = entries
+        .iter()
+        .map(|(p, content)| LayerEntry {
+            path: p.as_bytes().into(),
+            meta: crate::merge::cases::META,
+            kind: match content {
+                None => EntryKind::Dir,
+                Some(b) => {
+                    let offset = data.len() as u64;
+                    data.extend_from_slice(b);
+                    EntryKind::File {
+                        offset,
+                        size: b.len() as u64,
+                    }
+                }
+            },
+            xattrs: Vec::new(),
+        })
+        .collect();
+    let file = dir.join("layer.data");
+    std::fs::write(&file, &data).unwrap();
+    let len = data.len() as u64;
+    let layer = PreparedLayer {
+        index: LayerIndex {
+            entries,
+            tar_size: len,
+        },
+        data: LayerData::host(BlobLoc {
+            file,
+            offset: 0,
+            len,
+        }),
+    };
+    LowerTree::build(&[layer]).unwrap()
+}
+
+fn read_all(cow: &Cow, ino: Ino, flags: i32) -> Vec<u8> {
+    let fh = cow.open(ino, flags, ROOT).unwrap();
+    let data = cow.read(ino, fh, 0, 1 << 16).unwrap();
+    cow.release(fh);
+    data
+}
+
+fn names(cow: &Cow, dir: Ino) -> Vec<String> {
+    let fh = cow.opendir(dir).unwrap();
+    let mut out = Vec::new();
+    cow.readdir(dir, fh, 0, &mut |l| {
+        out.push(String::from_utf8_lossy(l.name).into_owned());
+        false
+    })
+    .unwrap();
+    cow.release(fh);
+    out
+}
+
+#[test]
+fn cow_writes_reach_the_upper_and_keep_inode_numbers() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = tree_with_data(
+        t.path(),
+        &[
+            ("etc", None),
+            ("etc/hosts", Some(b"hosts")),
+            ("etc/gone", Some(b"gone")),
+        ],
+    );
+    let cow = view(t.path(), tree, |_| {});
+    let up = t.path().join("upper");
+    let etc = cow.lookup(Ino::ROOT, b"etc").unwrap().ino;
+    let hosts = cow.lookup(etc, b"hosts").unwrap();
+    assert_eq!(read_all(&cow, hosts.ino, libc::O_RDONLY), b"hosts");
+    assert!(!up.join("etc").exists(), "reading copies nothing up");
+
+    // Writing copies up; the inode keeps its number.
+    let fh = cow.open(hosts.ino, libc::O_WRONLY, ROOT).unwrap();
+    assert_eq!(cow.write(fh, 0, b"HOSTS", false, false), Ok(5));
+    cow.release(fh);
+    assert_eq!(std::fs::read(up.join("etc/hosts")).unwrap(), b"HOSTS");
+    assert_eq!(cow.lookup(etc, b"hosts").unwrap().ino, hosts.ino);
+
+    // chmod: a metadata-only copy-up, whose data is still read from the lower file.
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let gone = cow.lookup(etc, b"gone").unwrap().ino;
+    assert_eq!(
+        cow.setattr(gone, &set, None, ROOT).unwrap().mode & 0o7777,
+        0o600
+    );
+    assert_eq!(read_all(&cow, gone, libc::O_RDONLY), b"gone");
+    assert!(cow.is_metacopy(gone).unwrap());
+
+    // Create, rename over, unlink; the listing follows.
+    let (a, fh) = cow
+        .create(etc, b"new", 0o644, libc::O_WRONLY, ROOT)
+        .unwrap();
+    cow.write(fh, 0, b"new", false, false).unwrap();
+    cow.release(fh);
+    cow.rename(etc, b"new", etc, b"hosts", 0).unwrap();
+    assert_eq!(cow.lookup(etc, b"hosts").unwrap().ino, a.ino);
+    // The replaced inode lives on for open files only, with no name.
+    assert_eq!(cow.getattr(hosts.ino, None).unwrap().nlink, 0);
+    cow.unlink(etc, b"gone").unwrap();
+    assert_eq!(names(&cow, etc), [".", "..", "hosts"]);
+    assert_eq!(cow.lookup(etc, b"gone").map(|a| a.ino), Err(Errno::ENOENT));
+
+    // The upper holds what the view shows, and diff reads it the same way.
+    let scanned = crate::changes::UpperTree::scan(&up).unwrap();
+    let view = crate::changes::MergedView::new(cow.tree(), &scanned);
+    let list: Vec<String> = crate::changes::diff(&view)
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {}", c.kind.letter(), String::from_utf8_lossy(&c.path)))
+        .collect();
+    assert_eq!(list, ["C /etc", "D /etc/gone", "C /etc/hosts"]);
+}
+
+#[test]
+fn cow_refuses_names_the_upper_format_reserves() {
+    let t = tempfile::tempdir().unwrap();
+    let cow = view(t.path(), lower(LOWER), |_| {});
+    for name in [&b".wh.x"[..], b".wh..wh..opq", b".wh..wh.plnk"] {
+        let made = cow.mkdir(Ino::ROOT, name, 0o755, ROOT).map(|a| a.ino);
+        assert_eq!(made, Err(Errno::EINVAL), "{name:?}");
+        let made = cow.create(Ino::ROOT, name, 0o644, libc::O_WRONLY, ROOT);
+        assert_eq!(made.map(|(a, _)| a.ino), Err(Errno::EINVAL));
+        assert_eq!(
+            cow.rename(Ino::ROOT, b"top", Ino::ROOT, name, 0),
+            Err(Errno::EINVAL)
+        );
+    }
+    // Nothing reached the upper.
+    let left: Vec<_> = std::fs::read_dir(t.path().join("upper"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(cow.lookup(Ino::ROOT, b"top").is_ok());
+}
+
+/// A read that finds its entry by path, with a rename of a directory above it in between
+/// (as from another thread: the read holds no lock), runs again; the second run sees the
+/// names still.
+#[test]
+fn cow_reads_racing_a_rename_run_again() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = tree_with_data(t.path(), &[("a", None), ("a/f", Some(b"f"))]);
+    let cow = view(t.path(), tree, |_| {});
+    let a = cow.lookup(Ino::ROOT, b"a").unwrap().ino;
+    let f = cow.lookup(a, b"f").unwrap().ino;
+    // Copied up, so its attributes are read from the upper, by path.
+    let fh = cow.open(f, libc::O_WRONLY, ROOT).unwrap();
+    cow.release(fh);
+    let runs = std::cell::Cell::new(0);
+    let got = cow.stable(|| {
+        runs.set(runs.get() + 1);
+        let path = cow.path_of(f)?;
+        if runs.get() == 1 {
+            cow.rename(Ino::ROOT, b"a", Ino::ROOT, b"b", 0).unwrap();
+        }
+        let i = cow.inode(f)?;
+        cow.attr(f, &i, &path)
+    });
+    assert_eq!(runs.get(), 2);
+    assert_eq!(got.map(|a| a.size), Ok(1));
+    // Without a change in between, once.
+    runs.set(0);
+    let once = cow.stable(|| {
+        runs.set(runs.get() + 1);
+        Ok(())
+    });
+    assert_eq!(once, Ok(()));
+    assert_eq!(runs.get(), 1);
+}
+
+/// A merged directory's link count counted while a subdirectory is made in it is not kept:
+/// the count is stale, and the change has dropped the cached one already.
+#[test]
+fn cow_link_count_counted_across_a_change_is_not_cached() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = tree_with_data(t.path(), &[("d", None), ("d/sub", None)]);
+    let cow = view(t.path(), tree, |_| {});
+    let d = cow.lookup(Ino::ROOT, b"d").unwrap().ino;
+    // Counted (as a getattr without the namespace lock would), then a mkdir lands before
+    // the count is stored.
+    let before = cow.names.load(std::sync::atomic::Ordering::SeqCst);
+    let stale = cow.merged_nlink(d).unwrap();
+    cow.mkdir(d, b"new", 0o755, ROOT).unwrap();
+    cow.keep_nlink(d, stale, before).unwrap();
+    assert_eq!(stale, 3);
+    assert_eq!(cow.getattr(d, None).unwrap().nlink, 4);
+    // Counted with no change in between: kept, and dropped by the next change.
+    assert_eq!(cow.cached_nlink(d).unwrap(), 4);
+    assert_eq!(cow.dir_nlink.lock().unwrap().get(&d), Some(&4));
+    cow.rmdir(d, b"new").unwrap();
+    assert_eq!(cow.getattr(d, None).unwrap().nlink, 3);
+}
