@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Cat(a) => app::cat::run(a, stdout),
         Command::Diff(a) => app::diff::run(a, stdout),
         Command::Commit(a) => app::commit::run(a),
+        Command::Completions(a) => app::completions::run(a, stdout),
     }
 }
 

@@ -8,8 +8,10 @@
 
 pub mod cat;
 pub mod commit;
+pub mod completions;
 pub mod diff;
 pub mod inspect;
+pub mod json;
 pub mod ls;
 pub mod mount;
 pub mod umount;
