@@ -12,9 +12,11 @@ cd "$(dirname "$0")/.."
 . scripts/common.sh
 
 # The oracle tests build images with podman around the static busybox, convert them with
-# skopeo, unpack them with umoci and compare trees; the permission tests add a user.
+# skopeo, unpack them with umoci and compare trees; the permission tests add a user; the
+# completion tests load the scripts in each shell (a few MB).
 install_packages fuse3 attr python3 gcc libc6-dev ca-certificates \
-  podman skopeo umoci fuse-overlayfs uidmap busybox-static zstd passwd util-linux
+  podman skopeo umoci fuse-overlayfs uidmap busybox-static zstd passwd util-linux \
+  bash-completion zsh fish
 require_cargo
 [ -e /dev/fuse ] || echo "warning: /dev/fuse is missing; mount tests cannot run" >&2
 # udev makes /dev/fuse 0666 on Debian, so users other than root can mount through fusermount3;
