@@ -396,33 +396,22 @@ impl MountArgs {
         self.to_config_as(nix::unistd::geteuid().is_root())
     }
 
-    /// Parses `-o` lists and flags into [`MountOptions`]; safe defaults for untrusted
-    /// images: nosuid, nodev, default_permissions. A mount by `root` lets every user in
-    /// (`allow_other`, the image's modes deciding, as on kernel overlayfs) unless
+    /// Parses `-o` lists and flags into [`MountOptions`], from its safe defaults for
+    /// untrusted images (nosuid, nodev, default_permissions). A mount by `root` lets every
+    /// user in (`allow_other`, the image's modes deciding, as on kernel overlayfs) unless
     /// `noallow_other` or `allow_root` says otherwise; other users' mounts are their own,
     /// since fusermount3 allows more only with `user_allow_other`.
     pub fn to_config_as(&self, root: bool) -> Result<MountOptions> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut o = MountOptions {
-            source: String::new(),
-            suid: false,
-            dev: false,
-            exec: true,
-            atime: false,
-            default_permissions: true,
-            passthrough: true,
-            allow_other: false,
-            allow_root: false,
-            // Writable by default, as a container's root filesystem; changes go to --upper or
-            // to an ephemeral upper removed at unmount.
-            read_only: false,
             upper: self.upper.clone(),
             work: self.work.clone(),
-            cache_dir: None,
             foreground: self.foreground,
             layer: self.layer,
-            threads: self.threads.unwrap_or((2 * cpus).max(4)),
+            ..MountOptions::default()
         };
+        if let Some(n) = self.threads {
+            o.threads = n;
+        }
         if o.threads == 0 {
             return Err(Error::Usage("--threads must be at least 1".into()));
         }

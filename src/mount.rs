@@ -66,6 +66,34 @@ pub struct MountOptions {
     pub threads: usize,
 }
 
+impl Default for MountOptions {
+    /// The defaults, which suit untrusted images: writable (changes go to an ephemeral
+    /// upper layer, as for a container's root filesystem), nosuid, nodev, noatime,
+    /// default_permissions, open to the mounting user only, kernel passthrough where
+    /// allowed, 2 serving threads per CPU (at least 4).
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        MountOptions {
+            source: String::new(),
+            suid: false,
+            dev: false,
+            exec: true,
+            atime: false,
+            default_permissions: true,
+            passthrough: true,
+            allow_other: false,
+            allow_root: false,
+            read_only: false,
+            upper: None,
+            work: None,
+            cache_dir: None,
+            foreground: false,
+            layer: None,
+            threads: (2 * cpus).max(4),
+        }
+    }
+}
+
 /// Checks that `mnt` is a directory that is not already a mount point, and returns its
 /// absolute path.
 pub fn check_mountpoint(mnt: &Path) -> Result<PathBuf> {
@@ -376,21 +404,9 @@ mod tests {
     fn options() -> MountOptions {
         MountOptions {
             source: r"docker-archive:/srv/a,b\c.tar".into(),
-            suid: false,
-            dev: false,
-            exec: true,
-            atime: false,
-            default_permissions: true,
-            passthrough: true,
             allow_other: true,
-            allow_root: false,
             read_only: true,
-            upper: None,
-            work: None,
-            cache_dir: None,
-            foreground: false,
-            layer: None,
-            threads: 1,
+            ..MountOptions::default()
         }
     }
 
