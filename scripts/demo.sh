@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Builds rimgfs, writes a small three-layer sample image and mounts it read-only: shows the
+# Builds rimgfs and installs it with scripts/install.sh (binary, manual, shell completions;
+# PREFIX=/usr/local unless set), writes a small three-layer sample image and mounts it
+# read-only: shows the
 # merged tree, a whiteout, an opaque directory, a hard link and where each file came from, then
 # unmounts. Then mounts it writable with an upper directory: writes a file, deletes a lower one
 # and shows the whiteout in the upper directory; unmounts, lists the changes with `rimgfs diff`,
 # makes a new image of them with `rimgfs commit` and mounts that read-only to show them.
-# Everything lives in a temporary directory (the cache too) that is removed at the end.
+# As root, it mounts the image once more the way fstab entries are, with mount(8).
+# Everything but the installed files lives in a temporary directory (the cache too) that is
+# removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
@@ -15,6 +19,7 @@ require_cargo
 echo "==> cargo build --release"
 cargo build --release
 rimgfs=$(rimgfs_bin)
+scripts/install.sh "$rimgfs"
 
 tmp=$(mktemp -d /tmp/rimgfs-demo.XXXXXX)
 image=$tmp/sample.tar mnt=$tmp/mnt upper=$tmp/upper new=$tmp/new.tar
@@ -107,5 +112,17 @@ ls -lan "$mnt/var/log"
 step "rimgfs umount $mnt"
 "$rimgfs" umount "$mnt"
 is_mounted "$mnt" && { echo "error: still mounted" >&2; exit 1; }
+
+# mount.fuse3 runs `rimgfs` through /bin/sh with the shell's default PATH.
+if [ "$(id -u)" -eq 0 ] && [ -n "$(env -i /bin/sh -c 'command -v rimgfs')" ]; then
+  step "mount -t fuse.rimgfs -o ro,nosuid,nodev,cache_dir=$tmp/cache $image $mnt"
+  mount -t fuse.rimgfs -o "ro,nosuid,nodev,cache_dir=$tmp/cache" "$image" "$mnt"
+  grep " $mnt " /proc/self/mountinfo
+  cat "$mnt/etc/os-release"
+  step "umount $mnt"
+  umount "$mnt"
+else
+  step "mount(8) skipped: needs root and rimgfs on /bin/sh's default PATH"
+fi
 echo "done: the sample image was mounted read-only and writable, its changes committed to a"
 echo "new image, mounted and unmounted"

@@ -12,12 +12,13 @@ cd "$(dirname "$0")/.."
 . scripts/common.sh
 
 # The oracle tests build images with podman around the static busybox, convert them with
-# skopeo, unpack them with umoci and compare trees; the permission tests add a user. The
-# registry tests run docker-registry with htpasswd (apache2-utils) or a token server
-# (python3-jwt, python3-cryptography) and TLS material made with openssl.
+# skopeo, unpack them with umoci and compare trees; the permission tests add a user; the
+# completion tests load the scripts in each shell (a few MB). The registry tests run
+# docker-registry with htpasswd (apache2-utils) or a token server (python3-jwt,
+# python3-cryptography) and TLS material made with openssl.
 install_packages fuse3 attr python3 gcc libc6-dev ca-certificates \
   podman skopeo umoci fuse-overlayfs uidmap busybox-static zstd passwd util-linux \
-  apache2-utils python3-jwt python3-cryptography openssl
+  apache2-utils python3-jwt python3-cryptography openssl bash-completion zsh fish
 # The registry and docker-daemon tests start their own docker-registry and dockerd; the
 # packages' services must not start.
 install_packages_without_services docker-registry docker.io

@@ -4,12 +4,14 @@
 //! its file in [`crate::app`]; options several commands share are flattened structs:
 //! [`ImageArgs`] (which image, where the cache is) and [`MountArgs`]. `MountArgs::to_config`
 //! is the one place where mount options are checked into a [`MountOptions`], so it is
-//! unit-tested. Dependencies: clap, image, cache, mount (`MountOptions`), commit (`Format`),
-//! error.
+//! unit-tested. [`parse_args`] also takes the form mount(8) runs, `rimgfs SOURCE MOUNTPOINT
+//! -o OPTIONS`, as `rimgfs mount`. Dependencies: clap, image, cache, mount (`MountOptions`),
+//! commit (`Format`), error.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
 use crate::cache::{Cache, Policy};
 use crate::error::{Error, Result};
@@ -21,7 +23,7 @@ use crate::mount::MountOptions;
 
 /// Mount a container image as its merged filesystem.
 #[derive(Debug, Parser)]
-#[command(name = "rimgfs", version, about, long_about = None)]
+#[command(name = "rimgfs", version, about, long_about = None, after_help = IMPLICIT_MOUNT_HELP)]
 pub struct Cli {
     /// More output on stderr: -v info, -vv debug (every FUSE request), -vvv trace.
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -29,6 +31,56 @@ pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub cmd: Command,
+}
+
+/// How `--help` describes the command line that is not a subcommand.
+const IMPLICIT_MOUNT_HELP: &str = "\
+`rimgfs SOURCE MOUNTPOINT [-o OPTIONS]` is `rimgfs mount SOURCE MOUNTPOINT -o OPTIONS`: the form
+mount(8) runs (through mount.fuse3) for `mount -t fuse.rimgfs` and fstab entries of type
+fuse.rimgfs.";
+
+/// Parses a command line, the program name first. A first argument that is neither a
+/// subcommand nor an option but names an image (it holds a `/` or a `:`, or is an existing
+/// file) starts a mount: mount.fuse3 runs `rimgfs SOURCE MOUNTPOINT -o OPTIONS` for
+/// `mount -t fuse.rimgfs` and fstab entries. Anything else is left to clap, so a mistyped
+/// subcommand is still a usage error with a suggestion.
+pub fn parse_args<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if let Some(i) = implicit_mount_at(&args) {
+        args.insert(i, "mount".into());
+    }
+    Cli::try_parse_from(args)
+}
+
+/// Where `mount` goes in a command line of the implicit mount form, if it is one.
+fn implicit_mount_at(args: &[OsString]) -> Option<usize> {
+    let cmd = Cli::command();
+    for (i, arg) in args.iter().enumerate().skip(1) {
+        let Some(s) = arg.to_str() else {
+            // A non-UTF-8 name is no subcommand: a path.
+            return Some(i);
+        };
+        if let Some(flags) = s.strip_prefix('-') {
+            // -v and --verbose may come first; anything else (--help, a typo) is clap's.
+            let verbose =
+                flags == "-verbose" || (!flags.is_empty() && flags.bytes().all(|b| b == b'v'));
+            if verbose {
+                continue;
+            }
+            return None;
+        }
+        let subcommand = s == "help"
+            || cmd
+                .get_subcommands()
+                .any(|c| c.get_name() == s || c.get_all_aliases().any(|a| a == s));
+        let names_image = s.contains('/') || s.contains(':') || Path::new(s).exists();
+        return (!subcommand && names_image).then_some(i);
+    }
+    None
 }
 
 /// The commands. Each variant's doc comment is its `--help` summary; its arguments are one
@@ -54,6 +106,8 @@ pub enum Command {
     /// Write a new image: IMAGE's layers as they are, plus one layer of what an overlayfs
     /// upper directory changes.
     Commit(CommitCommand),
+    /// Print the completion script of SHELL for rimgfs's commands and options.
+    Completions(CompletionsCommand),
 }
 
 /// Arguments of `rimgfs mount`.
@@ -71,6 +125,35 @@ pub struct MountCommand {
     /// Mount options.
     #[command(flatten)]
     pub mount: MountArgs,
+}
+
+/// Arguments of `rimgfs completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsCommand {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    /// bash (with the bash-completion package).
+    Bash,
+    /// zsh (a `_rimgfs` function for `fpath`).
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+impl From<Shell> for clap_complete::Shell {
+    fn from(s: Shell) -> Self {
+        match s {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 /// Arguments of `rimgfs umount`.
@@ -91,7 +174,7 @@ pub struct InspectCommand {
     /// Image selection.
     #[command(flatten)]
     pub select: ImageArgs,
-    /// Print JSON instead of text.
+    /// Print one JSON object instead of text (fields: JSON OUTPUT in rimgfs(1)).
     #[arg(long)]
     pub json: bool,
 }
@@ -119,6 +202,10 @@ pub struct LsCommand {
     /// Show the image as it was after layer N (0 = bottom).
     #[arg(long, value_name = "N")]
     pub layer: Option<usize>,
+    /// Print one JSON object with every entry's attributes instead of text (fields: JSON
+    /// OUTPUT in rimgfs(1)).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `rimgfs cat`.
@@ -455,9 +542,11 @@ pub fn parse_size(s: &str) -> Result<u64> {
 /// Mount options.
 #[derive(Debug, Args, Clone, Default)]
 pub struct MountArgs {
-    /// Mount options, comma-separated: ro, rw, suid, dev, allow_other, allow_root,
-    /// default_permissions, nodefault_permissions, exec, noexec, atime, noatime,
-    /// passthrough, nopassthrough.
+    /// Mount options, comma-separated: ro, rw, suid, dev, allow_other (root's default),
+    /// noallow_other, allow_root, default_permissions, nodefault_permissions, exec, noexec,
+    /// atime, noatime, passthrough, nopassthrough, and upper=DIR, work=DIR, cache_dir=DIR
+    /// (as --upper, --work, --cache-dir, for fstab entries); mount(8)'s own options
+    /// (defaults, auto, noauto, user, users, nofail, _netdev, x-*, ...) are ignored.
     #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
     pub options: Vec<String>,
     /// Stay in the foreground (default: return once mounted, serving in the background).
@@ -520,32 +609,68 @@ impl ImageArgs {
     }
 }
 
+/// Options that mean something to mount(8), systemd or mount.fuse3 only; they reach rimgfs
+/// from fstab entries and are ignored. `x-*` and `comment=` (userspace options by
+/// convention) are matched by prefix.
+const MOUNT8_ONLY_OPTIONS: &[&str] = &[
+    "defaults", "auto", "noauto", "user", "nouser", "users", "group", "owner", "nofail", "_netdev",
+    "_rnetdev", "async", "silent", "loud",
+];
+
+/// Whether `opt` is one of mount(8)'s own options.
+fn is_mount8_only(opt: &str) -> bool {
+    MOUNT8_ONLY_OPTIONS.contains(&opt) || opt.starts_with("x-") || opt.starts_with("comment=")
+}
+
+/// Applies a `KEY=PATH` mount option: the flags an fstab entry cannot pass
+/// (`upper=`, `work=`, `cache_dir=`); mount(8)'s own (`x-*=`, `comment=`) are ignored.
+fn set_path_option(o: &mut MountOptions, opt: &str) -> Result<()> {
+    let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+    let slot = match key {
+        "upper" => &mut o.upper,
+        "work" => &mut o.work,
+        "cache_dir" => &mut o.cache_dir,
+        _ if is_mount8_only(opt) => {
+            log::debug!("ignoring mount(8) option {opt:?}");
+            return Ok(());
+        }
+        _ => return Err(Error::Usage(format!("unknown mount option {opt:?}"))),
+    };
+    if value.is_empty() {
+        return Err(Error::Usage(format!("mount option {key}= needs a path")));
+    }
+    *slot = Some(PathBuf::from(value));
+    Ok(())
+}
+
 impl MountArgs {
-    /// Parses `-o` lists and flags into [`MountOptions`]; safe defaults for untrusted
-    /// images: nosuid, nodev, default_permissions.
+    /// Parses `-o` lists and flags into [`MountOptions`] for a daemon of this process's
+    /// privileges.
     pub fn to_config(&self) -> Result<MountOptions> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.to_config_as(nix::unistd::geteuid().is_root())
+    }
+
+    /// Parses `-o` lists and flags into [`MountOptions`], from its safe defaults for
+    /// untrusted images (nosuid, nodev, default_permissions). A mount by `root` lets every
+    /// user in (`allow_other`, the image's modes deciding, as on kernel overlayfs) unless
+    /// `noallow_other` or `allow_root` says otherwise; other users' mounts are their own,
+    /// since fusermount3 allows more only with `user_allow_other`.
+    pub fn to_config_as(&self, root: bool) -> Result<MountOptions> {
         let mut o = MountOptions {
-            suid: false,
-            dev: false,
-            exec: true,
-            atime: false,
-            default_permissions: true,
-            passthrough: true,
-            allow_other: false,
-            allow_root: false,
-            // Writable by default, as a container's root filesystem; changes go to --upper or
-            // to an ephemeral upper removed at unmount.
-            read_only: false,
             upper: self.upper.clone(),
             work: self.work.clone(),
             foreground: self.foreground,
             layer: self.layer,
-            threads: self.threads.unwrap_or((2 * cpus).max(4)),
+            ..MountOptions::default()
         };
+        if let Some(n) = self.threads {
+            o.threads = n;
+        }
         if o.threads == 0 {
             return Err(Error::Usage("--threads must be at least 1".into()));
         }
+        // None until an option says: the default depends on `root` and `allow_root`.
+        let mut allow_other = None;
         for opt in self
             .options
             .iter()
@@ -567,10 +692,22 @@ impl MountArgs {
                 "nodefault_permissions" => o.default_permissions = false,
                 "passthrough" => o.passthrough = true,
                 "nopassthrough" => o.passthrough = false,
-                "allow_other" => o.allow_other = true,
+                "allow_other" => allow_other = Some(true),
+                "noallow_other" => {
+                    allow_other = Some(false);
+                    o.allow_root = false;
+                }
                 "allow_root" => o.allow_root = true,
+                other if other.contains('=') => set_path_option(&mut o, other)?,
+                other if is_mount8_only(other) => {
+                    log::debug!("ignoring mount(8) option {other:?}");
+                }
                 other => return Err(Error::Usage(format!("unknown mount option {other:?}"))),
             }
+        }
+        o.allow_other = allow_other.unwrap_or(root && !o.allow_root);
+        if o.work.is_some() && o.upper.is_none() {
+            return Err(Error::Usage("work= needs upper=".into()));
         }
         if self.read_only {
             o.read_only = true;
@@ -608,30 +745,186 @@ mod tests {
 
     #[test]
     fn mount_options_defaults_are_safe() {
-        let o = args(&[]).to_config().unwrap();
-        assert!(!o.suid && !o.dev && o.default_permissions && !o.allow_other);
+        for root in [false, true] {
+            let o = args(&[]).to_config_as(root).unwrap();
+            assert!(!o.suid && !o.dev && o.default_permissions, "root={root}");
+            assert!(!o.read_only && o.exec && !o.allow_root, "root={root}");
+        }
     }
 
     #[test]
     fn mount_options_table() {
-        let o = args(&["suid,dev", "allow_other,ro"]).to_config().unwrap();
+        let o = args(&["suid,dev", "allow_other,ro"])
+            .to_config_as(false)
+            .unwrap();
         assert!(o.suid && o.dev && o.allow_other && o.read_only);
         let o = args(&["ro,nodefault_permissions,noexec,nopassthrough"])
-            .to_config()
+            .to_config_as(false)
             .unwrap();
         assert!(!o.default_permissions && !o.exec && !o.passthrough);
         // Writable mounts keep the kernel's permission checks.
         assert!(matches!(
-            args(&["nodefault_permissions"]).to_config(),
+            args(&["nodefault_permissions"]).to_config_as(false),
             Err(Error::Usage(_))
         ));
-        let o = args(&["rw"]).to_config().unwrap();
+        let o = args(&["rw"]).to_config_as(false).unwrap();
         assert!(!o.read_only && o.upper.is_none());
-        assert!(matches!(args(&["bogus"]).to_config(), Err(Error::Usage(_))));
+        for root in [false, true] {
+            for bad in [
+                "bogus",
+                "allow_other,allow_root",
+                "xsystemd.automount",
+                "fsname=x",
+            ] {
+                assert!(
+                    matches!(args(&[bad]).to_config_as(root), Err(Error::Usage(_))),
+                    "{bad} root={root}"
+                );
+            }
+        }
+    }
+
+    // See: a mount made by root lets only root in.
+    #[test]
+    fn mount_options_allow_other_is_roots_default() {
+        // (options, allow_other for root, for others, allow_root for both)
+        let table: &[(&[&str], bool, bool, bool)] = &[
+            (&[], true, false, false),
+            (&["noallow_other"], false, false, false),
+            (&["allow_other"], true, true, false),
+            (&["allow_root"], false, false, true),
+            (&["allow_other,noallow_other"], false, false, false),
+            (&["noallow_other", "allow_other"], true, true, false),
+            (&["allow_root,noallow_other"], false, false, false),
+        ];
+        for &(opts, root, user, allow_root) in table {
+            let r = args(opts).to_config_as(true).unwrap();
+            let u = args(opts).to_config_as(false).unwrap();
+            assert_eq!(
+                (r.allow_other, r.allow_root),
+                (root, allow_root),
+                "root {opts:?}"
+            );
+            assert_eq!(
+                (u.allow_other, u.allow_root),
+                (user, allow_root),
+                "user {opts:?}"
+            );
+            // Permissions are checked whoever may enter.
+            assert!(r.default_permissions && !r.suid && !r.dev, "{opts:?}");
+        }
+    }
+
+    #[test]
+    fn mount_options_of_mount8_are_ignored() {
+        // What mount(8) and mount.fuse3 hand over for an fstab line
+        // `SOURCE MNT fuse.rimgfs ro,allow_other,nofail,... 0 0`, and what systemd adds.
+        let fstab = [
+            "ro,allow_other,nofail,_netdev,dev,suid",
+            "defaults,auto,noauto,user,nouser,users,group,owner,_rnetdev,async",
+            "x-systemd.automount,x-systemd.requires=network.target,x-mount.mkdir,comment=x",
+        ];
+        let o = args(&fstab).to_config_as(true).unwrap();
+        let want = args(&["ro,allow_other,dev,suid"])
+            .to_config_as(true)
+            .unwrap();
+        assert_eq!(o, want);
+    }
+
+    #[test]
+    fn mount_options_with_paths_stand_for_flags() {
+        let o = args(&["upper=/srv/u,work=/srv/w", "cache_dir=/var/tmp/c"])
+            .to_config_as(true)
+            .unwrap();
+        assert_eq!(o.upper, Some(PathBuf::from("/srv/u")));
+        assert_eq!(o.work, Some(PathBuf::from("/srv/w")));
+        assert_eq!(o.cache_dir, Some(PathBuf::from("/var/tmp/c")));
+        for bad in ["upper=", "work=/w", "ro,upper=/u", "uid=0", "cache_dir"] {
+            assert!(
+                matches!(args(&[bad]).to_config_as(true), Err(Error::Usage(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    /// Parses `args` (without the program name) as `main` does.
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        parse_args(std::iter::once("rimgfs").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_implicit_mount_is_what_mount_fuse3_runs() {
+        // mount.fuse3 runs `rimgfs SOURCE MOUNTPOINT -o OPTIONS`.
+        for (argv, image) in [
+            (
+                &[
+                    "docker-archive:/srv/app.tar",
+                    "/mnt/app",
+                    "-o",
+                    "ro,allow_other,dev,suid",
+                ][..],
+                "docker-archive:/srv/app.tar",
+            ),
+            (&["/srv/app.tar", "/mnt/app"][..], "/srv/app.tar"),
+            (&["-v", "oci:layout", "/mnt/app", "-f"][..], "oci:layout"),
+            (&["./mount", "/mnt/app"][..], "./mount"),
+        ] {
+            let cli = parse(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            match cli.cmd {
+                Command::Mount(m) => {
+                    assert_eq!(m.image, image, "{argv:?}");
+                    assert_eq!(m.mountpoint, PathBuf::from("/mnt/app"), "{argv:?}");
+                }
+                other => panic!("{argv:?} parsed as {other:?}"),
+            }
+        }
+        let cli = parse(&["src/x.tar", "/mnt", "-o", "ro"]).unwrap();
+        let Command::Mount(m) = cli.cmd else {
+            panic!("not a mount")
+        };
+        assert_eq!(m.mount.options, ["ro"]);
+        // Subcommands, help and version are as they were; a mistyped subcommand and a
+        // missing mount point are usage errors.
+        assert!(matches!(parse(&["ls", "a:b"]).unwrap().cmd, Command::Ls(_)));
         assert!(matches!(
-            args(&["allow_other,allow_root"]).to_config(),
-            Err(Error::Usage(_))
+            parse(&["-v", "inspect", "/x.tar"]).unwrap().cmd,
+            Command::Inspect(_)
         ));
+        for (argv, kind) in [
+            (&["--help"][..], clap::error::ErrorKind::DisplayHelp),
+            (&["help"][..], clap::error::ErrorKind::DisplayHelp),
+            (&["-V"][..], clap::error::ErrorKind::DisplayVersion),
+            (
+                &["inspct", "/x.tar"][..],
+                clap::error::ErrorKind::InvalidSubcommand,
+            ),
+            (
+                &["/x.tar"][..],
+                clap::error::ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                &[][..],
+                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+            ),
+        ] {
+            let e = parse(argv).expect_err(&format!("{argv:?}"));
+            assert_eq!(e.kind(), kind, "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cli_parses_completions() {
+        for (name, shell) in [
+            ("bash", Shell::Bash),
+            ("zsh", Shell::Zsh),
+            ("fish", Shell::Fish),
+        ] {
+            match parse(&["completions", name]).unwrap().cmd {
+                Command::Completions(c) => assert_eq!(c.shell, shell),
+                other => panic!("parsed {other:?}"),
+            }
+        }
+        assert!(parse(&["completions", "tcsh"]).is_err());
     }
 
     #[test]

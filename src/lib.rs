@@ -46,6 +46,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Diff(a) => app::diff::run(a, stdout),
         Command::Commit(a) => app::commit::run(a),
         Command::Cache(a) => app::cache::run(a, stdout),
+        Command::Completions(a) => app::completions::run(a, stdout),
     }
 }
 

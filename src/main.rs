@@ -2,10 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = match rimgfs::cli::Cli::try_parse() {
+    let cli = match rimgfs::cli::parse_args(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => {
             // --help and --version are not errors; clap prints them and picks the status.

@@ -19,10 +19,18 @@ use crate::sys::{Forked, fork_single_threaded};
 /// Message the daemon sends when the mount is ready.
 const READY: &[u8] = b"ok";
 
+/// The mount's type is `fuse.rimgfs` (the kernel's FUSE subtype), the name mount(8) runs
+/// `rimgfs` by for `-t fuse.rimgfs`.
+pub const FS_NAME: &str = "rimgfs";
+
 /// Validated mount options: what the kernel is asked for, where changes go, how the daemon
 /// runs. The command line converts into it (`cli::MountArgs::to_config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
+    /// What the kernel lists as the mount's source (mountinfo's fifth field from the end):
+    /// the image argument as given, so that `mount -a` finds an fstab entry already mounted
+    /// ([`FS_NAME`] when empty).
+    pub source: String,
     /// Honour setuid/setgid bits.
     pub suid: bool,
     /// Allow device nodes to be opened.
@@ -47,12 +55,43 @@ pub struct MountOptions {
     pub upper: Option<PathBuf>,
     /// Its work directory.
     pub work: Option<PathBuf>,
+    /// The cache directory `-o cache_dir=` names, over the image options' (an fstab entry
+    /// passes `-o` options only).
+    pub cache_dir: Option<PathBuf>,
     /// Stay in the foreground.
     pub foreground: bool,
     /// Show layers 0..=N only.
     pub layer: Option<usize>,
     /// Worker threads.
     pub threads: usize,
+}
+
+impl Default for MountOptions {
+    /// The defaults, which suit untrusted images: writable (changes go to an ephemeral
+    /// upper layer, as for a container's root filesystem), nosuid, nodev, noatime,
+    /// default_permissions, open to the mounting user only, kernel passthrough where
+    /// allowed, 2 serving threads per CPU (at least 4).
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        MountOptions {
+            source: String::new(),
+            suid: false,
+            dev: false,
+            exec: true,
+            atime: false,
+            default_permissions: true,
+            passthrough: true,
+            allow_other: false,
+            allow_root: false,
+            read_only: false,
+            upper: None,
+            work: None,
+            cache_dir: None,
+            foreground: false,
+            layer: None,
+            threads: (2 * cpus).max(4),
+        }
+    }
 }
 
 /// Checks that `mnt` is a directory that is not already a mount point, and returns its
@@ -264,9 +303,30 @@ fn serve(
     result
 }
 
+impl MountOptions {
+    /// The source the kernel lists.
+    fn fs_source(&self) -> &str {
+        if self.source.is_empty() {
+            FS_NAME
+        } else {
+            &self.source
+        }
+    }
+}
+
 /// The `-o` list for fusermount3 (which adds user_id, group_id and rootmode itself).
 fn fusermount_options(opts: &MountOptions) -> String {
-    let mut o = vec!["fsname=rimgfs", "subtype=rimgfs"];
+    // fusermount3 reads a backslash as escaping the next byte of `fsname=`, so a comma in an
+    // image name does not end the option.
+    let mut fsname = String::from("fsname=");
+    for c in opts.fs_source().chars() {
+        if c == ',' || c == '\\' {
+            fsname.push('\\');
+        }
+        fsname.push(c);
+    }
+    let subtype = format!("subtype={FS_NAME}");
+    let mut o = vec![fsname.as_str(), subtype.as_str()];
     o.push(if opts.read_only { "ro" } else { "rw" });
     o.push(if opts.suid { "suid" } else { "nosuid" });
     o.push(if opts.dev { "dev" } else { "nodev" });
@@ -285,7 +345,13 @@ fn fusermount_options(opts: &MountOptions) -> String {
 
 fn fuser_config(opts: &MountOptions) -> fuser::Config {
     use fuser::MountOption as M;
-    let mut mo = vec![M::FSName("rimgfs".into()), M::Subtype("rimgfs".into())];
+    // fuser's own mount(2) (root) makes FSName the source but calls the type plain `fuse`,
+    // dropping Subtype, which only fusermount reads. The kernel takes the subtype as a mount
+    // option of its own (fs/fuse/inode.c, `subtype=`), and then lists `fuse.rimgfs`.
+    let mut mo = vec![
+        M::FSName(opts.fs_source().into()),
+        M::CUSTOM(format!("subtype={FS_NAME}")),
+    ];
     mo.push(if opts.read_only { M::RO } else { M::RW });
     mo.push(if opts.suid { M::Suid } else { M::NoSuid });
     mo.push(if opts.dev { M::Dev } else { M::NoDev });
@@ -336,6 +402,37 @@ pub fn umount(mnt: &Path, lazy: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options() -> MountOptions {
+        MountOptions {
+            source: r"docker-archive:/srv/a,b\c.tar".into(),
+            allow_other: true,
+            read_only: true,
+            ..MountOptions::default()
+        }
+    }
+
+    #[test]
+    fn mount_source_and_type_reach_both_mount_paths() {
+        use fuser::MountOption as M;
+        let o = options();
+        assert_eq!(
+            fusermount_options(&o),
+            r"fsname=docker-archive:/srv/a\,b\\c.tar,subtype=rimgfs,ro,nosuid,nodev,exec,noatime,default_permissions,allow_other"
+        );
+        let c = fuser_config(&o);
+        assert!(c.mount_options.contains(&M::FSName(o.source.clone())));
+        assert!(
+            c.mount_options
+                .contains(&M::CUSTOM("subtype=rimgfs".into()))
+        );
+        assert_eq!(c.acl, fuser::SessionACL::All);
+        let unnamed = MountOptions {
+            source: String::new(),
+            ..options()
+        };
+        assert!(fusermount_options(&unnamed).starts_with("fsname=rimgfs,"));
+    }
 
     #[test]
     fn mountinfo_escaping() {

@@ -95,3 +95,44 @@ fn not_a_tar_is_one_line_on_mount_ls_and_inspect() {
         }
     }
 }
+
+// See: `rimgfs SOURCE MOUNTPOINT -o OPTIONS`, the form mount.fuse3 runs, is a mount; usage
+// errors keep exit status 2.
+#[test]
+fn implicit_mount_form_keeps_usage_errors() {
+    let sb = Sandbox::new();
+    let image = sb.image("L0: file /f 0644 'x'");
+    let mnt = sb.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let (img, m) = (image.as_os_str(), mnt.as_os_str());
+    let usage = |args: &[&OsStr], why: &str| {
+        let out = run(&sb, args);
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains(why),
+            "{args:?}: {why:?} in {}",
+            out.stderr
+        );
+        assert!(!is_mounted(&mnt));
+    };
+    usage(&[img], "MOUNTPOINT");
+    usage(&[img, m, OsStr::new("-o"), OsStr::new("ro,bogus")], "bogus");
+    usage(&[OsStr::new("inspct"), img], "inspect");
+    // A runtime error is still one line naming what is wrong, status 1.
+    let missing = sb.path("missing.tar");
+    let out = run(
+        &sb,
+        &[missing.as_os_str(), m, OsStr::new("-o"), OsStr::new("ro")],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{:?}", out.stderr);
+    assert!(out.stderr.contains("missing.tar"), "{}", out.stderr);
+    // --help is unchanged, and tells of the form.
+    let help = run(&sb, &[OsStr::new("--help")]);
+    assert_eq!(help.code, Some(0), "{help:?}");
+    assert!(
+        help.stdout.contains("rimgfs SOURCE MOUNTPOINT"),
+        "{}",
+        help.stdout
+    );
+}

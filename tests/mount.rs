@@ -754,21 +754,6 @@ fn mount_point_errors() {
     assert!(!is_mounted(&mnt));
 }
 
-/// Pids of processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &Path) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let needle = needle.as_os_str().as_bytes();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == needle))
-        })
-        .collect()
-}
-
 #[test]
 fn mount_background_returns_once_mounted_and_umount_unmounts() {
     if !harness::require_fuse() {
@@ -794,15 +779,17 @@ fn mount_background_returns_once_mounted_and_umount_unmounts() {
         std::fs::read(bg.mnt.join("etc/hosts")).unwrap(),
         b"hosts v2\n"
     );
-    let daemons = processes_mentioning(&bg.mnt);
+    let daemons = harness::processes_mentioning(&bg.mnt);
     assert_eq!(daemons.len(), 1, "one daemon: {daemons:?}");
     let out = rimgfs(&["umount".as_ref(), bg.mnt.as_os_str()]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(!is_mounted(&bg.mnt), "still mounted after `rimgfs umount`");
     // The daemon exits on its own.
     assert!(
-        poll_until(harness::EXIT_TIMEOUT, || processes_mentioning(&bg.mnt)
-            .is_empty()),
+        poll_until(harness::EXIT_TIMEOUT, || harness::processes_mentioning(
+            &bg.mnt
+        )
+        .is_empty()),
         "daemon {daemons:?} still running after umount"
     );
     // Unmounting again says it is not mounted.

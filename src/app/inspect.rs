@@ -5,9 +5,9 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::write_out;
+use super::{json, write_out};
 use crate::cli::InspectCommand;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::container::Compression;
 use crate::image::{self, Image};
 use crate::stack::Stack;
@@ -67,14 +67,27 @@ pub fn inspect(
         p
     };
     if json_out {
-        let v = json!({
-            "source": img.origin.display().to_string(),
+        let history: Vec<_> = cfg
+            .history
+            .iter()
+            .map(|h| {
+                json!({
+                    "created": h.created,
+                    "created_by": h.created_by,
+                    "author": h.author,
+                    "comment": h.comment,
+                    "empty_layer": h.empty_layer == Some(true),
+                })
+            })
+            .collect();
+        let fields = json!({
             "refs": img.refs,
             "platform": platform,
             "manifest_digest": img.manifest_digest.as_ref().map(|d| d.to_string()),
             "config_digest": img.config_digest.as_ref().map(|d| d.to_string()),
             "created": cfg.created,
-            "config": cfg.config,
+            // The image's own execution parameters, every field it has.
+            "config": img.config_raw.get("config").filter(|c| c.is_object()),
             "layers": layers,
             "tree": tree.as_ref().map(|tree| json!({
                 "entries": tree.entry_count(),
@@ -82,11 +95,11 @@ pub fn inspect(
                 "bytes": tree.heap_bytes(),
                 "file_bytes": tree.total_bytes,
             })),
-            "history": cfg.history,
+            "history": history,
+            // The whole config document, as the image has it.
             "image_config": img.config_raw,
         });
-        let s = serde_json::to_string_pretty(&v).map_err(|e| Error::Usage(e.to_string()))?;
-        return write_out(out, format!("{s}\n").as_bytes());
+        return json::write(out, &json::document(&img.origin, fields));
     }
     let mut w = String::new();
     let line = |w: &mut String, k: &str, v: &str| w.push_str(&format!("{k:<12} {v}\n"));

@@ -1,7 +1,8 @@
 //! The subcommands, one file each: what `rimgfs <command>` does with its parsed arguments
 //! ([`crate::cli`]). Each opens what it needs through the stages below it (image, stack,
 //! tree, view, cow, fuse, mount, changes, commit); those that print write to the writer
-//! they are given, so tests capture their output.
+//! they are given, so tests capture their output; [`json`] is the one schema of the JSON
+//! that `inspect` and `ls` print.
 //!
 //! A new subcommand is one arguments struct in `cli.rs`, one file here and one arm in
 //! [`crate::run`]. Dependencies: cli, stack and every stage a command drives.
@@ -9,8 +10,10 @@
 pub mod cache;
 pub mod cat;
 pub mod commit;
+pub mod completions;
 pub mod diff;
 pub mod inspect;
+pub mod json;
 pub mod ls;
 pub mod mount;
 pub mod umount;

@@ -19,8 +19,15 @@ use crate::{cow, fuse, view};
 
 /// Runs `rimgfs mount`; `verbose` is the `-v` count (a daemon that logs keeps its stderr).
 pub fn run(a: MountCommand, verbose: u8) -> Result<()> {
-    let img = a.select.to_config(&a.image)?;
-    let opts = a.mount.to_config()?;
+    let opts = MountOptions {
+        source: a.image.clone(),
+        ..a.mount.to_config()?
+    };
+    let select = crate::cli::ImageArgs {
+        cache_dir: opts.cache_dir.clone().or(a.select.cache_dir),
+        ..a.select
+    };
+    let img = select.to_config(&a.image)?;
     let mnt = mount::check_mountpoint(&a.mountpoint)?;
     let stack = Stack::open(&img.spec, &img.open, &img.cache, opts.layer)?;
     let tree = Arc::new(stack.tree()?);

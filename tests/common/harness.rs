@@ -478,6 +478,22 @@ impl Drop for BackgroundMount {
     }
 }
 
+/// Pids of processes whose command line has `needle` as one of its arguments (a daemon
+/// that is not our child, found by its mount point).
+pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let needle = needle.as_os_str().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == needle))
+        })
+        .collect()
+}
+
 /// The unprivileged test user, created if missing: (uid, gid).
 pub fn test_user() -> Option<(u32, u32)> {
     const NAME: &str = "rimgfs-test";
