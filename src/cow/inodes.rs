@@ -460,6 +460,10 @@ mod tests {
             rdev: 0,
             mtime: 4,
             mtime_nsec: 5,
+            atime: 0,
+            atime_nsec: 0,
+            ctime: 0,
+            ctime_nsec: 0,
         };
         let f = t.register(Ino::ROOT, OsStr::new("f"), &upper(40, 2), true);
         t.linked(key(Ino::ROOT, "g"), f, 40);

@@ -271,5 +271,9 @@ fn meta_attr(ino: Ino, m: &std::fs::Metadata) -> Attr {
         rdev: m.rdev(),
         mtime: m.mtime(),
         mtime_nsec: m.mtime_nsec() as u32,
+        atime: m.atime(),
+        atime_nsec: m.atime_nsec() as u32,
+        ctime: m.ctime(),
+        ctime_nsec: m.ctime_nsec() as u32,
     }
 }

@@ -177,6 +177,10 @@ fn stat_attr(ino: Ino, st: &FileStat) -> Attr {
         rdev: st.st_rdev,
         mtime: st.st_mtime,
         mtime_nsec: st.st_mtime_nsec as u32,
+        atime: st.st_atime,
+        atime_nsec: st.st_atime_nsec as u32,
+        ctime: st.st_ctime,
+        ctime_nsec: st.st_ctime_nsec as u32,
     }
 }
 

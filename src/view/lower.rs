@@ -197,6 +197,10 @@ fn attr_of(id: NodeId, n: &Node) -> Attr {
         rdev: n.kind.rdev(),
         mtime: n.meta.mtime,
         mtime_nsec: n.meta.mtime_nsec,
+        atime: n.meta.mtime,
+        atime_nsec: n.meta.mtime_nsec,
+        ctime: n.meta.mtime,
+        ctime_nsec: n.meta.mtime_nsec,
     }
 }
 

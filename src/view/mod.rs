@@ -85,10 +85,18 @@ pub struct Attr {
     pub blocks: u64,
     /// Device number (a host `dev_t`).
     pub rdev: u64,
-    /// mtime seconds (also used for atime and ctime: layers record only mtime).
+    /// mtime seconds.
     pub mtime: i64,
     /// mtime nanoseconds.
     pub mtime_nsec: u32,
+    /// atime seconds (a lower entry's is its mtime: layers record only mtime).
+    pub atime: i64,
+    /// atime nanoseconds.
+    pub atime_nsec: u32,
+    /// ctime seconds (a lower entry's is its mtime too).
+    pub ctime: i64,
+    /// ctime nanoseconds.
+    pub ctime_nsec: u32,
 }
 
 /// One entry of a directory listing, borrowing its name.
