@@ -14,6 +14,7 @@ use nix::errno::Errno;
 
 use super::inodes::Inode;
 use super::{Cow, errno};
+use crate::sys::DirFd;
 use crate::tree::node::{DataRef, NodeId, NodeKind};
 use crate::upper::copy_up::{CopyMode, complete_data, copy_node, copy_up};
 use crate::view::{Ino, OpResult};
@@ -117,8 +118,18 @@ impl Cow {
             chain.push(ino);
             ino = i.parent;
         }
+        let Some(&top) = chain.last() else {
+            return Ok(());
+        };
+        // Down the chain from one descriptor: each copy opens the next directory beneath the
+        // last, so a chain of any depth costs its length, not its square.
+        let mut pdir = self.upper_dir(&self.path_of(self.inode(top)?.parent)?)?;
         for ino in chain.into_iter().rev() {
-            self.copy_inode(ino, CopyMode::Full)?;
+            self.copy_inode_in(ino, &pdir, CopyMode::Full)?;
+            let name = self.inode(ino)?.name;
+            pdir = pdir
+                .open_beneath(std::path::Path::new(&name))
+                .map_err(errno)?;
         }
         Ok(())
     }
@@ -126,13 +137,19 @@ impl Cow {
     /// Copies one inode (its parent already upper) from the lower node it continues.
     pub(super) fn copy_inode(&self, ino: Ino, mode: CopyMode) -> OpResult<()> {
         let i = self.inode(ino)?;
+        let pdir = self.upper_dir(&self.path_of(i.parent)?)?;
+        self.copy_inode_in(ino, &pdir, mode)
+    }
+
+    /// Copies one inode into `pdir`, its parent's upper directory.
+    fn copy_inode_in(&self, ino: Ino, pdir: &DirFd, mode: CopyMode) -> OpResult<()> {
+        let i = self.inode(ino)?;
         let tree = self.tree();
         let node = i.lower.and_then(|id| tree.node(id)).ok_or_else(|| {
             log::error!("inode {ino} has neither an upper nor a lower entry");
             Errno::EIO
         })?;
-        let pdir = self.upper_dir(&self.path_of(i.parent)?)?;
-        copy_node(&self.upper, tree, &pdir, &i.name, node, mode).map_err(errno)?;
+        copy_node(&self.upper, tree, pdir, &i.name, node, mode).map_err(errno)?;
         self.write_inodes()?.set_upper(ino);
         Ok(())
     }

@@ -20,9 +20,6 @@ use nix::errno::Errno;
 use crate::tree::node::NodeId;
 use crate::view::{Attr, Ino, OpResult};
 
-/// Deepest directory nesting walked when building a path.
-pub(super) const MAX_DEPTH: usize = 4096;
-
 /// A name: the directory inode and the name in it.
 pub(super) type Key = (Ino, OsString);
 
@@ -346,8 +343,9 @@ impl Inodes {
             }
             names.push(&i.name);
             cur = i.parent;
-            if names.len() > MAX_DEPTH {
-                log::error!("inode {ino}: parent chain too deep");
+            // Any depth the tree holds; only a loop (a bug) is longer than the table.
+            if names.len() > self.map.len() {
+                log::error!("inode {ino}: its parents form a loop");
                 return Err(Errno::EIO);
             }
         }
@@ -363,7 +361,7 @@ impl Inodes {
 
     /// Whether `anc` is `ino` or a directory above it.
     pub fn is_ancestor(&self, anc: Ino, mut ino: Ino) -> bool {
-        for _ in 0..MAX_DEPTH {
+        for _ in 0..=self.map.len() {
             if ino == anc {
                 return true;
             }

@@ -47,8 +47,12 @@ pub fn copy_up(
     };
     let mut dir = upper.dir(b"")?;
     let mut lower_path: Vec<u8> = Vec::new();
+    // The lower directory at `lower_path`, followed down with it (resolving each prefix
+    // from the root again would cost the square of the depth).
+    let mut lower_dir = Some(LowerTree::ROOT);
     for comp in parents {
         push_comp(&mut lower_path, comp);
+        lower_dir = lower_dir.and_then(|d| tree.lookup(d, comp));
         let name = OsStr::from_bytes(comp);
         match upper.classify(&dir, name)? {
             UpperEntry::Entry {
@@ -56,7 +60,9 @@ pub fn copy_up(
                 ..
             } => {}
             UpperEntry::Absent => {
-                let node = lower_node(tree, &lower_path)?;
+                let node = lower_dir
+                    .and_then(|id| tree.node(id))
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
                 copy_node(upper, tree, &dir, name, node, CopyMode::Full)?;
             }
             // A merged path never runs through a whiteout or a non-directory.
