@@ -1,6 +1,7 @@
 //! Extended attributes in the writable view: the image's until an entry is copied up, the
-//! upper copy's after; overlayfs's private attributes never show; `user.rimgfs.layer` tells
-//! where an entry comes from. Setting or removing one copies the entry up, metadata only.
+//! upper copy's after (the image's overlay-namespaced ones stored escaped, read back by their
+//! own names); overlayfs's bookkeeping never shows; `user.rimgfs.layer` tells where an entry
+//! comes from. Setting or removing one copies the entry up, metadata only.
 
 use std::ffi::OsStr;
 
@@ -9,7 +10,8 @@ use nix::errno::Errno;
 use super::{Cow, errno, lock};
 use crate::sys::DirFd;
 use crate::upper::copy_up::CopyMode;
-use crate::upper::is_private_xattr;
+use crate::upper::format::{escape_xattr, unescape_xattr};
+use crate::upper::{OVERRIDE_STAT, is_private_xattr};
 use crate::view::{Ino, OpResult, PROVENANCE_XATTR, View};
 
 impl Cow {
@@ -29,13 +31,15 @@ impl Cow {
                 _ => Err(Errno::ENODATA),
             };
         }
-        if is_private_xattr(name) {
+        if name == OVERRIDE_STAT {
             return Err(Errno::ENODATA);
         }
         if i.upper {
+            // The entry's own attributes are stored escaped where they would be bookkeeping.
             let path = self.path_of(ino)?;
+            let stored = escape_xattr(name);
             return self
-                .on_upper_entry(&path, |d, n| d.get_xattr(n, name))?
+                .on_upper_entry(&path, |d, n| d.get_xattr(n, &stored))?
                 .map_err(|e| {
                     if e.raw_os_error() == Some(libc::ENODATA) {
                         Errno::ENODATA
@@ -83,8 +87,8 @@ impl Cow {
             .on_upper_entry(&path, |d, n| d.list_xattr(n))?
             .map_err(errno)?;
         let mut out = Vec::new();
-        for k in names.iter().filter(|k| !is_private_xattr(k)) {
-            out.extend_from_slice(k);
+        for k in names.iter().filter_map(|k| unescape_xattr(k)) {
+            out.extend_from_slice(&k);
             out.push(0);
         }
         Ok(out)

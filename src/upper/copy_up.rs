@@ -14,7 +14,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 
-use super::{Flag, Role, Upper, UpperEntry, is_private_xattr};
+use super::format::{escape_xattr, is_bookkeeping};
+use super::{Flag, OVERRIDE_STAT, Role, Upper, UpperEntry};
 use crate::layer::entry::Meta;
 use crate::sys::DirFd;
 use crate::tree::LowerTree;
@@ -127,8 +128,9 @@ pub fn copy_node(
                 work.mknod(&tmp, node.mode(), node.kind.rdev())?
             }
         }
-        for (k, v) in node.xattrs.iter().filter(|(k, _)| !is_private_xattr(k)) {
-            work.set_xattr(&tmp, k, v, 0)?;
+        // The image's own attributes, overlay-namespaced ones escaped (never bookkeeping).
+        for (k, v) in node.xattrs.iter().filter(|(k, _)| **k != *OVERRIDE_STAT) {
+            work.set_xattr(&tmp, &escape_xattr(k), v, 0)?;
         }
         set_meta(upper, work, &tmp, &node.meta, node.mode())
     })();
@@ -201,11 +203,7 @@ pub fn complete_data(
         out.sync_data()?;
         // A truncate through the metadata-only copy may have changed the size.
         out.set_len(st.st_size as u64)?;
-        for k in dir
-            .list_xattr(name)?
-            .iter()
-            .filter(|k| !is_private_xattr(k))
-        {
+        for k in dir.list_xattr(name)?.iter().filter(|k| !is_bookkeeping(k)) {
             work.set_xattr(&tmp, k, &dir.get_xattr(name, k)?, 0)?;
         }
         // The owner it shows: an unprivileged daemon's copy records the one it could not set.
