@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
@@ -42,9 +44,19 @@ pub(super) struct Inode {
     pub names: u32,
     /// No name leads here any more: the inode lives on only through open files.
     pub unlinked: bool,
-    /// Its attributes when it lost its last name, if it had an upper entry then: what it
-    /// answers for as long as open files still reach it.
-    pub last: Option<Attr>,
+    /// What it was when it lost its last name, if it had an upper entry then: it answers
+    /// for it as long as open files still reach it.
+    pub last: Option<Last>,
+}
+
+/// An upper entry that lost its last name, as it was then.
+#[derive(Clone, Debug)]
+pub(super) struct Last {
+    /// Its attributes then (link count 0).
+    pub attr: Attr,
+    /// The file itself (an `O_PATH` descriptor), whose attributes still change through the
+    /// descriptors open on it.
+    pub file: Option<Arc<File>>,
 }
 
 impl Inode {
@@ -152,9 +164,12 @@ impl Inodes {
 
     /// Keeps `attr` (taken before its entry went) as what `ino` answers if it is now
     /// unlinked.
-    pub fn remember(&mut self, ino: Ino, attr: Option<Attr>) {
+    pub fn remember(&mut self, ino: Ino, last: Option<Last>) {
         if let Some(i) = self.map.get_mut(&ino).filter(|i| i.unlinked) {
-            i.last = attr.map(|a| Attr { nlink: 0, ..a });
+            i.last = last.map(|l| Last {
+                attr: Attr { nlink: 0, ..l.attr },
+                ..l
+            });
         }
     }
 
@@ -467,14 +482,21 @@ mod tests {
         t.linked(key(Ino::ROOT, "g"), f, 40);
         // Still named elsewhere: nothing to remember.
         t.unbind(&key(Ino::ROOT, "f"));
-        t.remember(f, Some(a));
-        assert_eq!(t.get(f).unwrap().last, None);
+        let last = || {
+            Some(Last {
+                attr: a,
+                file: None,
+            })
+        };
+        let kept = |t: &Inodes| t.get(f).unwrap().last.as_ref().map(|l| l.attr);
+        t.remember(f, last());
+        assert_eq!(kept(&t), None);
         t.unbind(&key(Ino::ROOT, "g"));
-        t.remember(f, Some(a));
-        assert_eq!(t.get(f).unwrap().last, Some(Attr { nlink: 0, ..a }));
+        t.remember(f, last());
+        assert_eq!(kept(&t), Some(Attr { nlink: 0, ..a }));
         // Named again (a link made through /proc): the entry answers for itself again.
         t.bind(key(Ino::ROOT, "h"), f);
-        assert_eq!(t.get(f).unwrap().last, None);
+        assert!(t.get(f).unwrap().last.is_none());
     }
 
     #[test]

@@ -232,8 +232,13 @@ impl Cow {
             if i.unlinked {
                 // Only open descriptors still reach it: it answers as its entry was when it
                 // went, or as the lower node it still is.
-                if let Some(a) = i.last {
-                    return Ok(Attr { ino, ..a });
+                if let Some(last) = &i.last {
+                    // The file itself while it can be reached: writes through open
+                    // descriptors still change it.
+                    if let Some(m) = last.file.as_ref().and_then(|f| f.metadata().ok()) {
+                        return Ok(meta_attr(ino, &m));
+                    }
+                    return Ok(Attr { ino, ..last.attr });
                 }
                 let id = i.lower.ok_or(Errno::ESTALE)?;
                 return Ok(Attr {
