@@ -737,30 +737,68 @@ fn read_at(dir: i32, name: &str) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Removes a chain of directories `d` below `top` of any depth, bottom up (the standard
+/// library's removal recurses once per level; renames cost the depth each).
+fn remove_chain(top: &Path) {
+    let (d, up) = (CString::new("d").unwrap(), CString::new("..").unwrap());
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let c = cs(top);
+    // SAFETY: valid descriptors and C strings throughout; each descriptor is closed once.
+    unsafe {
+        let mut fd = libc::open(c.as_ptr(), flags);
+        let mut depth = 0;
+        loop {
+            let next = libc::openat(fd, d.as_ptr(), flags);
+            if next < 0 {
+                break;
+            }
+            libc::close(fd);
+            (fd, depth) = (next, depth + 1);
+        }
+        for name in nix::dir::Dir::openat(
+            std::os::fd::BorrowedFd::borrow_raw(fd),
+            ".",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|e| e.unwrap().file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        {
+            assert_eq!(libc::unlinkat(fd, name.as_ptr(), 0), 0, "{name:?}");
+        }
+        for _ in 0..depth {
+            let parent = libc::openat(fd, up.as_ptr(), flags);
+            assert!(parent >= 0);
+            libc::close(fd);
+            fd = parent;
+            assert_eq!(libc::unlinkat(fd, d.as_ptr(), libc::AT_REMOVEDIR), 0);
+        }
+        libc::close(fd);
+    }
+}
+
 #[test]
 fn cow_posix_layer_30000_directories_deep_serves_every_depth() {
     const DEPTH: usize = 30_000;
+    // Where the test changes things: far below the 4,096 levels a path walk once stopped at.
+    // (Changing the bottom too would copy up 30,000 directories, each renamed into place
+    // below all the others: a cost of the square of the depth, as for kernel overlayfs.)
+    const CHANGED: usize = 5_000;
     let sb = Sandbox::new();
-    // One file at the bottom; its 30,000 parents are implicit, so the layer stays small.
-    let path = format!("/{}f", "d/".repeat(DEPTH));
-    let spec = format!("L0: file {path} 0644 'bottom'\n");
+    // A file at each of the two depths; their parents are implicit, so the layer stays small.
+    let spec = format!(
+        "L0: file /{}f 0644 'bottom'; file /{}g 0644 'middle'\n",
+        "d/".repeat(DEPTH),
+        "d/".repeat(CHANGED)
+    );
     let image = sb.image(&spec);
     let upper = sb.path("upper");
     let Some(m) = common::harness::mount_with_upper(&image, &sb.cache(), &upper) else {
         return;
     };
     let d = CString::new("d").unwrap();
-    let mut fd = open_path(m.path());
-    for depth in 1..=DEPTH {
-        fd = step_down(fd, &d);
-        assert!(
-            fd >= 0,
-            "depth {depth}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    assert_eq!(read_at(fd, "f").unwrap(), b"bottom");
-    // Listing and changing the bottom directory: every directory above it is copied up.
     let listed = |fd: i32| {
         // SAFETY: `fd` stays open while it is borrowed.
         let dir = nix::dir::Dir::openat(
@@ -778,30 +816,45 @@ fn cow_posix_layer_30000_directories_deep_serves_every_depth() {
         v.sort();
         v.join(",")
     };
-    assert_eq!(listed(fd), "f");
-    let new = CString::new("new").unwrap();
-    let f = CString::new("f").unwrap();
-    // SAFETY: valid descriptors and C strings.
-    unsafe {
-        let w = libc::openat(fd, new.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+    let mut fd = open_path(m.path());
+    let mut middle = -1;
+    for depth in 1..=DEPTH {
+        fd = step_down(fd, &d);
         assert!(
-            w >= 0,
-            "create at the bottom: {}",
+            fd >= 0,
+            "depth {depth}: {}",
             std::io::Error::last_os_error()
         );
-        assert_eq!(libc::write(w, b"written".as_ptr().cast(), 7), 7);
-        libc::close(w);
-        assert_eq!(libc::unlinkat(fd, f.as_ptr(), 0), 0, "unlink at the bottom");
+        if depth == CHANGED {
+            // SAFETY: a valid descriptor.
+            middle = unsafe { libc::dup(fd) };
+        }
     }
-    assert_eq!(read_at(fd, "new").unwrap(), b"written");
-    assert_eq!(listed(fd), "new");
+    assert_eq!(read_at(fd, "f").unwrap(), b"bottom");
+    assert_eq!(listed(fd), "f");
     // SAFETY: ours to close.
     unsafe { libc::close(fd) };
+    // Changes in the middle: every directory above it is copied up.
+    assert_eq!(listed(middle), "d,g");
+    let new = CString::new("new").unwrap();
+    let g = CString::new("g").unwrap();
+    // SAFETY: valid descriptors and C strings.
+    unsafe {
+        let w = libc::openat(middle, new.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+        assert!(w >= 0, "create: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::write(w, b"written".as_ptr().cast(), 7), 7);
+        libc::close(w);
+        assert_eq!(libc::unlinkat(middle, g.as_ptr(), 0), 0, "unlink");
+    }
+    assert_eq!(read_at(middle, "new").unwrap(), b"written");
+    assert_eq!(listed(middle), "d,new");
+    // SAFETY: ours to close.
+    unsafe { libc::close(middle) };
     m.unmount();
     // The upper holds the change at its depth, in overlayfs's form: the new file, and a
     // whiteout for the lower one.
     let mut fd = open_path(&upper);
-    for depth in 1..=DEPTH {
+    for depth in 1..=CHANGED {
         fd = step_down(fd, &d);
         assert!(
             fd >= 0,
@@ -813,14 +866,13 @@ fn cow_posix_layer_30000_directories_deep_serves_every_depth() {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid descriptor, C string and stat buffer.
     let st = unsafe {
-        assert_eq!(
-            libc::fstatat(fd, f.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW),
-            0
-        );
+        let r = libc::fstatat(fd, g.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW);
+        assert_eq!(r, 0);
         libc::close(fd);
         st.assume_init()
     };
     assert_eq!((st.st_mode & libc::S_IFMT, st.st_rdev), (libc::S_IFCHR, 0));
+    remove_chain(&upper);
 }
 
 fn xattrs(path: &Path) -> Vec<(String, String)> {
