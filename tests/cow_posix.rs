@@ -506,7 +506,6 @@ fn ctime(path: &Path) -> (i64, i64) {
 fn cow_posix_ctime_moves_with_successful_changes_only() {
     let log = both(SPEC, |r| {
         let mut log = Log::new();
-        // (what, who, the call, the entry whose ctime is watched before, and after)
         type Call = Box<dyn FnOnce() -> i32>;
         let chmod = |f: &str| -> Call {
             let c = cs(&p(r, f));
@@ -523,7 +522,9 @@ fn cow_posix_ctime_moves_with_successful_changes_only() {
             // SAFETY: valid C strings.
             Box::new(move || unsafe { libc::link(a.as_ptr(), b.as_ptr()) })
         };
-        let steps: Vec<(&str, Option<(u32, u32)>, Call, &str, &str)> = vec![
+        // (what, who, the call, the entry whose ctime is watched before, and after)
+        type Step<'a> = (&'a str, Option<(u32, u32)>, Call, &'a str, &'a str);
+        let steps: Vec<Step> = vec![
             (
                 "chmod",
                 None,
