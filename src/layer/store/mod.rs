@@ -17,7 +17,8 @@
 //!   `inflight`, across processes through an OFD write lock on the piece's byte range of
 //!   `.lock` (held from before the fetch until its range is recorded; a waiter then finds
 //!   the piece recorded and reads it from `.data`).
-//! - Fetches are retried a bounded number of times; a piece that cannot be had is `EIO`,
+//! - Fetches are retried a bounded number of times (not again when the fetcher says its own
+//!   retries are spent: `Spent`); a piece that cannot be had is `EIO`,
 //!   logged once per failed read, and never blocks other pieces.
 //!
 //! Dependencies: image (digest, remote), codec, error, nix (flock, fcntl OFD locks, futimens).
@@ -36,7 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use crate::image::digest::Digest;
-use crate::image::remote::BlobFetch;
+use crate::image::remote::{BlobFetch, Spent};
 use ranges::RangeSet;
 
 /// How often one piece is requested before a read fails.
@@ -556,6 +557,11 @@ impl StoredBlob {
                 Ok(bytes) => {
                     self.write_at(&bytes, s)?;
                     return self.commit(s, e);
+                }
+                Err(err) if Spent::is(&err) => {
+                    // The fetcher retried already and names the repository.
+                    log::error!("{}: {err}", what());
+                    return Err(eio());
                 }
                 Err(err) => {
                     log::debug!(
