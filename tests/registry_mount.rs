@@ -254,14 +254,10 @@ fn push_estargz(reg: &Registry, spec: &str, chunk: usize, name: &str) -> String 
 
 /// An image of `spec`'s first layer pushed by podman as zstd:chunked; its reference.
 fn push_zstd_chunked(reg: &Registry, work: &Path, spec: &str, name: &str) -> Option<String> {
-    if require(
+    require(
         engines::have(&["podman"]).then_some(()),
         "podman not installed",
-    )
-    .is_none()
-    {
-        return None;
-    }
+    )?;
     let tar = work.join("zc-layer.tar");
     std::fs::write(&tar, Spec::parse(spec).layer_tars().remove(0)).unwrap();
     let podman = engines::Podman::new(&work.join("podman"), "vfs");
@@ -547,6 +543,26 @@ fn a_warm_mount_asks_for_no_blob() {
     assert_eq!(std::fs::read(m.at("usr/big")).unwrap(), big);
     assert_eq!(proxy.count("/blobs/"), 0, "{:?}", proxy.per_path());
     m.unmount();
+    // Past the tag's time to live: the tag is checked (at most 2 requests), no blob asked.
+    age_tag_resolutions(
+        &ctx.sb.cache(),
+        rimgfs::image::registry::TAG_TTL + Duration::from_secs(1),
+    );
+    proxy.clear();
+    let Some(m) = ctx.mount(&pr, &[]) else { return };
+    let stale = proxy.requests();
+    eprintln!(
+        "warm mount: {} requests within the tag's TTL, {} past it",
+        warm.len(),
+        stale.len()
+    );
+    assert!(
+        (1..=2).contains(&stale.len()) && stale.iter().all(|q| !q.path.contains("/blobs/")),
+        "warm mount past the tag's TTL: {stale:?}"
+    );
+    assert_eq!(std::fs::read(m.at("usr/big")).unwrap(), big);
+    assert_eq!(proxy.count("/blobs/"), 0, "{:?}", proxy.per_path());
+    m.unmount();
 }
 
 /// Mounts a TOC image through `proxy`: under 1% of its layer bytes read, a small file's read
@@ -559,6 +575,11 @@ fn toc_image_is_read_chunk_by_chunk(proxy: &Proxy, pr: &str, files: &[(&str, Vec
         return;
     };
     let fetched: u64 = layers.iter().map(|l| proxy.bytes(&l.0)).sum();
+    eprintln!(
+        "{pr}: the mount read {fetched} of {total} layer bytes ({:.3}%) in {} requests",
+        fetched as f64 * 100.0 / total as f64,
+        proxy.requests().len()
+    );
     assert!(
         fetched * 100 < total,
         "the mount read {fetched} of {total} layer bytes: {:?}",
