@@ -897,3 +897,113 @@ fn offline_mounts_a_cached_image_without_the_registry() {
     assert!(lines[0].contains("off/other"), "{}", out.stderr);
     assert!(lines[0].contains("not in the cache"), "{}", out.stderr);
 }
+
+#[test]
+fn faults_in_the_indexing_stream_of_a_gzip_layer_end_in_the_right_tree() {
+    if !tools() {
+        return;
+    }
+    let Some(reg) = Registry::plain() else { return };
+    let r = reg.push_def(&def(Codec::Gzip), "stream/app:1", Format::Oci);
+    let work = Sandbox::new();
+    let rootfs = umoci_of(&r, &[], work.dir.path(), "app");
+    let proxy = Proxy::start(&reg.addr);
+    let pr = proxy.reference("stream/app:1");
+    let layers = layer_blobs(&pr);
+    // The big layer's stream: broken and resumed (the resumption answered whole once), or
+    // refused a few times before it starts.
+    let big = &layers[1].0;
+    let cases: Vec<Vec<Fault>> = vec![
+        vec![Fault::CutShort],
+        vec![Fault::CutShort, Fault::WholeBody],
+        vec![Fault::TooMany("1".into()), Fault::Unavailable],
+        vec![Fault::Reset, Fault::CutShort, Fault::CutShort],
+    ];
+    for faults in cases {
+        proxy.clear();
+        proxy.heal();
+        // Applied in order, one request each.
+        for f in &faults {
+            proxy.inject(&format!("/blobs/{big}"), f.clone(), 1);
+        }
+        let ctx = Ctx::new();
+        let Some(m) = ctx.mount(&pr, &[]) else { return };
+        if let Err(diff) = common::treesum_compare(&rootfs, m.path(), &["--ignore-root"]) {
+            panic!("{faults:?}: differs from umoci unpack:\n{diff}");
+        }
+        let applied: Vec<Fault> = proxy
+            .requests()
+            .into_iter()
+            .filter_map(|q| q.fault)
+            .collect();
+        assert_eq!(applied, faults, "{:?}", proxy.requests());
+        m.unmount();
+    }
+    // A stall: the mount waits for it and is ready with the right tree once it breaks.
+    proxy.clear();
+    proxy.inject(&format!("/blobs/{big}"), Fault::Stall, 1);
+    let ctx = Ctx::new();
+    std::thread::scope(|s| {
+        let mount = s.spawn(|| ctx.mount(&pr, &[]));
+        assert!(poll_until(Duration::from_secs(30), || {
+            proxy
+                .requests()
+                .iter()
+                .any(|q| q.fault == Some(Fault::Stall))
+        }));
+        proxy.release();
+        let Some(m) = mount.join().unwrap() else {
+            return;
+        };
+        if let Err(diff) = common::treesum_compare(&rootfs, m.path(), &["--ignore-root"]) {
+            panic!("after a stall: differs from umoci unpack:\n{diff}");
+        }
+        m.unmount();
+    });
+    // A blob that cannot be had: the mount fails with one line naming the image.
+    let ctx = Ctx::new();
+    proxy.inject(&format!("/blobs/{big}"), Fault::Unavailable, 10_000);
+    let out = ctx.run(&["ls", &pr, "/"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(
+        lines[0].starts_with("rimgfs: docker://") && lines[0].contains("503"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn after_the_background_fill_the_registry_may_go() {
+    let Some(reg) = Registry::plain() else { return };
+    let r = push_estargz(&reg, &toc_spec(2_000_000), 256 << 10, "fill/app:1");
+    let layers = layer_blobs(&r);
+    let ctx = Ctx::new();
+    let Some(m) = ctx.mount(&r, &[]) else { return };
+    // Done when the cache holds every byte of the layer blobs.
+    let present = |ctx: &Ctx| -> u64 {
+        layers
+            .iter()
+            .map(|(d, _)| {
+                let p = ctx.sb.cache().join(format!(
+                    "blobs/sha256/{}.data",
+                    d.trim_start_matches("sha256:")
+                ));
+                std::fs::metadata(p).map_or(0, |m| m.blocks() * 512)
+            })
+            .sum()
+    };
+    let total: u64 = layers.iter().map(|l| l.1).sum();
+    assert!(
+        poll_until(Duration::from_secs(60), || present(&ctx) >= total),
+        "the background fill stopped at {} of {total} bytes",
+        present(&ctx)
+    );
+    drop(reg);
+    for n in 0..SMALL_FILES {
+        assert_eq!(std::fs::read(m.at(&format!("f/{n}"))).unwrap(), small(n));
+    }
+    assert_eq!(std::fs::read(m.at("b/big")).unwrap().len(), 2_000_000);
+    m.unmount();
+}
