@@ -20,7 +20,7 @@ use super::{
 };
 use crate::layer::data::LayerData;
 use crate::tree::LowerTree;
-use crate::tree::node::{DataRef, Node, NodeId, NodeKind};
+use crate::tree::node::{DataRef, NodeId, NodeRec};
 
 /// Files at least this big are read through kernel passthrough from a copy of their own in
 /// the cache: one copy on first open buys native read speed afterwards. Smaller files are
@@ -65,9 +65,9 @@ impl LowerView {
     /// inode, as the kernel requires every open of an inode to use the same mode.
     fn wants_passthrough(&self, ino: Ino) -> bool {
         self.passthrough.is_some()
-            && self.node(ino).is_ok_and(|(_, n)| {
-                n.kind.size() >= PASSTHROUGH_MIN_SIZE && matches!(n.kind, NodeKind::File(_))
-            })
+            && self
+                .node(ino)
+                .is_ok_and(|(_, n)| n.data().is_some_and(|d| d.size >= PASSTHROUGH_MIN_SIZE))
     }
 
     /// A file holding exactly the bytes of `ino`, made on first use by copying its range out
@@ -75,9 +75,10 @@ impl LowerView {
     /// temporary name that is renamed into place, so a partial copy is never used.
     fn passthrough_file(&self, ino: Ino) -> OpResult<File> {
         let (_, n) = self.node(ino)?;
-        let (NodeKind::File(d), Some(store)) = (&n.kind, &self.passthrough) else {
+        let (Some(d), Some(store)) = (n.data(), &self.passthrough) else {
             return Err(Errno::EINVAL);
         };
+        let d = &d;
         let key = store
             .layer_keys
             .get(usize::from(d.layer))
@@ -115,11 +116,8 @@ impl LowerView {
         &self.tree
     }
 
-    fn node(&self, ino: Ino) -> OpResult<(NodeId, &Node)> {
-        match ino
-            .node()
-            .and_then(|id| self.tree.node(id).map(|n| (id, n)))
-        {
+    fn node(&self, ino: Ino) -> OpResult<(NodeId, &NodeRec)> {
+        match ino.node().and_then(|id| self.tree.rec(id).map(|n| (id, n))) {
             Some(x) => Ok(x),
             None => {
                 log::error!("request for unknown inode {ino}");
@@ -140,10 +138,10 @@ impl LowerView {
     /// Reads up to `size` bytes at `offset` of a file.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> OpResult<Vec<u8>> {
         let (_, n) = self.node(ino)?;
-        let data = match &n.kind {
-            NodeKind::File(d) => *d,
-            NodeKind::Dir { .. } => return Err(Errno::EISDIR),
-            _ => return Err(Errno::EINVAL),
+        let data = match n.data() {
+            Some(d) => d,
+            None if n.is_dir() => return Err(Errno::EISDIR),
+            None => return Err(Errno::EINVAL),
         };
         self.read_data(&data, offset, size)
     }
@@ -180,23 +178,23 @@ impl LowerView {
     }
 }
 
-fn attr_of(id: NodeId, n: &Node) -> Attr {
-    let size = match &n.kind {
-        // Directories report a size like ext4's smallest: one block.
-        NodeKind::Dir { .. } => u64::from(BLOCK_SIZE),
-        k => k.size(),
+fn attr_of(id: NodeId, n: &NodeRec) -> Attr {
+    // Directories report a size like ext4's smallest: one block.
+    let size = match n.is_dir() {
+        true => u64::from(BLOCK_SIZE),
+        false => n.size(),
     };
     Attr {
         ino: Ino::of(id),
-        mode: n.mode(),
+        mode: n.st_mode(),
         nlink: n.nlink,
-        uid: n.meta.uid,
-        gid: n.meta.gid,
+        uid: n.uid,
+        gid: n.gid,
         size,
         blocks: size.div_ceil(512),
-        rdev: n.kind.rdev(),
-        mtime: n.meta.mtime,
-        mtime_nsec: n.meta.mtime_nsec,
+        rdev: n.rdev(),
+        mtime: n.mtime,
+        mtime_nsec: n.mtime_nsec,
     }
 }
 
@@ -227,7 +225,7 @@ impl View for LowerView {
         }
         let id = match name {
             b"." => pid,
-            b".." => p.parent,
+            b".." => NodeId(p.parent),
             _ => self.tree.lookup(pid, name).ok_or(Errno::ENOENT)?,
         };
         let (_, n) = self.node(Ino::of(id))?;
@@ -240,10 +238,11 @@ impl View for LowerView {
     }
 
     fn readlink(&self, ino: Ino) -> OpResult<Vec<u8>> {
-        match &self.node(ino)?.1.kind {
-            NodeKind::Symlink(t) => Ok(t.to_vec()),
-            _ => Err(Errno::EINVAL),
-        }
+        let (id, _) = self.node(ino)?;
+        self.tree
+            .target(id)
+            .map(<[u8]>::to_vec)
+            .ok_or(Errno::EINVAL)
     }
 
     fn open(&self, ino: Ino, flags: i32, _who: Caller) -> OpResult<Fh> {
@@ -295,7 +294,7 @@ impl View for LowerView {
         if offset == 0 && add(dot(b".", id, 1)) {
             return Ok(());
         }
-        if offset <= 1 && add(dot(b"..", n.parent, 2)) {
+        if offset <= 1 && add(dot(b"..", NodeId(n.parent), 2)) {
             return Ok(());
         }
         let skip = offset.saturating_sub(2) as usize;
@@ -304,7 +303,7 @@ impl View for LowerView {
             let full = add(DirListing {
                 ino: Ino::of(e.node),
                 next: i as u64 + 3,
-                file_type: child.kind.file_type_bits(),
+                file_type: child.file_type_bits(),
                 name: self.tree.name(e),
             });
             if full {
@@ -320,7 +319,7 @@ impl View for LowerView {
 
     /// `user.rimgfs.layer` answers the provenance.
     fn getxattr(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
-        let (_, n) = self.node(ino)?;
+        let (id, n) = self.node(ino)?;
         if name == PROVENANCE_XATTR {
             let label = self
                 .layer_labels
@@ -328,15 +327,21 @@ impl View for LowerView {
                 .ok_or(Errno::ENODATA)?;
             return Ok(label.as_bytes().to_vec());
         }
-        n.xattr(name).map(<[u8]>::to_vec).ok_or(Errno::ENODATA)
+        if !n.has_xattrs() {
+            return Err(Errno::ENODATA);
+        }
+        self.tree
+            .xattr(id, name)
+            .map(<[u8]>::to_vec)
+            .ok_or(Errno::ENODATA)
     }
 
     /// The image's own attribute names (the provenance one is not listed, so copies and
     /// comparisons see exactly the image).
     fn listxattr(&self, ino: Ino) -> OpResult<Vec<u8>> {
-        let (_, n) = self.node(ino)?;
+        let (id, _) = self.node(ino)?;
         let mut out = Vec::new();
-        for (k, _) in n.xattrs.iter() {
+        for (k, _) in self.tree.xattrs(id) {
             out.extend_from_slice(k);
             out.push(0);
         }
@@ -346,20 +351,21 @@ impl View for LowerView {
     /// Against the image's owners and modes; writing is refused: the lower tree is read-only.
     fn access(&self, ino: Ino, mask: i32, who: Caller) -> OpResult<()> {
         let (_, n) = self.node(ino)?;
+        let (is_dir, meta) = (n.is_dir(), n.meta());
         if mask & libc::W_OK != 0 {
             return Err(Errno::EROFS);
         }
         if mask == libc::F_OK
-            || who.uid == 0 && (mask & libc::X_OK == 0 || n.meta.mode & 0o111 != 0 || n.is_dir())
+            || who.uid == 0 && (mask & libc::X_OK == 0 || meta.mode & 0o111 != 0 || is_dir)
         {
             return Ok(());
         }
-        let bits = if who.uid == n.meta.uid {
-            (n.meta.mode >> 6) & 7
-        } else if who.gid == n.meta.gid {
-            (n.meta.mode >> 3) & 7
+        let bits = if who.uid == meta.uid {
+            (meta.mode >> 6) & 7
+        } else if who.gid == meta.gid {
+            (meta.mode >> 3) & 7
         } else {
-            n.meta.mode & 7
+            meta.mode & 7
         };
         let want = (mask & 7) as u32;
         if bits & want == want {
