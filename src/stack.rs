@@ -100,16 +100,17 @@ impl Stack {
             data[*i] = l.data.clone();
         }
         if let Some(p) = path.filter(|_| reloaded.is_empty()) {
-            let written = self.cache.write_atomic(&p, |w| {
+            let written = self.cache.write_checked(&p, |w| {
                 std::io::Write::write_all(w, &bytes).ctx("write", &p)
             });
-            match written {
-                // Served from the file, so the built tree's memory is given back.
-                Ok(()) => {
-                    if let Some(flat) = open_cached(&p) {
-                        return Ok(LowerTree::from_flat(flat, data));
-                    }
-                }
+            // Served from the file, so the built tree's memory is given back.
+            let mapped = written.and_then(|()| {
+                let f = std::fs::File::open(&p).ctx("open", &p)?;
+                Flat::map_written(&f, &bytes).ctx("map", &p)
+            });
+            match mapped {
+                Ok(Some(flat)) => return Ok(LowerTree::from_flat(flat, data)),
+                Ok(None) => log::warn!("{}: changed while being written", p.display()),
                 Err(e) => log::warn!("cannot cache the merged tree: {e}"),
             }
         }

@@ -158,6 +158,16 @@ impl Flat {
         Ok(Flat::parse(Store::Map(Mapped::file(file)?)))
     }
 
+    /// Maps a file this process has just written with `bytes` (already checked), without
+    /// reading it again; `None` if the file is not those bytes' length.
+    pub fn map_written(file: &File, bytes: &[u8]) -> io::Result<Option<Flat>> {
+        let m = Mapped::file(file)?;
+        if m.len() != bytes.len() || m.get(..HEADER) != bytes.get(..HEADER) {
+            return Ok(None);
+        }
+        Ok(Flat::parse(Store::Map(m)))
+    }
+
     fn parse(store: Store) -> Option<Flat> {
         let bytes: &[u8] = match &store {
             Store::Mem(a) => a,
