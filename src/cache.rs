@@ -5,6 +5,8 @@
 //! ```text
 //! layers/<alg>/<hex>.tar     decompressed layer, verified against its diff_id when written
 //! index/<alg>/<hex>.idx      binary layer index with a trailing checksum (layer::codec)
+//! trees/<key>.tree           merged tree of a layer stack, mapped by mounts (tree::flat),
+//!                            key = hash of the layers' index files and their identities
 //! archives/<key>.tar         decompressed whole-archive, key = hash of the source fingerprint
 //! verified/<key>             empty stamp: this (file, offset, len, mtime) hashed to its digest
 //! manifests/<alg>/<hex>      registry manifest, index or config, verified when written and read

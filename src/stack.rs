@@ -133,7 +133,7 @@ impl Stack {
         Some(
             self.cache
                 .root()
-                .join("index/tree")
+                .join("trees")
                 .join(format!("{}.tree", hex.hex())),
         )
     }
