@@ -45,8 +45,9 @@ pub(super) struct Inode {
     /// No name leads here any more: the inode lives on only through open files.
     pub unlinked: bool,
     /// What it was when it lost its last name, if it had an upper entry then: it answers
-    /// for it as long as open files still reach it.
-    pub last: Option<Last>,
+    /// for it as long as open files still reach it. Boxed: rare, and every inode of a walk
+    /// carries the field.
+    pub last: Option<Box<Last>>,
 }
 
 /// An upper entry that lost its last name, as it was then.
@@ -166,9 +167,11 @@ impl Inodes {
     /// unlinked.
     pub fn remember(&mut self, ino: Ino, last: Option<Last>) {
         if let Some(i) = self.map.get_mut(&ino).filter(|i| i.unlinked) {
-            i.last = last.map(|l| Last {
-                attr: Attr { nlink: 0, ..l.attr },
-                ..l
+            i.last = last.map(|l| {
+                Box::new(Last {
+                    attr: Attr { nlink: 0, ..l.attr },
+                    ..l
+                })
             });
         }
     }
