@@ -354,7 +354,7 @@ fn ls_cat_inspect_diff_and_commit_take_docker_references() {
         cat.stdout_bytes,
         std::fs::read(rootfs.join("usr/mid")).unwrap()
     );
-    // Through the symlink-free hard link of another layer's file.
+    // A hard link's content.
     let cat = ctx.run(&["cat", &r, "/etc/h2"]).success();
     assert_eq!(cat.stdout, "a host\n");
 
@@ -417,6 +417,17 @@ fn ls_cat_inspect_diff_and_commit_take_docker_references() {
         b"changed\n"
     );
     assert!(!committed.join("usr/small").exists());
+    // The committed image equals the registry image mounted over that upper directory.
+    let Some(m) = ctx.mount(&r, &["--upper", up]) else {
+        return;
+    };
+    if let Err(diff) = common::treesum_compare(&committed, m.path(), &["--ignore-root"]) {
+        panic!(
+            "the commit differs from the mount over its upper:
+{diff}"
+        );
+    }
+    m.unmount();
     assert_eq!(
         std::fs::read(committed.join("usr/big")).unwrap(),
         std::fs::read(rootfs.join("usr/big")).unwrap()
