@@ -4,7 +4,8 @@
 //! who is not root; and, through the recording proxy, what a mount asks the registry for: a
 //! warm mount asks for no blob, a table-of-contents image's mount reads under 1% of its
 //! blobs, one range is fetched once by readers in two processes, every fault ends in the
-//! right bytes or EIO, a registry gone while mounted fails only uncached reads, and
+//! right bytes or EIO, a registry gone (or a blob deleted) while mounted fails only uncached
+//! reads, and
 //! `--offline` mounts a cached image without the registry.
 #![allow(missing_docs)]
 
@@ -1016,5 +1017,48 @@ fn after_the_background_fill_the_registry_may_go() {
         assert_eq!(std::fs::read(m.at(&format!("f/{n}"))).unwrap(), small(n));
     }
     assert_eq!(std::fs::read(m.at("b/big")).unwrap().len(), 2_000_000);
+    m.unmount();
+}
+
+#[test]
+fn a_blob_deleted_while_mounted_gives_eio_at_once() {
+    let Some(reg) = Registry::plain() else { return };
+    push_estargz(&reg, &toc_spec(500_000), 256 << 10, "deleted/app:1");
+    let proxy = Proxy::start(&reg.addr);
+    let pr = proxy.reference("deleted/app:1");
+    let layer = layer_blobs(&pr).remove(0).0;
+    let ctx = Ctx::new();
+    let Some(m) = ctx.mount(&pr, &["--no-prefetch"]) else {
+        return;
+    };
+    assert_eq!(std::fs::read(m.at("f/0")).unwrap(), small(0));
+    let url = format!("http://{}/v2/deleted/app/blobs/{layer}", reg.addr);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let status = agent.delete(&url).call().unwrap().status();
+    assert_eq!(status.as_u16(), 202, "DELETE {url}");
+    proxy.clear();
+    assert_eq!(read_errno(&m.at("f/1")), Some(libc::EIO));
+    // A 404 is final: asked once per FUSE read (the kernel may read the page twice), never
+    // retried.
+    let asked: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|q| q.path.contains(&layer))
+        .collect();
+    assert!(
+        (1..=2).contains(&asked.len()) && asked.iter().all(|q| q.status == 404),
+        "{asked:?}"
+    );
+    let lines: Vec<String> = m
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("error") && l.contains(&layer))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), asked.len(), "{}", m.stderr());
+    assert_eq!(std::fs::read(m.at("f/0")).unwrap(), small(0));
     m.unmount();
 }
