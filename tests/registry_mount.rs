@@ -5,8 +5,7 @@
 //! warm mount asks for no blob, a table-of-contents image's mount reads under 1% of its
 //! blobs, one range is fetched once by readers in two processes, every fault ends in the
 //! right bytes or EIO, a registry gone (or a blob deleted) while mounted fails only uncached
-//! reads, and
-//! `--offline` mounts a cached image without the registry.
+//! reads, and `--offline` mounts a cached image without the registry.
 #![allow(missing_docs)]
 
 mod common;
