@@ -1061,3 +1061,46 @@ fn a_blob_deleted_while_mounted_gives_eio_at_once() {
     assert_eq!(std::fs::read(m.at("f/0")).unwrap(), small(0));
     m.unmount();
 }
+
+#[test]
+fn mounts_from_registries_with_auth_read_lazily_and_keep_secrets() {
+    use common::registry::{Auth, PASSWORD, USER};
+    for auth in [Auth::Basic, Auth::bearer(false)] {
+        let Some(reg) = Registry::with_auth(auth.clone()) else {
+            return;
+        };
+        let r = push_estargz(&reg, &toc_spec(300_000), 64 << 10, "auth/app:1");
+        let ctx = Ctx::new();
+        let creds = format!("{USER}:{PASSWORD}");
+        // Without credentials: refused, in one line naming the registry.
+        let out = ctx.run(&["ls", &r, "/"]);
+        assert_eq!(out.code, Some(1), "{auth:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains(&reg.addr), "{}", out.stderr);
+        let Some(m) = ctx.mount(&r, &["--no-prefetch", "--creds", &creds]) else {
+            return;
+        };
+        // The daemon fetches each chunk on first read, with the credentials it was given.
+        for n in 0..SMALL_FILES {
+            assert_eq!(
+                std::fs::read(m.at(&format!("f/{n}"))).unwrap(),
+                small(n),
+                "{auth:?}"
+            );
+        }
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", m.pid())).unwrap();
+        let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(!shown.contains(PASSWORD), "{shown}");
+        m.unmount();
+        for f in walk(&ctx.sb.cache()) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes
+                    .windows(PASSWORD.len())
+                    .any(|w| w == PASSWORD.as_bytes()),
+                "{auth:?}: the password is in {}",
+                f.display()
+            );
+        }
+    }
+}
