@@ -194,6 +194,16 @@ def writes(out, m):
                      f"overlayfs -o volatile does not either:\n    copy-up {vol:.3f} s "
                      f"({big / MB / vol:.0f} MB/s), rimgfs / overlayfs-volatile = "
                      f"{t('w-copyup', 'rimgfs') / vol:.2f}")
+    if "busy_create_ms_rimgfs" in m:
+        def busy(fs):
+            note = "" if m[f"busy_during_{fs}"] else " (copy-up over first)"
+            return (f"create {m[f'busy_create_ms_{fs}']:.1f} ms, stat "
+                    f"{m[f'busy_stat_ms_{fs}']:.1f} ms{note}")
+        lines.append("  during the copy-up, slowest create of a new file / stat of an unlooked-up "
+                     "lower file elsewhere:")
+        for fs in FILESYSTEMS:
+            if f"busy_create_ms_{fs}" in m:
+                lines.append(f"    {fs:<16}{busy(fs)}")
     if any(timed_out(r) for r in res["w-create-delete-lower"].values()):
         lines.append(f"  (cut): runs were stopped after {limit:.0f} s (timeout(1)); the ratios "
                      "are lower bounds")
@@ -205,6 +215,8 @@ def writes(out, m):
         return "met" if ok else "NOT met"
 
     copyup = ratio("w-copyup", "overlayfs")
+    busy_ok = (m.get("busy_create_ms_rimgfs", 1e9) <= 10
+               and m.get("busy_stat_ms_rimgfs", 1e9) <= 5)
     chmod = t("w-chmod-big", "rimgfs") / t("w-chmod-small", "rimgfs")
     share, share_sync = 1 / ratio("w-seq", "overlayfs"), 1 / ratio("w-seq-fsync", "overlayfs")
     create = ratio("w-create-delete", "fuse-overlayfs")
@@ -216,6 +228,8 @@ def writes(out, m):
         f"(1.5x at most), {verdict(chmod <= 1.5)}",
         f"    sequential writes at 80% or more of overlayfs's throughput: {share:.0%}, "
         f"{verdict(share >= 0.8)}; with fsync {share_sync:.0%}, {verdict(share_sync >= 0.8)}",
+        f"    during a copy-up, creating a file elsewhere within 10 ms and a stat within 5 ms: "
+        f"{verdict(busy_ok)}",
         f"    create and delete {files:,} files at least as fast as fuse-overlayfs: new dir "
         f"{create:.2f}x its time, {verdict(create <= 1.0)}; lower dir "
         f"{'over ' if timed_out(res['w-create-delete-lower']['rimgfs']) else ''}"

@@ -8,9 +8,9 @@
 #
 # Writes, on a second image holding a 1 GiB file, each run on a fresh upper directory (hyperfine
 # --prepare unmounts, wipes the upper and work directories, syncs and mounts again): copy-up of
-# the big file, chmod of it (metadata-only copy-up where supported) and of a small file,
-# sequential writes to a new file, creating and deleting 10,000 files. Kernel overlayfs runs
-# with redirect_dir=on,metacopy=on.
+# the big file, creating files and stat'ing others while it runs, chmod of it (metadata-only
+# copy-up where supported) and of a small file, sequential writes to a new file, creating and
+# deleting 10,000 files. Kernel overlayfs runs with redirect_dir=on,metacopy=on.
 #
 # Needs root; not part of CI. Takes about 5 minutes.
 #
@@ -295,6 +295,62 @@ fs3=(rimgfs overlayfs fuse-overlayfs)
 echo "==> copy-up: append 1 byte to a 1 GiB lower file"
 wopts=(--runs "$runs")
 wbench w-copyup "printf x >> %m/$big" "${wfs[@]}"
+cat > "$out/busy.py" <<'EOF'
+# While `printf x >> MNT/BIG` copies BIG up, times creating files and stat'ing lower files
+# not looked up before on the same mount (the names of NAMES_DIR, a host directory, in
+# LOWER_DIR of the mount); prints metrics "busy_create_ms_FS", "busy_stat_ms_FS" (the slowest
+# of each) and "busy_during_FS" (1 if every sample was taken before the copy-up ended). The
+# copy-up is under way once WORK holds a non-empty file; all samples go to stderr.
+import os
+import subprocess
+import sys
+import time
+
+fs, mnt, work, big, names_dir, lower_dir = sys.argv[1:7]
+names = sorted(os.listdir(names_dir))
+copy = subprocess.Popen(["sh", "-c", f'printf x >> "{mnt}/{big}"'])
+
+
+def busy():
+    for root, _, files in os.walk(work):
+        for f in files:
+            try:
+                if os.lstat(os.path.join(root, f)).st_size > 0:
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+# Kernel overlayfs copies into an O_TMPFILE, which never shows: give it 50 ms to start.
+start = time.perf_counter()
+while copy.poll() is None and not busy() and time.perf_counter() - start < 0.05:
+    time.sleep(0.001)
+creates, stats = [], []
+for i, name in enumerate(names):
+    t = time.perf_counter()
+    os.close(os.open(f"{mnt}/busy-{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    creates.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    os.stat(os.path.join(mnt, lower_dir, name))
+    stats.append(time.perf_counter() - t)
+during = copy.poll() is None
+copy.wait()
+print(fs, "create ms", [round(c * 1e3, 2) for c in creates], file=sys.stderr)
+print(fs, "stat ms", [round(c * 1e3, 2) for c in stats], file=sys.stderr)
+print(f"busy_create_ms_{fs} {max(creates) * 1e3:.3f}")
+print(f"busy_stat_ms_{fs} {max(stats) * 1e3:.3f}")
+print(f"busy_during_{fs} {int(during)}")
+EOF
+echo "==> during that copy-up: create files and stat lower files elsewhere"
+for fs in "${fs3[@]}"; do
+  unmount_writes
+  eval "$(wreset "$fs")"
+  python3 "$out/busy.py" "$fs" "${wmnt[$fs]}" "$wup/$fs.work" "$big" \
+    "$wlower/var/spool/queue" var/spool/queue >> "$out/metrics"
+done
+unmount_writes
+rm -rf "$wup"
 echo "==> chmod of the 1 GiB lower file, and of a 4 KiB one"
 wopts=(--runs 10)
 wbench w-chmod-big "chmod 600 %m/$big" "${fs3[@]}"

@@ -46,8 +46,9 @@ pub(super) struct Inode {
     /// No name leads here any more: the inode lives on only through open files.
     pub unlinked: bool,
     /// Its attributes when it lost its last name, if it had an upper entry then: what it
-    /// answers for as long as open files still reach it.
-    pub last: Option<Attr>,
+    /// answers for as long as open files still reach it. Boxed: rare, and every inode of a
+    /// walk carries the field.
+    pub last: Option<Box<Attr>>,
 }
 
 impl Inode {
@@ -157,7 +158,7 @@ impl Inodes {
     /// unlinked.
     pub fn remember(&mut self, ino: Ino, attr: Option<Attr>) {
         if let Some(i) = self.map.get_mut(&ino).filter(|i| i.unlinked) {
-            i.last = attr.map(|a| Attr { nlink: 0, ..a });
+            i.last = attr.map(|a| Box::new(Attr { nlink: 0, ..a }));
         }
     }
 
@@ -469,7 +470,10 @@ mod tests {
         assert_eq!(t.get(f).unwrap().last, None);
         t.unbind(&key(Ino::ROOT, "g"));
         t.remember(f, Some(a));
-        assert_eq!(t.get(f).unwrap().last, Some(Attr { nlink: 0, ..a }));
+        assert_eq!(
+            t.get(f).unwrap().last,
+            Some(Box::new(Attr { nlink: 0, ..a }))
+        );
         // Named again (a link made through /proc): the entry answers for itself again.
         t.bind(key(Ino::ROOT, "h"), f);
         assert_eq!(t.get(f).unwrap().last, None);

@@ -218,7 +218,7 @@ impl Cow {
                 // Only open descriptors still reach it: it answers as its entry was when it
                 // went, or as the lower node it still is.
                 if let Some(a) = i.last {
-                    return Ok(Attr { ino, ..a });
+                    return Ok(Attr { ino, ..*a });
                 }
                 let id = i.lower.ok_or(Errno::ESTALE)?;
                 return Ok(Attr {

@@ -19,20 +19,29 @@ impl Cow {
     }
 
     fn getxattr_now(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
-        let i = self.inode(ino)?;
+        // `ls -l` asks this of every entry (security.selinux): read what it needs of the
+        // table without copying the inode, and answer a lower entry from the image alone.
+        let (upper, lower, is_dir) = {
+            let t = self.read_inodes()?;
+            let i = t.get(ino).ok_or_else(|| {
+                log::error!("request for unknown inode {ino}");
+                Errno::EIO
+            })?;
+            (i.upper, i.lower, i.is_dir())
+        };
         if name == PROVENANCE_XATTR {
             // A directory merged with a lower one still comes from that layer; anything
             // copied up or created since comes from the upper layer.
-            return match i.lower {
-                Some(id) if !i.upper || i.is_dir() => self.lower.getxattr(Ino::of(id), name),
-                _ if i.upper => Ok(b"upper".to_vec()),
+            return match lower {
+                Some(id) if !upper || is_dir => self.lower.getxattr(Ino::of(id), name),
+                _ if upper => Ok(b"upper".to_vec()),
                 _ => Err(Errno::ENODATA),
             };
         }
         if is_private_xattr(name) {
             return Err(Errno::ENODATA);
         }
-        if i.upper {
+        if upper {
             let path = self.path_of(ino)?;
             return self
                 .on_upper_entry(&path, |d, n| d.get_xattr(n, name))?
@@ -44,7 +53,7 @@ impl Cow {
                     }
                 });
         }
-        match i.lower {
+        match lower {
             Some(id) => self.lower.getxattr(Ino::of(id), name),
             None => Err(Errno::ENODATA),
         }

@@ -324,6 +324,11 @@ impl View for LowerView {
             // directory of a walk.
             stateless_opendir: true,
             keep_cache: true,
+            keep_handleless_cache: true,
+            cache_dirs: true,
+            // Access is checked by the view itself (no `default_permissions`), which
+            // `FUSE_POSIX_ACL` would turn on.
+            posix_acl: false,
         }
     }
 
