@@ -64,7 +64,7 @@ pub fn prepare(
                 layer: layer.describe(),
                 reason,
             })?;
-            cache.write_atomic(&own_path, |w| {
+            cache.write_checked(&own_path, |w| {
                 io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &own_path)
             })?;
             (index, own_path)

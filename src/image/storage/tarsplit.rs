@@ -58,9 +58,14 @@ pub enum Record {
     },
 }
 
-/// The records of a tar-split stream, in order.
+/// The records of a tar-split stream, in order. Read a line at a time (the writer ends
+/// each record with a newline), each line parsed from memory: several times faster than
+/// parsing from the reader a byte at a time.
 pub struct Records<R: Read> {
-    lines: serde_json::StreamDeserializer<'static, serde_json::de::IoRead<R>, RawRecord>,
+    reader: io::BufReader<R>,
+    /// The current line and where its next record starts.
+    line: Vec<u8>,
+    at: usize,
     next: i64,
 }
 
@@ -78,7 +83,9 @@ impl<R: Read> Records<R> {
     /// Reads records from the uncompressed JSON lines in `r`.
     pub fn new(r: R) -> Self {
         Records {
-            lines: serde_json::Deserializer::from_reader(r).into_iter(),
+            reader: io::BufReader::with_capacity(1 << 16, r),
+            line: Vec::new(),
+            at: 0,
             next: 0,
         }
     }
@@ -123,11 +130,26 @@ impl<R: Read> Iterator for Records<R> {
     type Item = Result<Record, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let raw = match self.lines.next()? {
-            Ok(raw) => raw,
-            Err(e) => return Some(Err(format!("bad tar-split data: {e}"))),
-        };
-        Some(self.decode(raw))
+        use std::io::BufRead;
+        loop {
+            let rest = self.line.get(self.at..).unwrap_or_default();
+            if rest.iter().any(|b| !b.is_ascii_whitespace()) {
+                let mut values = serde_json::Deserializer::from_slice(rest).into_iter();
+                let raw = match values.next()? {
+                    Ok(raw) => raw,
+                    Err(e) => return Some(Err(format!("bad tar-split data: {e}"))),
+                };
+                self.at += values.byte_offset();
+                return Some(self.decode(raw));
+            }
+            self.line.clear();
+            self.at = 0;
+            match self.reader.read_until(b'\n', &mut self.line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(format!("bad tar-split data: {e}"))),
+            }
+        }
     }
 }
 
