@@ -20,7 +20,7 @@ use nix::errno::Errno;
 
 use super::inodes::Inode;
 use super::{Cow, errno, lock};
-use crate::tree::node::{DataRef, NodeId, NodeKind};
+use crate::tree::node::{DataRef, NodeId};
 use crate::upper::copy_up::{
     CopyMode, Staged, complete_data, copy_node, copy_up, stage_data, stage_node,
 };
@@ -97,7 +97,7 @@ impl Cow {
         Ok(match plan {
             Some((Some(id), _)) => {
                 let node = tree.node(id).ok_or(Errno::EIO)?;
-                let staged = stage_node(&self.upper, tree, node, CopyMode::Full).map_err(errno)?;
+                let staged = stage_node(&self.upper, tree, &node, CopyMode::Full).map_err(errno)?;
                 Some(Prepared::Node(id, staged))
             }
             Some((None, Some(data))) => {
@@ -212,8 +212,8 @@ impl Cow {
     /// The lower data of a file inode.
     pub(super) fn lower_data(&self, i: &Inode) -> OpResult<DataRef> {
         let id = i.lower.ok_or(Errno::EIO)?;
-        match self.tree().node(id).map(|n| &n.kind) {
-            Some(NodeKind::File(d)) => Ok(*d),
+        match self.tree().rec(id).and_then(|r| r.data()) {
+            Some(d) => Ok(d),
             _ => Err(Errno::EIO),
         }
     }
@@ -244,7 +244,7 @@ impl Cow {
             Errno::EIO
         })?;
         let pdir = self.upper_dir(&self.path_of(i.parent)?)?;
-        copy_node(&self.upper, tree, &pdir, &i.name, node, mode).map_err(errno)?;
+        copy_node(&self.upper, tree, &pdir, &i.name, &node, mode).map_err(errno)?;
         self.write_inodes()?.set_upper(ino);
         Ok(())
     }

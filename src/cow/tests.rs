@@ -153,13 +153,13 @@ fn tree_over(
         })
         .collect();
     let len = data.len() as u64;
-    let layer = PreparedLayer {
-        index: LayerIndex {
+    let layer = PreparedLayer::new(
+        LayerIndex {
             entries,
             tar_size: len,
         },
-        data: bytes(data),
-    };
+        bytes(data),
+    );
     LowerTree::build(&[layer]).unwrap()
 }
 
