@@ -10,7 +10,7 @@
 //! Locking, in this order (a thread holding one lock only ever takes those below it):
 //! 1. an inode's copy lock (in `copying`, made on first use): held while that inode's data is
 //!    copied into the work directory ahead of a copy-up, so racing writers make one copy;
-//!    never held by a thread that holds `ns`, and at most one at a time;
+//!    never taken by a thread that holds `ns` or another copy lock;
 //! 2. `ns`: one mutex for every change to the namespace or the upper directory, so those
 //!    never race one another; a data copy is made before it is taken, and only renamed into
 //!    place under it;
