@@ -46,7 +46,8 @@ impl Backing {
 
     /// Counts an open of `ino` (handle `fh`). The first open of an inode picks its mode: the
     /// view's backing file registered with `register` if it has one, else through the daemon.
-    /// Later opens take the mode already picked.
+    /// Later opens take the mode already picked. The view is asked for its file without the
+    /// table locked, so other opens never wait on its I/O.
     pub fn open(
         &self,
         view: &dyn View,
@@ -55,15 +56,24 @@ impl Backing {
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Modes<'_> {
         // A poisoned map is still consistent: every update is one insert or counter change.
-        let mut map = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, n)) = map.get_mut(&ino) {
-            *n += 1;
-            return Modes(map);
+        let lock = || self.open.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut map = lock();
+            if let Some((_, n)) = map.get_mut(&ino) {
+                *n += 1;
+                return Modes(map);
+            }
         }
         let file = match self.enabled.load(Ordering::Relaxed) {
             true => view.backing_file(ino, fh),
             false => None,
         };
+        let mut map = lock();
+        // Another open of the inode may have picked its mode meanwhile: that one stands.
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n += 1;
+            return Modes(map);
+        }
         let id = match file {
             None => None,
             Some(Err(e)) => {
