@@ -199,6 +199,20 @@ impl Drop for Podman {
                 eprintln!("umount {}: {e}", home.display());
             }
         }
+        // Rootless podman leaves a pause process holding its user namespace (and a copy of
+        // every mount present when it started, which would keep those daemons serving after
+        // their unmount): stop it with the store.
+        if self.user.is_some() {
+            let runtime = self.env.iter().find(|(k, _)| k == "XDG_RUNTIME_DIR");
+            if let Some((_, dir)) = runtime {
+                let pidfile = Path::new(dir).join("libpod/tmp/pause.pid");
+                let pid = std::fs::read_to_string(&pidfile).ok();
+                if let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) {
+                    let pid = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
     }
 }
 
