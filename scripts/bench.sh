@@ -173,11 +173,13 @@ unmount() { eval "$(umount_cmd "$1")"; }
 # The daemon serving mount point $1: the rimgfs or fuse-overlayfs process with it as an
 # argument.
 daemon_pid() {
-  local p exe
+  local p exe args
   for p in /proc/[0-9]*; do
     exe=$(readlink "$p/exe" 2>/dev/null) || continue
     case ${exe##*/} in rimgfs* | fuse-overlayfs) ;; *) continue ;; esac
-    { tr '\0' '\n' < "$p/cmdline"; } 2>/dev/null | grep -qxF "$1" && { echo "${p#/proc/}"; return; }
+    # Read whole first: grep -q may exit before tr is done, which pipefail counts as a failure.
+    args=$(tr '\0' '\n' 2>/dev/null < "$p/cmdline") || continue
+    grep -qxF "$1" <<< "$args" && { echo "${p#/proc/}"; return; }
   done
   echo "no daemon serves $1" >&2
   return 1
