@@ -5,6 +5,8 @@
 //! ```text
 //! layers/<alg>/<hex>.tar     decompressed layer, verified against its diff_id when written
 //! index/<alg>/<hex>.idx      binary layer index with a trailing checksum (layer::codec)
+//! trees/<key>.tree           merged tree of a layer stack, mapped by mounts (tree::flat),
+//!                            key = hash of the layers' index files and their identities
 //! archives/<key>.tar         decompressed whole-archive, key = hash of the source fingerprint
 //! verified/<key>             empty stamp: this (file, offset, len, mtime) hashed to its digest
 //! manifests/<alg>/<hex>      registry manifest, index or config, verified when written and read
@@ -140,6 +142,25 @@ impl Cache {
         dest: &Path,
         fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
     ) -> Result<()> {
+        self.write_renamed(dest, true, fill)
+    }
+
+    /// Like [`Cache::write_atomic`] without the sync: for entries that carry a checksum of
+    /// their own, so a file a crash left incomplete is refused when read, never served.
+    pub fn write_checked(
+        &self,
+        dest: &Path,
+        fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+    ) -> Result<()> {
+        self.write_renamed(dest, false, fill)
+    }
+
+    fn write_renamed(
+        &self,
+        dest: &Path,
+        sync: bool,
+        fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+    ) -> Result<()> {
         let dir = dest.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).ctx("create directory", dir)?;
         let tmp = dir.join(format!(
@@ -158,7 +179,9 @@ impl Cache {
                 .into_inner()
                 .map_err(|e| e.into_error())
                 .ctx("write", &tmp)?;
-            f.sync_all().ctx("sync", &tmp)?;
+            if sync {
+                f.sync_all().ctx("sync", &tmp)?;
+            }
             fs::rename(&tmp, dest).ctx("rename", dest)
         })();
         if result.is_err() {

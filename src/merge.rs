@@ -125,17 +125,17 @@ pub(crate) mod cases {
                 xattrs: Vec::new(),
             })
             .collect();
-        let layer = PreparedLayer {
-            index: LayerIndex {
+        let layer = PreparedLayer::new(
+            LayerIndex {
                 entries,
                 tar_size: 0,
             },
-            data: LayerData::host(BlobLoc {
+            LayerData::host(BlobLoc {
                 file: PathBuf::new(),
                 offset: 0,
                 len: 0,
             }),
-        };
+        );
         LowerTree::build(&[layer]).unwrap()
     }
 

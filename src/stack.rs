@@ -3,10 +3,12 @@
 //! Dependencies: image, layer::prepare, tree, cache, error.
 
 use crate::cache::Cache;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
+use crate::image::digest::{Algorithm, Digest};
 use crate::image::{self, Image, ImageSpec, OpenOptions};
 use crate::layer::prepare::{PreparedLayer, prepare};
 use crate::tree::LowerTree;
+use crate::tree::flat::Flat;
 
 /// An opened image with its prepared layers.
 #[derive(Debug)]
@@ -15,6 +17,8 @@ pub struct Stack {
     pub image: Image,
     /// Its layers, bottom first (only up to `--layer N` when given).
     pub layers: Vec<PreparedLayer>,
+    /// Where the merged tree is cached.
+    cache: Cache,
 }
 
 impl Stack {
@@ -44,11 +48,110 @@ impl Stack {
         };
         let layers = prepare_all(&image, count, cache)?;
         keep_in_bounds(cache, &layers);
-        Ok(Stack { image, layers })
+        Ok(Stack {
+            image,
+            layers,
+            cache: cache.clone(),
+        })
     }
 
-    /// Builds the merged tree of the prepared layers.
+    /// The merged tree of the prepared layers: the cached encoding, mapped, when the cache
+    /// holds one for exactly these layer indexes; else built from the indexes and cached.
     pub fn tree(&self) -> Result<LowerTree> {
+        let data = || self.layers.iter().map(|l| l.data.clone()).collect();
+        let path = self.tree_path();
+        if let Some(p) = &path {
+            if let Some(flat) = open_cached(p) {
+                return Ok(LowerTree::from_flat(flat, data()));
+            }
+        }
+        let mut reloaded = Vec::new();
+        let mut indexes = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            match l.index() {
+                Ok(index) => indexes.push(Some(index)),
+                Err(reason) => {
+                    // A damaged index file was removed: preparing the layer again rebuilds it.
+                    log::warn!("layer {i}: {reason}; indexing it again");
+                    let again = prepare(&self.image.layers[i], &self.image.origin, &self.cache)?;
+                    reloaded.push((i, again));
+                    indexes.push(None);
+                }
+            }
+        }
+        let mut refs = Vec::with_capacity(indexes.len());
+        for (i, index) in indexes.iter().enumerate() {
+            let index = match index {
+                Some(x) => *x,
+                None => match reloaded.iter().find(|(j, _)| *j == i) {
+                    Some((_, l)) => l.index().map_err(|r| self.layer_error(i, r))?,
+                    None => return Err(self.layer_error(i, "no index".into())),
+                },
+            };
+            refs.push(index);
+        }
+        let bytes = LowerTree::encode(&refs).map_err(|e| match e.layer {
+            Some(i) => self.layer_error(i, e.reason),
+            None => Error::bad_image(&self.image.origin, e.reason),
+        })?;
+        // Layers prepared again have data of their own; the tree's file data must match them.
+        let mut data: Vec<_> = data();
+        for (i, l) in &reloaded {
+            data[*i] = l.data.clone();
+        }
+        if let Some(p) = path.filter(|_| reloaded.is_empty()) {
+            let written = self.cache.write_checked(&p, |w| {
+                std::io::Write::write_all(w, &bytes).ctx("write", &p)
+            });
+            // Served from the file, so the built tree's memory is given back.
+            let mapped = written.and_then(|()| {
+                let f = std::fs::File::open(&p).ctx("open", &p)?;
+                Flat::map_written(&f, &bytes).ctx("map", &p)
+            });
+            match mapped {
+                Ok(Some(flat)) => return Ok(LowerTree::from_flat(flat, data)),
+                Ok(None) => log::warn!("{}: changed while being written", p.display()),
+                Err(e) => log::warn!("cannot cache the merged tree: {e}"),
+            }
+        }
+        let flat = Flat::from_bytes(&bytes).ok_or_else(|| {
+            Error::bad_image(&self.image.origin, "the merged tree does not decode")
+        })?;
+        Ok(LowerTree::from_flat(flat, data))
+    }
+
+    /// The cache file of the merged tree of these layers: keyed by the tree format and each
+    /// layer index's cache file and identity, so a rebuilt index gives a new key. `None` when
+    /// a layer's index is in no cache file.
+    fn tree_path(&self) -> Option<std::path::PathBuf> {
+        let mut key = String::from_utf8_lossy(crate::tree::flat::MAGIC).into_owned();
+        for l in &self.layers {
+            key.push('\n');
+            key.push_str(l.identity()?);
+        }
+        let hex = Digest::of_bytes(Algorithm::Sha256, key.as_bytes());
+        Some(
+            self.cache
+                .root()
+                .join("trees")
+                .join(format!("{}.tree", hex.hex())),
+        )
+    }
+
+    fn layer_error(&self, i: usize, reason: String) -> Error {
+        Error::BadLayer {
+            path: self.image.origin.clone(),
+            layer: self
+                .image
+                .layers
+                .get(i)
+                .map_or_else(|| i.to_string(), |l| l.describe()),
+            reason,
+        }
+    }
+
+    /// Builds the merged tree of the prepared layers in memory, without the cache.
+    pub fn build_tree(&self) -> Result<LowerTree> {
         LowerTree::build(&self.layers).map_err(|e| match e.layer {
             Some(i) => Error::BadLayer {
                 path: self.image.origin.clone(),
@@ -70,6 +173,28 @@ impl Stack {
             .iter()
             .map(|l| format!("{} {}", l.index, l.digest()))
             .collect()
+    }
+}
+
+/// The cached tree at `p`, mapped, if it is whole; a damaged one is removed (and rebuilt by
+/// the caller). Its mtime is set to now, for the cache's least-recently-used eviction.
+fn open_cached(p: &std::path::Path) -> Option<Flat> {
+    let f = std::fs::File::open(p).ok()?;
+    match Flat::open(&f) {
+        Ok(Some(flat)) => {
+            use nix::sys::time::TimeSpec;
+            let _ = nix::sys::stat::futimens(&f, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_OMIT);
+            Some(flat)
+        }
+        Ok(None) => {
+            log::info!("{}: damaged merged tree; rebuilding it", p.display());
+            let _ = std::fs::remove_file(p);
+            None
+        }
+        Err(e) => {
+            log::warn!("{}: {e}", p.display());
+            None
+        }
     }
 }
 

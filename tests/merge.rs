@@ -515,11 +515,11 @@ fn non_utf8_names() {
          L1: whiteout '/d\\xff/gone\\x80'; file '/d\\xff/\\xc3\\x28' 0644 'bad utf8'",
     );
     assert_eq!(
-        read_node(&img.tree, img.node_bytes(b"d\xff/caf\xe9").unwrap()),
+        read_node(&img.tree, &img.node_bytes(b"d\xff/caf\xe9").unwrap()),
         b"latin1"
     );
     assert_eq!(
-        read_node(&img.tree, img.node_bytes(b"d\xff/\xc3\x28").unwrap()),
+        read_node(&img.tree, &img.node_bytes(b"d\xff/\xc3\x28").unwrap()),
         b"bad utf8"
     );
     assert_eq!(

@@ -53,8 +53,8 @@ pub fn inspect(
                     Compression::Zstd => "zstd",
                 },
                 "size": l.blob.len(),
-                "uncompressed_size": prepared.map(|p| p.index.tar_size),
-                "entries": prepared.map(|p| p.index.entries.len()),
+                "uncompressed_size": prepared.map(|p| p.tar_size()),
+                "entries": prepared.and_then(|p| p.index().ok()).map(|i| i.entries.len()),
             })
         })
         .collect();

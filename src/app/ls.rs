@@ -41,10 +41,10 @@ pub struct LsOptions {
 
 /// One listed entry: what the text form prints as its name (the name, or with `-R` the
 /// path), and its path in the image.
-struct Listed<'t> {
+struct Listed {
     shown: Vec<u8>,
     path: Vec<u8>,
-    node: &'t Node,
+    node: Node,
 }
 
 /// Lists `path` of an opened image's merged tree (`layer`: the `--layer` it was opened
@@ -66,7 +66,7 @@ pub fn ls(
     for l in &listed {
         if o.long {
             let label = o.layers.then(|| labels.get(usize::from(l.node.layer)));
-            buf.extend_from_slice(long_line(l.node, label.flatten()).as_bytes());
+            buf.extend_from_slice(long_line(&l.node, label.flatten()).as_bytes());
         }
         buf.extend_from_slice(&l.shown);
         if let (true, NodeKind::Symlink(t)) = (o.long, &l.node.kind) {
@@ -80,7 +80,7 @@ pub fn ls(
 
 /// The entries `ls` shows for `path`: the path itself when it is not a directory, else its
 /// children, depth first with `recursive`, each directory's sorted by name.
-fn walk<'t>(tree: &'t LowerTree, path: &str, recursive: bool) -> Result<Vec<Listed<'t>>> {
+fn walk(tree: &LowerTree, path: &str, recursive: bool) -> Result<Vec<Listed>> {
     let missing = |reason| Error::NotFound {
         path: path.into(),
         reason,
@@ -145,7 +145,10 @@ fn json_listing(
     listed: &[Listed],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let entries: Vec<Value> = listed.iter().map(|l| json_entry(&l.path, l.node)).collect();
+    let entries: Vec<Value> = listed
+        .iter()
+        .map(|l| json_entry(&l.path, &l.node))
+        .collect();
     let fields = json!({ "path": path, "layer": layer, "entries": entries });
     json::write(out, &json::document(&stack.image.origin, fields))
 }

@@ -208,7 +208,7 @@ impl<W: Write> LayerWriter<'_, '_, W> {
                 self.entry_body(path, &node.meta, public(node), body)
             }
             Merged::Lower(id) => {
-                let Some(n) = self.tree().node(id).cloned() else {
+                let Some(n) = self.tree().node(id) else {
                     return Ok(None);
                 };
                 if !n.is_dir() && n.nlink > 1 && self.linked(LinkKey::Lower(id), path)? {

@@ -14,7 +14,7 @@ use nix::errno::Errno;
 
 use super::inodes::Inode;
 use super::{Cow, errno};
-use crate::tree::node::{DataRef, NodeId, NodeKind};
+use crate::tree::node::{DataRef, NodeId};
 use crate::upper::copy_up::{CopyMode, complete_data, copy_node, copy_up};
 use crate::view::{Ino, OpResult};
 
@@ -100,8 +100,8 @@ impl Cow {
     /// The lower data of a file inode.
     pub(super) fn lower_data(&self, i: &Inode) -> OpResult<DataRef> {
         let id = i.lower.ok_or(Errno::EIO)?;
-        match self.tree().node(id).map(|n| &n.kind) {
-            Some(NodeKind::File(d)) => Ok(*d),
+        match self.tree().rec(id).and_then(|r| r.data()) {
+            Some(d) => Ok(d),
             _ => Err(Errno::EIO),
         }
     }
@@ -132,7 +132,7 @@ impl Cow {
             Errno::EIO
         })?;
         let pdir = self.upper_dir(&self.path_of(i.parent)?)?;
-        copy_node(&self.upper, tree, &pdir, &i.name, node, mode).map_err(errno)?;
+        copy_node(&self.upper, tree, &pdir, &i.name, &node, mode).map_err(errno)?;
         self.write_inodes()?.set_upper(ino);
         Ok(())
     }

@@ -137,17 +137,17 @@ fn tree_with_data(dir: &Path, entries: &[(&str, Option<&[u8]>)]) -> LowerTree {
     let file = dir.join("layer.data");
     std::fs::write(&file, &data).unwrap();
     let len = data.len() as u64;
-    let layer = PreparedLayer {
-        index: LayerIndex {
+    let layer = PreparedLayer::new(
+        LayerIndex {
             entries,
             tar_size: len,
         },
-        data: LayerData::host(BlobLoc {
+        LayerData::host(BlobLoc {
             file,
             offset: 0,
             len,
         }),
-    };
+    );
     LowerTree::build(&[layer]).unwrap()
 }
 

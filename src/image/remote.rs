@@ -46,3 +46,28 @@ impl fmt::Debug for RemoteBlob {
             .finish()
     }
 }
+
+/// The error of a fetch that asking again cannot mend: the fetcher's own retries are spent,
+/// or the answer is final (404, refused credentials). Callers do not retry it.
+#[derive(Debug)]
+pub struct Spent(pub String);
+
+impl fmt::Display for Spent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Spent {}
+
+impl Spent {
+    /// `msg` as an I/O error callers recognise with [`Spent::is`].
+    pub fn error(msg: String) -> io::Error {
+        io::Error::other(Spent(msg))
+    }
+
+    /// Whether `e` is a spent fetch's error.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|i| i.is::<Spent>())
+    }
+}

@@ -133,6 +133,28 @@ pub fn decode(data: &[u8]) -> Option<(LayerIndex, FileStamp)> {
     Some((LayerIndex { entries, tar_size }, stamp))
 }
 
+/// The tar size and content stamp an index file records, read from its first bytes without
+/// checking its checksum: enough to tell whether the index belongs to a layer's bytes when
+/// the index itself is not needed (its merged tree is cached); it is checked in full when
+/// decoded. `None` for a file too short or of another format.
+pub fn peek(file: &std::path::Path) -> Option<(u64, FileStamp)> {
+    use std::io::Read;
+    let mut head = [0u8; 40];
+    std::fs::File::open(file).ok()?.read_exact(&mut head).ok()?;
+    if &head[..8] != MAGIC {
+        return None;
+    }
+    let word = |i: usize| head[i..i + 8].try_into().ok().map(u64::from_le_bytes);
+    Some((
+        word(8)?,
+        FileStamp {
+            size: word(16)?,
+            ino: word(24)?,
+            mtime_ns: word(32)? as i64,
+        },
+    ))
+}
+
 /// Reads what [`put_entries`] wrote.
 pub(crate) fn get_entries(r: &mut Cursor<'_>) -> Option<Vec<LayerEntry>> {
     let n = r.u64()?;

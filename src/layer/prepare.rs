@@ -10,7 +10,7 @@
 //! Dependencies: error, cache, image (LayerRef, BlobLoc, digest), layer, codec.
 
 use std::io::{self, IsTerminal};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::codec::{self, FileStamp};
 use super::data::LayerData;
@@ -27,10 +27,129 @@ const PROGRESS_MIN_BYTES: u64 = 32 << 20;
 /// A layer ready to serve: its index and the bytes its offsets point into.
 #[derive(Debug)]
 pub struct PreparedLayer {
-    /// The entries.
-    pub index: LayerIndex,
+    index: IndexState,
     /// The uncompressed tar's bytes (archive member, blob file or cache file).
     pub data: LayerData,
+}
+
+/// Where a prepared layer's index is.
+#[derive(Debug)]
+enum IndexState {
+    /// In memory; `identity` names the cache file it matches, if any.
+    Loaded {
+        index: LayerIndex,
+        identity: Option<String>,
+    },
+    /// In a cache file that is decoded only when the entries are needed: a mount whose
+    /// merged tree is cached never needs them.
+    Deferred {
+        path: PathBuf,
+        identity: String,
+        tar_size: u64,
+        loaded: std::sync::OnceLock<LayerIndex>,
+    },
+}
+
+impl PreparedLayer {
+    /// A layer whose index is in memory and in no cache file.
+    pub fn new(index: LayerIndex, data: LayerData) -> PreparedLayer {
+        PreparedLayer {
+            index: IndexState::Loaded {
+                index,
+                identity: None,
+            },
+            data,
+        }
+    }
+
+    /// A layer whose index is in memory and also in the cache file `path`.
+    pub fn cached(index: LayerIndex, data: LayerData, path: &Path) -> PreparedLayer {
+        PreparedLayer {
+            index: IndexState::Loaded {
+                index,
+                identity: identity_of(path),
+            },
+            data,
+        }
+    }
+
+    /// A layer whose index is the cache file `path` (recording `tar_size`), read when needed.
+    pub(crate) fn deferred(path: PathBuf, tar_size: u64, data: LayerData) -> Option<PreparedLayer> {
+        Some(PreparedLayer {
+            index: IndexState::Deferred {
+                identity: identity_of(&path)?,
+                path,
+                tar_size,
+                loaded: std::sync::OnceLock::new(),
+            },
+            data,
+        })
+    }
+
+    /// The index, decoded from its cache file on first use; an error if that file turns out
+    /// damaged (it is then removed, so preparing the layer again rebuilds it).
+    pub fn index(&self) -> Result<&LayerIndex, String> {
+        match &self.index {
+            IndexState::Loaded { index, .. } => Ok(index),
+            IndexState::Deferred {
+                path,
+                tar_size,
+                loaded,
+                ..
+            } => {
+                if let Some(i) = loaded.get() {
+                    return Ok(i);
+                }
+                let index = std::fs::read(path)
+                    .ok()
+                    .and_then(|d| codec::decode(&d))
+                    .map(|(i, _)| i)
+                    .filter(|i| i.tar_size == *tar_size);
+                match index {
+                    Some(i) => Ok(loaded.get_or_init(|| i)),
+                    None => {
+                        let _ = std::fs::remove_file(path);
+                        Err(format!("its cached index {} is damaged", path.display()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the index is still in its cache file, undecoded.
+    pub fn index_deferred(&self) -> bool {
+        matches!(&self.index, IndexState::Deferred { loaded, .. } if loaded.get().is_none())
+    }
+
+    /// Length of the uncompressed tar.
+    pub fn tar_size(&self) -> u64 {
+        match &self.index {
+            IndexState::Loaded { index, .. } => index.tar_size,
+            IndexState::Deferred { tar_size, .. } => *tar_size,
+        }
+    }
+
+    /// Names the index's content for a cache key: its cache file and that file's identity,
+    /// `None` when the index is in no cache file.
+    pub fn identity(&self) -> Option<&str> {
+        match &self.index {
+            IndexState::Loaded { identity, .. } => identity.as_deref(),
+            IndexState::Deferred { identity, .. } => Some(identity),
+        }
+    }
+}
+
+/// A cache file's path and identity (size, inode, mtime): it changes whenever the file is
+/// rewritten, since every cache write renames a new file into place.
+fn identity_of(path: &Path) -> Option<String> {
+    let s = FileStamp::of(&std::fs::metadata(path).ok()?);
+    Some(format!(
+        "{}\0{}\0{}\0{}",
+        path.display(),
+        s.size,
+        s.ino,
+        s.mtime_ns
+    ))
 }
 
 /// Indexes and verifies a layer, using the cache when it can. Every error names the image
@@ -54,23 +173,21 @@ fn prepare_local(
 ) -> Result<PreparedLayer> {
     let bad = |reason: String| layer.error(image_path, reason);
     let index_path = cache.index_path(&layer.diff_id);
-    let cached = std::fs::read(&index_path)
-        .ok()
-        .and_then(|d| codec::decode(&d));
+    let cached = codec::peek(&index_path);
     match layer.compression {
         Compression::None => {
             let fingerprint = Container::fingerprint(loc)?;
-            if let Some((index, _)) = cached {
-                if index.tar_size == loc.len {
+            if let Some((tar_size, _)) = cached {
+                if tar_size == loc.len {
                     if !cache.is_verified(&fingerprint, &layer.diff_id) {
                         verify_in_place(layer, loc, image_path)?;
                         cache.mark_verified(&fingerprint, &layer.diff_id)?;
                     }
                     record_source(cache, layer, loc);
-                    return Ok(PreparedLayer {
-                        index,
-                        data: LayerData::host(loc.clone()),
-                    });
+                    let data = LayerData::host(loc.clone());
+                    if let Some(p) = PreparedLayer::deferred(index_path.clone(), tar_size, data) {
+                        return Ok(p);
+                    }
                 }
             }
             let index = index_in_place(layer, loc, image_path).map_err(|e| match e {
@@ -83,10 +200,11 @@ fn prepare_local(
             })?;
             cache.mark_verified(&fingerprint, &layer.diff_id)?;
             record_source(cache, layer, loc);
-            Ok(PreparedLayer {
+            Ok(PreparedLayer::cached(
                 index,
-                data: LayerData::host(loc.clone()),
-            })
+                LayerData::host(loc.clone()),
+                &index_path,
+            ))
         }
         c => {
             let content = cache.layer_path(&layer.diff_id);
@@ -147,23 +265,23 @@ pub(crate) fn local_source(layer: &LayerRef, cache: &Cache) -> Option<PreparedLa
     if !cache.is_verified(&fingerprint, &layer.diff_id) {
         return None;
     }
-    let (index, _) = codec::decode(&std::fs::read(cache.index_path(&layer.diff_id)).ok()?)?;
-    (index.tar_size == loc.len).then(|| PreparedLayer {
-        index,
-        data: LayerData::host(loc),
-    })
+    let path = cache.index_path(&layer.diff_id);
+    let (tar_size, _) = codec::peek(&path)?;
+    (tar_size == loc.len)
+        .then(|| PreparedLayer::deferred(path, tar_size, LayerData::host(loc)))
+        .flatten()
 }
 
 /// The layer's decompressed copy in the cache (left by any earlier source of the same
 /// diff_id), if its index and file are both there and belong together.
 pub(crate) fn decompressed_copy(layer: &LayerRef, cache: &Cache) -> Option<PreparedLayer> {
-    let (index, stamp) = codec::decode(&std::fs::read(cache.index_path(&layer.diff_id)).ok()?)?;
+    let path = cache.index_path(&layer.diff_id);
+    let (tar_size, stamp) = codec::peek(&path)?;
     let content = cache.layer_path(&layer.diff_id);
     let current = std::fs::metadata(&content).ok().map(|m| FileStamp::of(&m));
-    (current == Some(stamp) && stamp.size == index.tar_size).then(|| PreparedLayer {
-        index,
-        data: whole_file(&content, stamp.size),
-    })
+    (current == Some(stamp) && stamp.size == tar_size)
+        .then(|| PreparedLayer::deferred(path, tar_size, whole_file(&content, stamp.size)))
+        .flatten()
 }
 
 /// Decompresses a layer's blob, read from `blob` (`blob_len` bytes), into the cache, indexing
@@ -198,10 +316,11 @@ pub(crate) fn decompress_into_cache(
     cache.write_atomic(&index_path, |w| {
         io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &index_path)
     })?;
-    Ok(PreparedLayer {
+    Ok(PreparedLayer::cached(
         index,
-        data: whole_file(&content, stamp.size),
-    })
+        whole_file(&content, stamp.size),
+        &index_path,
+    ))
 }
 
 /// Labels a decoder's errors, so a damaged compressed stream is reported as such and not as

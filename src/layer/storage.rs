@@ -48,11 +48,16 @@ pub fn prepare(
 ) -> Result<PreparedLayer> {
     let stamp = FileStamp::of(&sl.tar_split_file.metadata().ctx("stat", &sl.tar_split)?);
     let load = |p: &Path| std::fs::read(p).ok().and_then(|d| codec::decode(&d));
-    let verified = load(&cache.index_path(&sl.diff_id)).map(|(i, _)| i);
+    let verified_path = cache.index_path(&sl.diff_id);
+    let verified = load(&verified_path).map(|(i, _)| (i, verified_path));
     let own_path = index_path(cache, sl);
-    let own = || load(&own_path).and_then(|(i, s)| (s == stamp).then_some(i));
-    let index = match verified.or_else(own).filter(|i| i.tar_size == sl.size) {
-        Some(i) => i,
+    let own = || {
+        load(&own_path)
+            .and_then(|(i, s)| (s == stamp).then_some(i))
+            .map(|i| (i, own_path.clone()))
+    };
+    let (index, path) = match verified.or_else(own).filter(|(i, _)| i.tar_size == sl.size) {
+        Some(found) => found,
         None => {
             let index = index_records(sl.records(), sl.size).map_err(|reason| Error::BadLayer {
                 path: image_path.to_path_buf(),
@@ -62,11 +67,11 @@ pub fn prepare(
             cache.write_atomic(&own_path, |w| {
                 io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &own_path)
             })?;
-            index
+            (index, own_path)
         }
     };
     let data = LayerData::new(StoreFiles::new(sl.dir_fd.clone(), sl.dir.clone(), &index));
-    Ok(PreparedLayer { index, data })
+    Ok(PreparedLayer::cached(index, data, &path))
 }
 
 /// Where the index of a store layer built from its tar-split records is cached.

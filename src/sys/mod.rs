@@ -13,6 +13,7 @@
 pub mod dirfd;
 pub mod file;
 pub mod fusermount;
+pub mod mapped;
 pub mod process;
 pub mod xattr;
 pub mod zlib;

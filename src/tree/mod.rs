@@ -15,19 +15,23 @@
 //! Building uses a mutable arena; `freeze` then renumbers the reachable nodes breadth first
 //! (deterministic inode numbers) into the immutable [`LowerTree`], which needs no locks. Its
 //! arenas are indexed by `u32` (half the memory of `usize` per entry): a tree past 4 Gi
-//! inodes, entries or name bytes is refused at build time, never truncated.
-//! Dependencies: layer (index, entry, whiteout), image::container (BlobLoc).
+//! inodes, entries or name bytes is refused at build time, never truncated. The frozen tree is
+//! its flat encoding ([`flat`]): records read in place, from memory after a build or from a
+//! mapped cache file, so serving a tree costs no per-node allocation.
+//! Dependencies: layer (index, entry, whiteout), sys (mapping).
 
+pub mod flat;
 pub mod node;
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
+use crate::layer::LayerIndex;
 use crate::layer::data::LayerData;
 use crate::layer::entry::{EntryKind, LayerEntry, Meta, Xattr, split_parent};
 use crate::layer::prepare::PreparedLayer;
 use crate::layer::whiteout::{Class, META_PREFIX, classify};
-use node::{DataRef, DirEntry, Node, NodeId, NodeKind};
+use flat::Flat;
+use node::{DataRef, DirEntry, Node, NodeId, NodeKind, NodeRec};
 
 /// Attributes of a directory no layer describes (the root without a `./` entry, implicit
 /// parents): what Docker and umoci create.
@@ -46,9 +50,7 @@ pub struct TreeError {
 /// The merged, immutable view of a layer stack.
 #[derive(Debug)]
 pub struct LowerTree {
-    nodes: Vec<Node>,
-    entries: Vec<DirEntry>,
-    names: Vec<u8>,
+    flat: Flat,
     /// The bytes of each layer, for `DataRef::layer`.
     pub data_files: Vec<LayerData>,
     /// Sum of regular file sizes (each inode once).
@@ -58,42 +60,58 @@ pub struct LowerTree {
 impl LowerTree {
     /// Applies `layers` bottom to top.
     pub fn build(layers: &[PreparedLayer]) -> Result<LowerTree, TreeError> {
-        let mut b = Builder::new();
+        let mut indexes = Vec::with_capacity(layers.len());
         for (i, l) in layers.iter().enumerate() {
+            indexes.push(l.index().map_err(|reason| TreeError {
+                layer: Some(i),
+                reason,
+            })?);
+        }
+        let refs: Vec<&LayerIndex> = indexes.iter().map(|i| &**i).collect();
+        let bytes = Self::encode(&refs)?;
+        let flat = Flat::from_bytes(&bytes).ok_or_else(|| TreeError {
+            layer: None,
+            reason: "the merged tree does not decode".into(),
+        })?;
+        Ok(Self::from_flat(
+            flat,
+            layers.iter().map(|l| l.data.clone()).collect(),
+        ))
+    }
+
+    /// The flat encoding of the tree `indexes` make, bottom to top (see [`flat`]).
+    pub fn encode(indexes: &[&LayerIndex]) -> Result<Vec<u8>, TreeError> {
+        let mut b = Builder::new();
+        for (i, index) in indexes.iter().enumerate() {
             let layer = u16::try_from(i).map_err(|_| TreeError {
                 layer: Some(i),
                 reason: "too many layers".into(),
             })?;
-            b.apply(layer, &l.index.entries)
-                .map_err(|reason| TreeError {
-                    layer: Some(i),
-                    reason,
-                })?;
+            b.apply(layer, &index.entries).map_err(|reason| TreeError {
+                layer: Some(i),
+                reason,
+            })?;
         }
-        let mut tree = b.freeze().map_err(|reason| TreeError {
+        b.freeze().map_err(|reason| TreeError {
             layer: None,
             reason,
-        })?;
-        tree.data_files = layers.iter().map(|l| l.data.clone()).collect();
-        Ok(tree)
+        })
+    }
+
+    /// The tree a decoded encoding holds, reading file data from `data_files`.
+    pub fn from_flat(flat: Flat, data_files: Vec<LayerData>) -> LowerTree {
+        LowerTree {
+            total_bytes: flat.total_bytes,
+            flat,
+            data_files,
+        }
     }
 
     /// An empty tree (just a root directory).
     pub fn empty() -> LowerTree {
-        let root = implicit_dir(0);
-        LowerTree {
-            nodes: vec![Node {
-                meta: root.meta,
-                layer: root.layer,
-                nlink: 2,
-                parent: Self::ROOT,
-                kind: NodeKind::Dir { first: 0, len: 0 },
-                xattrs: Box::default(),
-            }],
-            entries: Vec::new(),
-            names: Vec::new(),
-            data_files: Vec::new(),
-            total_bytes: 0,
+        match Self::encode(&[]).ok().and_then(|b| Flat::from_bytes(&b)) {
+            Some(flat) => Self::from_flat(flat, Vec::new()),
+            None => unreachable!("an empty tree always encodes"),
         }
     }
 
@@ -102,36 +120,102 @@ impl LowerTree {
 
     /// Number of nodes (inodes).
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.flat.node_recs().len()
     }
 
     /// Never true: there is always a root.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.flat.node_recs().is_empty()
     }
 
-    /// A node; `None` for an id not of this tree.
-    pub fn node(&self, id: NodeId) -> Option<&Node> {
-        self.nodes.get(id.0 as usize)
+    /// Whether the tree is served from a mapped cache file.
+    pub fn is_mapped(&self) -> bool {
+        self.flat.is_mapped()
+    }
+
+    /// A node's record, read in place; `None` for an id not of this tree.
+    pub fn rec(&self, id: NodeId) -> Option<&NodeRec> {
+        self.flat.node_recs().get(id.0 as usize)
+    }
+
+    /// A node, decoded (its symlink target and xattrs copied out); `None` for an id not of
+    /// this tree. For attributes alone, [`LowerTree::rec`] copies nothing.
+    pub fn node(&self, id: NodeId) -> Option<Node> {
+        let r = self.rec(id)?;
+        let wide = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        let kind = match r.file_type_bits() {
+            libc::S_IFDIR => NodeKind::Dir {
+                first: wide(r.a),
+                len: wide(r.b),
+            },
+            libc::S_IFREG => NodeKind::File(DataRef {
+                layer: r.layer,
+                offset: r.a,
+                size: r.b,
+            }),
+            libc::S_IFLNK => NodeKind::Symlink(self.target(id).unwrap_or_default().into()),
+            libc::S_IFCHR => NodeKind::CharDev {
+                major: wide(r.a),
+                minor: wide(r.b),
+            },
+            libc::S_IFBLK => NodeKind::BlockDev {
+                major: wide(r.a),
+                minor: wide(r.b),
+            },
+            _ => NodeKind::Fifo,
+        };
+        Some(Node {
+            meta: r.meta(),
+            layer: r.layer,
+            nlink: r.nlink,
+            parent: NodeId(r.parent),
+            kind,
+            xattrs: self.xattrs(id).map(|(k, v)| (k.into(), v.into())).collect(),
+        })
+    }
+
+    /// A symlink's target, in place.
+    pub fn target(&self, id: NodeId) -> Option<&[u8]> {
+        let r = self.rec(id)?;
+        if r.file_type_bits() != libc::S_IFLNK {
+            return None;
+        }
+        let start = usize::try_from(r.a).ok()?;
+        self.flat
+            .extra()
+            .get(start..start.checked_add(usize::try_from(r.b).ok()?)?)
+    }
+
+    /// A node's extended attributes, sorted by name, in place.
+    pub fn xattrs(&self, id: NodeId) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let at = self.rec(id).map_or(NodeRec::NO_XATTRS, |r| r.xattrs);
+        flat::xattrs(self.flat.extra(), at)
+    }
+
+    /// One extended attribute's value.
+    pub fn xattr(&self, id: NodeId, name: &[u8]) -> Option<&[u8]> {
+        self.xattrs(id).find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
     /// The children of a directory, sorted by name (empty for non-directories).
     pub fn children(&self, dir: NodeId) -> &[DirEntry] {
-        match self.node(dir).map(|n| &n.kind) {
-            Some(NodeKind::Dir { first, len }) => {
-                let first = *first as usize;
-                self.entries
-                    .get(first..first + *len as usize)
-                    .unwrap_or_default()
-            }
-            _ => &[],
-        }
+        let Some(r) = self.rec(dir).filter(|r| r.is_dir()) else {
+            return &[];
+        };
+        let (Ok(first), Ok(len)) = (usize::try_from(r.a), usize::try_from(r.b)) else {
+            return &[];
+        };
+        first
+            .checked_add(len)
+            .and_then(|end| self.flat.entries().get(first..end))
+            .unwrap_or_default()
     }
 
     /// The name of a directory entry.
     pub fn name(&self, e: &DirEntry) -> &[u8] {
         let start = e.name_start as usize;
-        self.names
+        self.flat
+            .names()
             .get(start..start + e.name_len as usize)
             .unwrap_or_default()
     }
@@ -157,33 +241,15 @@ impl LowerTree {
         Some(cur)
     }
 
-    /// Bytes of heap the tree holds: nodes, directory entries, names, symlink targets and
-    /// xattrs (what a mount costs per entry, without the allocator's own overhead).
+    /// Bytes of the tree's encoding: nodes, directory entries, names, symlink targets and
+    /// xattrs (what the tree costs per entry once every page of it is touched).
     pub fn heap_bytes(&self) -> usize {
-        let extra: usize = self
-            .nodes
-            .iter()
-            .map(|n| {
-                let target = match &n.kind {
-                    NodeKind::Symlink(t) => t.len(),
-                    _ => 0,
-                };
-                target
-                    + n.xattrs
-                        .iter()
-                        .map(|(k, v)| 32 + k.len() + v.len())
-                        .sum::<usize>()
-            })
-            .sum();
-        self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.entries.capacity() * std::mem::size_of::<DirEntry>()
-            + self.names.capacity()
-            + extra
+        self.flat.len()
     }
 
     /// Number of directory entries, counting every name of a hard link.
     pub fn entry_count(&self) -> usize {
-        self.entries.len() + 1
+        self.flat.entries().len() + 1
     }
 
     /// Every path naming `id` (several for a hard link), found by a full walk: for the rare
@@ -202,10 +268,21 @@ impl LowerTree {
     pub fn walk(&self, mut f: impl FnMut(&[u8], NodeId)) {
         let mut path = Vec::new();
         f(&path, Self::ROOT);
-        self.walk_dir(Self::ROOT, &mut path, &mut f);
+        self.walk_dir(Self::ROOT, &mut path, &mut f, 0);
     }
 
-    fn walk_dir(&self, dir: NodeId, path: &mut Vec<u8>, f: &mut impl FnMut(&[u8], NodeId)) {
+    fn walk_dir(
+        &self,
+        dir: NodeId,
+        path: &mut Vec<u8>,
+        f: &mut impl FnMut(&[u8], NodeId),
+        depth: usize,
+    ) {
+        // A damaged encoding could make a directory its own descendant; real trees are far
+        // shallower than this (a path holds at most PATH_MAX / 2 components).
+        if depth > 4096 {
+            return;
+        }
         for e in self.children(dir) {
             let len = path.len();
             if len > 0 {
@@ -213,8 +290,8 @@ impl LowerTree {
             }
             path.extend_from_slice(self.name(e));
             f(path, e.node);
-            if self.node(e.node).is_some_and(Node::is_dir) {
-                self.walk_dir(e.node, path, f);
+            if self.rec(e.node).is_some_and(NodeRec::is_dir) {
+                self.walk_dir(e.node, path, f, depth + 1);
             }
             path.truncate(len);
         }
@@ -401,15 +478,17 @@ impl Builder {
         Ok(())
     }
 
-    /// Renumbers reachable nodes breadth first and lays children out contiguously; an error
-    /// if the result is too large for the arenas' 32-bit indexes.
-    fn freeze(mut self) -> Result<LowerTree, String> {
-        let mut new_id: HashMap<usize, u32> = HashMap::new();
+    /// Renumbers reachable nodes breadth first and lays children out contiguously, into the
+    /// flat encoding; an error if the result is too large for its 32-bit indexes.
+    fn freeze(mut self) -> Result<Vec<u8>, String> {
+        const NONE: u32 = u32::MAX;
+        let count = self.nodes.len();
+        let mut new_id: Vec<u32> = vec![NONE; count];
         let mut order: Vec<usize> = vec![0];
-        new_id.insert(0, 0);
+        new_id[0] = 0;
         let mut entries: Vec<DirEntry> = Vec::new();
         let mut names: Vec<u8> = Vec::new();
-        let mut ranges: HashMap<usize, (u32, u32)> = HashMap::new();
+        let mut ranges: Vec<(u32, u32)> = vec![(0, 0); count];
         let mut nlink: Vec<u32> = vec![2];
         let mut parent: Vec<u32> = vec![0];
         let mut queue = VecDeque::from([0usize]);
@@ -420,26 +499,33 @@ impl Builder {
                 continue;
             };
             let first = arena_index(entries.len(), ENTRIES)?;
-            let new_id_d = new_id[&d];
+            let new_id_d = new_id[d];
             let mut subdirs: u32 = 0;
             for (name, child) in kids {
-                let id = match new_id.entry(child) {
-                    Entry::Occupied(known) => *known.get(),
-                    Entry::Vacant(new) => {
+                let child_is_dir = matches!(self.nodes[child].kind, BKind::Dir(_));
+                let id = match new_id[child] {
+                    NONE => {
                         let id = arena_index(order.len(), INODES)?;
-                        new.insert(id);
+                        if id == NONE {
+                            return Err(format!(
+                                "the merged tree is too large: more than {} {INODES}",
+                                NONE - 1
+                            ));
+                        }
+                        new_id[child] = id;
                         order.push(child);
                         nlink.push(0);
                         parent.push(new_id_d);
-                        if matches!(self.nodes[child].kind, BKind::Dir(_)) {
+                        if child_is_dir {
                             queue.push_back(child);
                         }
                         id
                     }
+                    known => known,
                 };
                 // Link counts are bounded by the entry count; saturating keeps an absurd one
                 // from wrapping.
-                if matches!(self.nodes[child].kind, BKind::Dir(_)) {
+                if child_is_dir {
                     subdirs = subdirs.saturating_add(1);
                     nlink[id as usize] = 2;
                 } else {
@@ -452,41 +538,72 @@ impl Builder {
                 });
                 names.extend_from_slice(&name);
             }
-            let id = new_id[&d] as usize;
-            nlink[id] = subdirs.saturating_add(2);
+            nlink[new_id_d as usize] = subdirs.saturating_add(2);
             let len = arena_index(entries.len() - first as usize, ENTRIES)?;
-            ranges.insert(d, (first, len));
+            ranges[d] = (first, len);
         }
-        // Directories were emptied above; their kind is rebuilt from `ranges`.
+        // Directories were emptied above; their runs come from `ranges`.
         let mut total_bytes = 0;
-        let mut nodes = Vec::with_capacity(order.len());
+        let mut extra: Vec<u8> = Vec::new();
+        let mut recs = Vec::with_capacity(order.len());
         for (i, &old) in order.iter().enumerate() {
             let b = &mut self.nodes[old];
-            let kind = match std::mem::replace(&mut b.kind, BKind::Dir(BTreeMap::new())) {
+            let (ty, a, bb) = match std::mem::replace(&mut b.kind, BKind::Dir(BTreeMap::new())) {
                 BKind::Dir(_) => {
-                    let (first, len) = ranges.get(&old).copied().unwrap_or((0, 0));
-                    NodeKind::Dir { first, len }
+                    let (first, len) = ranges[old];
+                    (libc::S_IFDIR, u64::from(first), u64::from(len))
                 }
-                BKind::Leaf(k) => k,
+                BKind::Leaf(k) => match k {
+                    NodeKind::File(d) => {
+                        total_bytes += d.size;
+                        (libc::S_IFREG, d.offset, d.size)
+                    }
+                    NodeKind::Symlink(t) => {
+                        let at = extra.len() as u64;
+                        extra.extend_from_slice(&t);
+                        (libc::S_IFLNK, at, t.len() as u64)
+                    }
+                    NodeKind::CharDev { major, minor } => {
+                        (libc::S_IFCHR, u64::from(major), u64::from(minor))
+                    }
+                    NodeKind::BlockDev { major, minor } => {
+                        (libc::S_IFBLK, u64::from(major), u64::from(minor))
+                    }
+                    NodeKind::Fifo => (libc::S_IFIFO, 0, 0),
+                    NodeKind::Dir { .. } => (libc::S_IFDIR, 0, 0),
+                },
             };
-            total_bytes += kind.size() * u64::from(matches!(kind, NodeKind::File(_)));
-            nodes.push(Node {
-                meta: b.meta,
-                layer: b.layer,
+            let xattrs = match b.xattrs.is_empty() {
+                true => NodeRec::NO_XATTRS,
+                false => {
+                    let at = arena_index(extra.len(), EXTRA_BYTES)?;
+                    flat::put_xattrs(&mut extra, b.xattrs.iter().map(|(k, v)| (&**k, &**v)));
+                    at
+                }
+            };
+            recs.push(NodeRec {
+                mtime: b.meta.mtime,
+                a,
+                b: bb,
+                mode: ty | (b.meta.mode & 0o7777),
+                uid: b.meta.uid,
+                gid: b.meta.gid,
+                mtime_nsec: b.meta.mtime_nsec,
                 nlink: nlink[i],
-                parent: NodeId(parent[i]),
-                kind,
-                xattrs: std::mem::take(&mut b.xattrs).into_boxed_slice(),
+                parent: parent[i],
+                xattrs,
+                layer: b.layer,
+                pad: 0,
             });
         }
-        names.shrink_to_fit();
-        Ok(LowerTree {
-            nodes,
-            entries,
-            names,
-            data_files: Vec::new(),
+        arena_index(extra.len(), EXTRA_BYTES)?;
+        Ok(flat::encode(&flat::Parts {
+            nodes: &recs,
+            entries: &entries,
+            names: &names,
+            extra: &extra,
             total_bytes,
-        })
+        }))
     }
 }
 
@@ -494,6 +611,7 @@ impl Builder {
 const INODES: &str = "inodes";
 const ENTRIES: &str = "directory entries";
 const NAME_BYTES: &str = "bytes of names";
+const EXTRA_BYTES: &str = "bytes of symlink targets and xattrs";
 
 /// A position or length in one of the tree's arenas as the `u32` the arena stores.
 fn arena_index(n: usize, what: &str) -> Result<u32, String> {
@@ -558,19 +676,148 @@ mod tests {
     fn empty_tree_is_the_root_an_empty_stack_builds() {
         let built = LowerTree::build(&[]).unwrap();
         let empty = LowerTree::empty();
-        assert_eq!(format!("{:?}", empty.nodes), format!("{:?}", built.nodes));
+        assert_eq!(empty.len(), 1);
+        assert_eq!(
+            format!("{:?}", empty.node(LowerTree::ROOT)),
+            format!("{:?}", built.node(LowerTree::ROOT))
+        );
         assert!(empty.children(LowerTree::ROOT).is_empty());
         assert_eq!(empty.entry_count(), 1);
+        assert_eq!(
+            empty.rec(LowerTree::ROOT).map(NodeRec::st_mode),
+            Some(libc::S_IFDIR | 0o755)
+        );
     }
 
     #[test]
     fn children_out_of_the_entry_arena_are_none() {
-        for (first, len) in [(5, 3), (0, 1), (u32::MAX, u32::MAX)] {
-            let mut t = LowerTree::empty();
-            t.nodes[0].kind = NodeKind::Dir { first, len };
+        for (first, len) in [
+            (5, 3),
+            (0, 1),
+            (u64::from(u32::MAX), u64::MAX),
+            (u64::MAX, 1),
+        ] {
+            let root = NodeRec {
+                mode: libc::S_IFDIR | 0o755,
+                a: first,
+                b: len,
+                xattrs: 9,
+                ..NodeRec::default()
+            };
+            let bytes = flat::encode(&flat::Parts {
+                nodes: &[root],
+                entries: &[],
+                names: b"",
+                extra: b"",
+                total_bytes: 0,
+            });
+            let t = LowerTree::from_flat(Flat::from_bytes(&bytes).unwrap(), Vec::new());
             assert!(t.children(LowerTree::ROOT).is_empty(), "{first}+{len}");
             assert_eq!(t.lookup(LowerTree::ROOT, b"x"), None);
             assert_eq!(t.resolve(b"/x"), None);
+            assert_eq!(t.xattrs(LowerTree::ROOT).count(), 0);
+            assert!(t.node(LowerTree::ROOT).is_some());
         }
+    }
+
+    fn layer(entries: Vec<LayerEntry>) -> LayerIndex {
+        LayerIndex {
+            entries,
+            tar_size: 0,
+        }
+    }
+
+    fn entry(path: &str, mode: u32, kind: EntryKind, xattrs: Vec<Xattr>) -> LayerEntry {
+        LayerEntry {
+            path: path.as_bytes().into(),
+            meta: Meta {
+                mode,
+                uid: 1,
+                gid: 2,
+                mtime: 3,
+                mtime_nsec: 4,
+            },
+            kind,
+            xattrs,
+        }
+    }
+
+    #[test]
+    fn every_kind_survives_the_encoding() {
+        let x: Vec<Xattr> = vec![
+            (b"user.b"[..].into(), b"2"[..].into()),
+            (b"user.a"[..].into(), b""[..].into()),
+        ];
+        let l = layer(vec![
+            entry("d", 0o700, EntryKind::Dir, x.clone()),
+            entry(
+                "d/f",
+                0o4755,
+                EntryKind::File {
+                    offset: 512,
+                    size: 9,
+                },
+                vec![],
+            ),
+            entry("d/h", 0, EntryKind::HardLink(b"d/f"[..].into()), vec![]),
+            entry("l", 0o644, EntryKind::Symlink(b"d/f"[..].into()), x.clone()),
+            entry(
+                "c",
+                0o600,
+                EntryKind::CharDev {
+                    major: 259,
+                    minor: 70000,
+                },
+                vec![],
+            ),
+            entry(
+                "b",
+                0o660,
+                EntryKind::BlockDev { major: 8, minor: 1 },
+                vec![],
+            ),
+            entry("p", 0o620, EntryKind::Fifo, vec![]),
+        ]);
+        let bytes = LowerTree::encode(&[&l]).unwrap();
+        let t = LowerTree::from_flat(Flat::from_bytes(&bytes).unwrap(), Vec::new());
+        let get = |p: &str| t.node(t.resolve(p.as_bytes()).unwrap()).unwrap();
+        let d = get("d");
+        assert!(d.is_dir());
+        assert_eq!(
+            (d.nlink, d.meta.mode, d.meta.uid, d.meta.mtime_nsec),
+            (2, 0o700, 1, 4)
+        );
+        let names: Vec<_> = d.xattrs.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            names,
+            [(&b"user.a"[..], &b""[..]), (&b"user.b"[..], &b"2"[..])]
+        );
+        let f = get("d/f");
+        assert_eq!(
+            f.kind,
+            NodeKind::File(DataRef {
+                layer: 0,
+                offset: 512,
+                size: 9
+            })
+        );
+        assert_eq!((f.nlink, f.mode()), (2, libc::S_IFREG | 0o4755));
+        assert_eq!(t.resolve(b"d/h"), t.resolve(b"d/f"));
+        let s = get("l");
+        assert_eq!(s.kind, NodeKind::Symlink(b"d/f"[..].into()));
+        assert_eq!(s.mode(), libc::S_IFLNK | 0o777);
+        assert_eq!(s.xattr(b"user.b"), Some(&b"2"[..]));
+        let id = t.resolve(b"l").unwrap();
+        assert_eq!(t.xattr(id, b"user.b"), Some(&b"2"[..]));
+        assert_eq!(t.target(id), Some(&b"d/f"[..]));
+        assert_eq!(get("c").kind.rdev(), libc::makedev(259, 70000));
+        assert_eq!(get("b").kind, NodeKind::BlockDev { major: 8, minor: 1 });
+        assert_eq!(get("p").kind, NodeKind::Fifo);
+        assert_eq!(t.total_bytes, 9);
+        // The root is its own parent; children name their directory.
+        assert_eq!(get("").parent, LowerTree::ROOT);
+        assert_eq!(get("d/f").parent, t.resolve(b"d").unwrap());
+        // Encoding is deterministic.
+        assert_eq!(LowerTree::encode(&[&l]).unwrap(), bytes);
     }
 }

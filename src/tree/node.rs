@@ -4,12 +4,18 @@
 //! `DirEntry`s in a second arena, so lookup is a binary search and readdir a slice. A hard
 //! link is two `DirEntry`s naming one `NodeId`, so both names share an inode number and
 //! `nlink`. Only directories carry children (the kind says so), and nothing here is mutable
-//! after the tree is built. Dependencies: layer::entry.
+//! after the tree is built.
+//!
+//! The arenas are stored as fixed-size records ([`NodeRec`], [`DirEntry`]) that are read in
+//! place from the tree's flat encoding (see `tree::flat`), a mapped file once it is cached;
+//! a [`Node`] is one record decoded, with its symlink target and xattrs copied out.
+//! Dependencies: layer::entry.
 
 use crate::layer::entry::{Meta, Xattr};
 
 /// Index of a node in the tree's arena; the root is `NodeId(0)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
 pub struct NodeId(pub u32);
 
 /// Where a regular file's bytes are: `size` bytes at `offset` of the layer's uncompressed tar.
@@ -137,8 +143,9 @@ impl Node {
 
 /// A name in a directory. The name's bytes live in the tree's name arena (one allocation
 /// for all names: no per-name allocation overhead or heap fragmentation); get them with
-/// `LowerTree::name`.
+/// `LowerTree::name`. Read in place from the flat encoding: `repr(C)`, three `u32`s.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub struct DirEntry {
     /// Start of the name in the arena.
     pub name_start: u32,
@@ -146,4 +153,101 @@ pub struct DirEntry {
     pub name_len: u32,
     /// The node it names.
     pub node: NodeId,
+}
+
+/// A node's stored record: fixed size, integers only, read in place (`repr(C)`, 56 bytes
+/// without padding). The payload `a`, `b` depends on the type in `mode`: a directory's
+/// first entry and count, a file's offset and size in its layer, a symlink target's offset
+/// and length in the extra arena, a device's major and minor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct NodeRec {
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// First payload word.
+    pub a: u64,
+    /// Second payload word.
+    pub b: u64,
+    /// `S_IFMT` type bits and the tar header's permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Nanoseconds of the modification time.
+    pub mtime_nsec: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Parent directory's node number.
+    pub parent: u32,
+    /// Offset of the xattr block in the extra arena, or [`NodeRec::NO_XATTRS`].
+    pub xattrs: u32,
+    /// The layer that provided the node.
+    pub layer: u16,
+    /// Zero (keeps the record free of padding).
+    pub pad: u16,
+}
+
+impl NodeRec {
+    /// `xattrs` of a node without extended attributes.
+    pub const NO_XATTRS: u32 = u32::MAX;
+
+    /// The `S_IFMT` bits.
+    pub fn file_type_bits(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.file_type_bits() == libc::S_IFDIR
+    }
+
+    /// Full `st_mode`, as [`Node::mode`].
+    pub fn st_mode(&self) -> u32 {
+        match self.file_type_bits() {
+            libc::S_IFLNK => libc::S_IFLNK | 0o777,
+            t => t | (self.mode & 0o7777),
+        }
+    }
+
+    /// Mode bits, owner and mtime.
+    pub fn meta(&self) -> Meta {
+        Meta {
+            mode: self.mode & 0o7777,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+        }
+    }
+
+    /// Apparent size, as [`NodeKind::size`].
+    pub fn size(&self) -> u64 {
+        match self.file_type_bits() {
+            libc::S_IFREG | libc::S_IFLNK => self.b,
+            _ => 0,
+        }
+    }
+
+    /// The device number for `st_rdev`.
+    pub fn rdev(&self) -> u64 {
+        match self.file_type_bits() {
+            libc::S_IFCHR | libc::S_IFBLK => libc::makedev(self.a as u32, self.b as u32),
+            _ => 0,
+        }
+    }
+
+    /// Whether it has extended attributes.
+    pub fn has_xattrs(&self) -> bool {
+        self.xattrs != Self::NO_XATTRS
+    }
+
+    /// A file's data.
+    pub fn data(&self) -> Option<DataRef> {
+        (self.file_type_bits() == libc::S_IFREG).then_some(DataRef {
+            layer: self.layer,
+            offset: self.a,
+            size: self.b,
+        })
+    }
 }

@@ -57,7 +57,7 @@ pub fn copy_up(
             } => {}
             UpperEntry::Absent => {
                 let node = lower_node(tree, &lower_path)?;
-                copy_node(upper, tree, &dir, name, node, CopyMode::Full)?;
+                copy_node(upper, tree, &dir, name, &node, CopyMode::Full)?;
             }
             // A merged path never runs through a whiteout or a non-directory.
             _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
@@ -68,7 +68,7 @@ pub fn copy_up(
     let name = OsStr::from_bytes(last);
     if upper.classify(&dir, name)? == UpperEntry::Absent {
         let node = lower_node(tree, &lower_path)?;
-        copy_node(upper, tree, &dir, name, node, mode)?;
+        copy_node(upper, tree, &dir, name, &node, mode)?;
     }
     Ok((dir, name.to_os_string()))
 }
@@ -80,7 +80,7 @@ fn push_comp(p: &mut Vec<u8>, comp: &[u8]) {
     p.extend_from_slice(comp);
 }
 
-fn lower_node<'t>(tree: &'t LowerTree, path: &[u8]) -> io::Result<&'t Node> {
+fn lower_node(tree: &LowerTree, path: &[u8]) -> io::Result<Node> {
     tree.resolve(path)
         .and_then(|id| tree.node(id))
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
@@ -268,17 +268,17 @@ mod tests {
         entries[2]
             .xattrs
             .push((b"user.k"[..].into(), b"v"[..].into()));
-        let layer = PreparedLayer {
-            index: LayerIndex {
+        let layer = PreparedLayer::new(
+            LayerIndex {
                 entries,
                 tar_size: DATA.len() as u64,
             },
-            data: LayerData::host(BlobLoc {
+            LayerData::host(BlobLoc {
                 file: data,
                 offset: 0,
                 len: DATA.len() as u64,
             }),
-        };
+        );
         LowerTree::build(&[layer]).unwrap()
     }
 

@@ -1,16 +1,26 @@
 //! The read-only view: the image's merged lower tree served as it is.
 //!
 //! Inode numbers are the nodes' ([`Ino::of`]), the same on every mount of the image. Big
-//! files may be handed to the kernel (passthrough) from a copy of their own in the cache.
+//! files may be handed to the kernel (passthrough) from a file holding exactly their bytes:
+//! one the layer's source keeps (an engine's extracted layer), else a copy of their own in
+//! the cache. That copy is never made in an open: opens are served by reads through the
+//! daemon until the file has been read for [`PASSTHROUGH_MIN_SIZE`] bytes, then one
+//! background thread copies it, and opens after it is in place (with no handle of the inode
+//! left open, as the kernel wants one I/O mode per inode) go to the kernel. A file only
+//! peeked at (`head`, `file`) costs no copy; disk cost: one copy per big file read in
+//! earnest (none where `copy_file_range` reflinks), evictable with the rest of the cache.
 //!
-//! Locking: none. The lower tree is immutable and shared without locks, and file data is read
+//! Locking: the lower tree is immutable and shared without locks, and file data is read
 //! through each layer's [`LayerData`], which takes none either, so reads never serialise.
+//! Only reads of big files through the daemon count their bytes under a short lock.
 //!
 //! Never panics: an impossible state answers `EIO` and logs at error.
 //! Dependencies: view (shared types), tree, layer (data), nix (Errno).
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use nix::errno::Errno;
 
@@ -20,11 +30,12 @@ use super::{
 };
 use crate::layer::data::LayerData;
 use crate::tree::LowerTree;
-use crate::tree::node::{DataRef, Node, NodeId, NodeKind};
+use crate::tree::node::{DataRef, NodeId, NodeRec};
 
 /// Files at least this big are read through kernel passthrough from a copy of their own in
-/// the cache: one copy on first open buys native read speed afterwards. Smaller files are
-/// served from the layer by offset, where the copy would cost more than it saves.
+/// the cache, once they have been read this much through the daemon: one background copy
+/// buys native read speed afterwards. Smaller files are served from the layer by offset,
+/// where the copy would cost more than it saves.
 pub const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
 
 /// Where big files get a file of their own for kernel passthrough:
@@ -43,6 +54,49 @@ pub struct LowerView {
     /// `"<index> <digest>"` per layer, for the provenance attribute.
     pub layer_labels: Vec<String>,
     passthrough: Option<PassthroughStore>,
+    /// Big files' bytes read through the daemon, until their copy is queued (`u64::MAX`).
+    read_through: Mutex<HashMap<NodeId, u64>>,
+    copier: OnceLock<Option<mpsc::Sender<Job>>>,
+}
+
+/// What the copying thread is asked to do.
+enum Job {
+    Copy(CopyJob),
+    /// Answer once every copy queued before is done.
+    Flush(mpsc::Sender<()>),
+}
+
+/// A passthrough copy to make: the file's bytes, and where they go.
+struct CopyJob {
+    data: LayerData,
+    d: DataRef,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl CopyJob {
+    /// Copies into a temporary name renamed into place, so a partial copy is never used.
+    fn run(self) {
+        let tmp = self
+            .dir
+            .join(format!(".tmp.{}.{}", std::process::id(), self.d.offset));
+        let copy = || -> std::io::Result<()> {
+            if self.path.metadata().is_ok_and(|m| m.len() == self.d.size) {
+                return Ok(());
+            }
+            std::fs::create_dir_all(&self.dir)?;
+            let mut out = File::create(&tmp)?;
+            self.data.copy_to(self.d.offset, self.d.size, &mut out)?;
+            // Durable before it is visible: after a crash, a file of the right size must
+            // also hold the right bytes.
+            out.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        if let Err(e) = copy() {
+            let _ = std::fs::remove_file(&tmp);
+            log::warn!("{}: passthrough copy failed: {e}", self.path.display());
+        }
+    }
 }
 
 impl LowerView {
@@ -52,6 +106,8 @@ impl LowerView {
             tree,
             layer_labels,
             passthrough: None,
+            read_through: Mutex::new(HashMap::new()),
+            copier: OnceLock::new(),
         }
     }
 
@@ -65,49 +121,104 @@ impl LowerView {
     /// inode, as the kernel requires every open of an inode to use the same mode.
     fn wants_passthrough(&self, ino: Ino) -> bool {
         self.passthrough.is_some()
-            && self.node(ino).is_ok_and(|(_, n)| {
-                n.kind.size() >= PASSTHROUGH_MIN_SIZE && matches!(n.kind, NodeKind::File(_))
-            })
+            && self
+                .node(ino)
+                .is_ok_and(|(_, n)| n.data().is_some_and(|d| d.size >= PASSTHROUGH_MIN_SIZE))
     }
 
-    /// A file holding exactly the bytes of `ino`, made on first use by copying its range out
-    /// of the layer (`copy_file_range`, a reflink where the filesystem can), into a
-    /// temporary name that is renamed into place, so a partial copy is never used.
-    fn passthrough_file(&self, ino: Ino) -> OpResult<File> {
-        let (_, n) = self.node(ino)?;
-        let (NodeKind::File(d), Some(store)) = (&n.kind, &self.passthrough) else {
-            return Err(Errno::EINVAL);
-        };
+    /// Where a big file's passthrough copy goes: its directory and path.
+    fn copy_path(&self, d: &DataRef) -> OpResult<(PathBuf, PathBuf)> {
+        let store = self.passthrough.as_ref().ok_or(Errno::EINVAL)?;
         let key = store
             .layer_keys
             .get(usize::from(d.layer))
             .ok_or(Errno::EIO)?;
         let dir = store.dir.join(key);
         let path = dir.join(d.offset.to_string());
-        if let Ok(f) = File::open(&path) {
-            if f.metadata().is_ok_and(|m| m.len() == d.size) {
-                return Ok(f);
-            }
-        }
-        let data = self.layer_data(d)?;
+        Ok((dir, path))
+    }
+
+    /// A file holding exactly the bytes of `ino`, if one exists now: the source's own, or a
+    /// finished copy in the cache. Never copies (see the module header).
+    fn passthrough_file(&self, ino: Ino) -> Option<OpResult<File>> {
+        let (_, n) = self.node(ino).ok()?;
+        let d = n.data()?;
+        let data = self.layer_data(&d).ok()?;
         if let Some(own) = data.own_file(d.offset, d.size) {
-            return own.map_err(|e| io_errno(&e, "open layer file"));
+            return Some(own.map_err(|e| io_errno(&e, "open layer file")));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| io_errno(&e, "create passthrough dir"))?;
-        let tmp = dir.join(format!(".tmp.{}.{}", std::process::id(), d.offset));
-        let copy = || -> std::io::Result<()> {
-            let mut out = File::create(&tmp)?;
-            data.copy_to(d.offset, d.size, &mut out)?;
-            // Durable before it is visible: after a crash, a file of the right size must
-            // also hold the right bytes.
-            out.sync_all()?;
-            std::fs::rename(&tmp, &path)
+        let (_, path) = match self.copy_path(&d) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
         };
-        if let Err(e) = copy() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_errno(&e, "copy file for passthrough"));
+        let f = File::open(&path).ok()?;
+        f.metadata()
+            .is_ok_and(|m| m.len() == d.size)
+            .then_some(Ok(f))
+    }
+
+    /// Counts `len` bytes of a big file read through the daemon; past the threshold, queues
+    /// its passthrough copy (once).
+    fn count_read(&self, id: NodeId, d: &DataRef, len: u64) {
+        if self.passthrough.is_none() || d.size < PASSTHROUGH_MIN_SIZE {
+            return;
         }
-        File::open(&path).map_err(|e| io_errno(&e, "open passthrough file"))
+        let start = {
+            let mut m = self.read_through.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = m.entry(id).or_insert(0);
+            if *seen == u64::MAX {
+                return;
+            }
+            *seen = seen.saturating_add(len);
+            let start = *seen >= PASSTHROUGH_MIN_SIZE;
+            if start {
+                *seen = u64::MAX;
+            }
+            start
+        };
+        if !start {
+            return;
+        }
+        let (Ok((dir, path)), Ok(data)) = (self.copy_path(d), self.layer_data(d)) else {
+            return;
+        };
+        let job = CopyJob {
+            data: data.clone(),
+            d: *d,
+            dir,
+            path,
+        };
+        self.send(Job::Copy(job));
+    }
+
+    fn send(&self, job: Job) {
+        let copier = self.copier.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            // One copy at a time: they compete for the same disk.
+            std::thread::Builder::new()
+                .name("passthrough-copy".into())
+                .spawn(move || {
+                    for job in rx {
+                        match job {
+                            Job::Copy(c) => c.run(),
+                            Job::Flush(done) => drop(done.send(())),
+                        }
+                    }
+                })
+                .map_err(|e| log::warn!("no passthrough copies: {e}"))
+                .ok()
+                .map(|_| tx)
+        });
+        if let Some(tx) = copier {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Waits until the passthrough copies queued so far are finished.
+    pub fn flush_copies(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Flush(tx));
+        let _ = rx.recv();
     }
 
     /// The tree being served.
@@ -115,11 +226,8 @@ impl LowerView {
         &self.tree
     }
 
-    fn node(&self, ino: Ino) -> OpResult<(NodeId, &Node)> {
-        match ino
-            .node()
-            .and_then(|id| self.tree.node(id).map(|n| (id, n)))
-        {
+    fn node(&self, ino: Ino) -> OpResult<(NodeId, &NodeRec)> {
+        match ino.node().and_then(|id| self.tree.rec(id).map(|n| (id, n))) {
             Some(x) => Ok(x),
             None => {
                 log::error!("request for unknown inode {ino}");
@@ -139,13 +247,15 @@ impl LowerView {
 
     /// Reads up to `size` bytes at `offset` of a file.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> OpResult<Vec<u8>> {
-        let (_, n) = self.node(ino)?;
-        let data = match &n.kind {
-            NodeKind::File(d) => *d,
-            NodeKind::Dir { .. } => return Err(Errno::EISDIR),
-            _ => return Err(Errno::EINVAL),
+        let (id, n) = self.node(ino)?;
+        let data = match n.data() {
+            Some(d) => d,
+            None if n.is_dir() => return Err(Errno::EISDIR),
+            None => return Err(Errno::EINVAL),
         };
-        self.read_data(&data, offset, size)
+        let out = self.read_data(&data, offset, size)?;
+        self.count_read(id, &data, out.len() as u64);
+        Ok(out)
     }
 
     /// Reads up to `size` bytes at `offset` of a lower file's data.
@@ -180,23 +290,23 @@ impl LowerView {
     }
 }
 
-fn attr_of(id: NodeId, n: &Node) -> Attr {
-    let size = match &n.kind {
-        // Directories report a size like ext4's smallest: one block.
-        NodeKind::Dir { .. } => u64::from(BLOCK_SIZE),
-        k => k.size(),
+fn attr_of(id: NodeId, n: &NodeRec) -> Attr {
+    // Directories report a size like ext4's smallest: one block.
+    let size = match n.is_dir() {
+        true => u64::from(BLOCK_SIZE),
+        false => n.size(),
     };
     Attr {
         ino: Ino::of(id),
-        mode: n.mode(),
+        mode: n.st_mode(),
         nlink: n.nlink,
-        uid: n.meta.uid,
-        gid: n.meta.gid,
+        uid: n.uid,
+        gid: n.gid,
         size,
         blocks: size.div_ceil(512),
-        rdev: n.kind.rdev(),
-        mtime: n.meta.mtime,
-        mtime_nsec: n.meta.mtime_nsec,
+        rdev: n.rdev(),
+        mtime: n.mtime,
+        mtime_nsec: n.mtime_nsec,
     }
 }
 
@@ -227,7 +337,7 @@ impl View for LowerView {
         }
         let id = match name {
             b"." => pid,
-            b".." => p.parent,
+            b".." => NodeId(p.parent),
             _ => self.tree.lookup(pid, name).ok_or(Errno::ENOENT)?,
         };
         let (_, n) = self.node(Ino::of(id))?;
@@ -240,10 +350,11 @@ impl View for LowerView {
     }
 
     fn readlink(&self, ino: Ino) -> OpResult<Vec<u8>> {
-        match &self.node(ino)?.1.kind {
-            NodeKind::Symlink(t) => Ok(t.to_vec()),
-            _ => Err(Errno::EINVAL),
-        }
+        let (id, _) = self.node(ino)?;
+        self.tree
+            .target(id)
+            .map(<[u8]>::to_vec)
+            .ok_or(Errno::EINVAL)
     }
 
     fn open(&self, ino: Ino, flags: i32, _who: Caller) -> OpResult<Fh> {
@@ -263,7 +374,9 @@ impl View for LowerView {
 
     fn backing_file(&self, ino: Ino, _fh: Fh) -> Option<OpResult<Arc<File>>> {
         self.wants_passthrough(ino)
-            .then(|| self.passthrough_file(ino).map(Arc::new))
+            .then(|| self.passthrough_file(ino))
+            .flatten()
+            .map(|f| f.map(Arc::new))
     }
 
     fn opendir(&self, ino: Ino) -> OpResult<Fh> {
@@ -295,7 +408,7 @@ impl View for LowerView {
         if offset == 0 && add(dot(b".", id, 1)) {
             return Ok(());
         }
-        if offset <= 1 && add(dot(b"..", n.parent, 2)) {
+        if offset <= 1 && add(dot(b"..", NodeId(n.parent), 2)) {
             return Ok(());
         }
         let skip = offset.saturating_sub(2) as usize;
@@ -304,7 +417,7 @@ impl View for LowerView {
             let full = add(DirListing {
                 ino: Ino::of(e.node),
                 next: i as u64 + 3,
-                file_type: child.kind.file_type_bits(),
+                file_type: child.file_type_bits(),
                 name: self.tree.name(e),
             });
             if full {
@@ -320,7 +433,7 @@ impl View for LowerView {
 
     /// `user.rimgfs.layer` answers the provenance.
     fn getxattr(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
-        let (_, n) = self.node(ino)?;
+        let (id, n) = self.node(ino)?;
         if name == PROVENANCE_XATTR {
             let label = self
                 .layer_labels
@@ -328,15 +441,21 @@ impl View for LowerView {
                 .ok_or(Errno::ENODATA)?;
             return Ok(label.as_bytes().to_vec());
         }
-        n.xattr(name).map(<[u8]>::to_vec).ok_or(Errno::ENODATA)
+        if !n.has_xattrs() {
+            return Err(Errno::ENODATA);
+        }
+        self.tree
+            .xattr(id, name)
+            .map(<[u8]>::to_vec)
+            .ok_or(Errno::ENODATA)
     }
 
     /// The image's own attribute names (the provenance one is not listed, so copies and
     /// comparisons see exactly the image).
     fn listxattr(&self, ino: Ino) -> OpResult<Vec<u8>> {
-        let (_, n) = self.node(ino)?;
+        let (id, _) = self.node(ino)?;
         let mut out = Vec::new();
-        for (k, _) in n.xattrs.iter() {
+        for (k, _) in self.tree.xattrs(id) {
             out.extend_from_slice(k);
             out.push(0);
         }
@@ -346,20 +465,21 @@ impl View for LowerView {
     /// Against the image's owners and modes; writing is refused: the lower tree is read-only.
     fn access(&self, ino: Ino, mask: i32, who: Caller) -> OpResult<()> {
         let (_, n) = self.node(ino)?;
+        let (is_dir, meta) = (n.is_dir(), n.meta());
         if mask & libc::W_OK != 0 {
             return Err(Errno::EROFS);
         }
         if mask == libc::F_OK
-            || who.uid == 0 && (mask & libc::X_OK == 0 || n.meta.mode & 0o111 != 0 || n.is_dir())
+            || who.uid == 0 && (mask & libc::X_OK == 0 || meta.mode & 0o111 != 0 || is_dir)
         {
             return Ok(());
         }
-        let bits = if who.uid == n.meta.uid {
-            (n.meta.mode >> 6) & 7
-        } else if who.gid == n.meta.gid {
-            (n.meta.mode >> 3) & 7
+        let bits = if who.uid == meta.uid {
+            (meta.mode >> 6) & 7
+        } else if who.gid == meta.gid {
+            (meta.mode >> 3) & 7
         } else {
-            n.meta.mode & 7
+            meta.mode & 7
         };
         let want = (mask & 7) as u32;
         if bits & want == want {
@@ -378,5 +498,99 @@ impl View for LowerView {
             files: self.tree.len() as u64,
             ffree: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::container::BlobLoc;
+    use crate::layer::LayerIndex;
+    use crate::layer::entry::{EntryKind, LayerEntry, Meta};
+    use crate::layer::prepare::PreparedLayer;
+
+    /// A view of one layer holding `big` (2 MiB + 7 bytes) and `small` (4 KiB), with its
+    /// passthrough store under `dir`.
+    fn view(dir: &std::path::Path) -> (LowerView, Vec<u8>) {
+        let big: Vec<u8> = (0..(2 << 20) + 7).map(|i| (i % 251) as u8).collect();
+        let mut data = vec![7u8; 4096];
+        data.extend_from_slice(&big);
+        let file = dir.join("layer.tar");
+        std::fs::write(&file, &data).unwrap();
+        let e = |path: &str, offset: u64, size: u64| LayerEntry {
+            path: path.as_bytes().into(),
+            meta: Meta {
+                mode: 0o644,
+                ..Meta::default()
+            },
+            kind: EntryKind::File { offset, size },
+            xattrs: Vec::new(),
+        };
+        let index = LayerIndex {
+            entries: vec![e("small", 0, 4096), e("big", 4096, big.len() as u64)],
+            tar_size: data.len() as u64,
+        };
+        let loc = BlobLoc {
+            file,
+            offset: 0,
+            len: data.len() as u64,
+        };
+        let tree = LowerTree::build(&[PreparedLayer::new(index, LayerData::host(loc))]).unwrap();
+        let store = PassthroughStore {
+            dir: dir.join("passthrough"),
+            layer_keys: vec!["layer".into()],
+        };
+        let v = LowerView::new(Arc::new(tree), vec!["0 x".into()]).with_passthrough(store);
+        (v, big)
+    }
+
+    fn ino(v: &LowerView, name: &[u8]) -> Ino {
+        Ino::of(v.tree().lookup(LowerTree::ROOT, name).unwrap())
+    }
+
+    #[test]
+    fn big_files_are_copied_in_the_background_once_read_and_never_in_an_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, big) = view(dir.path());
+        let (b, s) = (ino(&v, b"big"), ino(&v, b"small"));
+        let copy = dir.path().join("passthrough/layer/4096");
+        // An open of a file not yet copied goes through the daemon, and copies nothing.
+        assert!(v.backing_file(b, Fh::NONE).is_none());
+        assert!(v.backing_file(s, Fh::NONE).is_none());
+        // A peek is not enough to copy.
+        assert_eq!(View::read(&v, b, Fh::NONE, 0, 4096).unwrap(), big[..4096]);
+        v.flush_copies();
+        assert!(!copy.exists());
+        // Reading on queues the copy; opens after it is done go to the kernel.
+        let mut off = 4096;
+        while off < PASSTHROUGH_MIN_SIZE {
+            let got = View::read(&v, b, Fh::NONE, off, 128 << 10).unwrap();
+            assert_eq!(got, big[off as usize..off as usize + got.len()]);
+            off += got.len() as u64;
+        }
+        v.flush_copies();
+        assert_eq!(std::fs::read(&copy).unwrap(), big);
+        let f = v.backing_file(b, Fh::NONE).unwrap().unwrap();
+        assert_eq!(f.metadata().unwrap().len(), big.len() as u64);
+        // Small files never are.
+        for _ in 0..300 {
+            View::read(&v, s, Fh::NONE, 0, 4096).unwrap();
+        }
+        v.flush_copies();
+        assert!(v.backing_file(s, Fh::NONE).is_none());
+        // A copy of the wrong size (another tree's, a crash's) is not used.
+        std::fs::write(&copy, b"short").unwrap();
+        assert!(v.backing_file(b, Fh::NONE).is_none());
+    }
+
+    #[test]
+    fn a_new_view_uses_a_copy_already_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, big) = view(dir.path());
+        let b = ino(&v, b"big");
+        let copy = dir.path().join("passthrough/layer/4096");
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::write(&copy, &big).unwrap();
+        assert!(v.backing_file(b, Fh::NONE).unwrap().is_ok());
     }
 }

@@ -494,8 +494,15 @@ pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// The unprivileged test user, created if missing: (uid, gid).
+/// The unprivileged test user, created if missing: (uid, gid). Once per test binary, so
+/// that no test uses the user while another one's `useradd` is still writing the account
+/// databases (fusermount3 then fails with "could not determine username").
 pub fn test_user() -> Option<(u32, u32)> {
+    static USER: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    *USER.get_or_init(create_test_user)
+}
+
+fn create_test_user() -> Option<(u32, u32)> {
     const NAME: &str = "rimgfs-test";
     let lookup = || {
         nix::unistd::User::from_name(NAME)

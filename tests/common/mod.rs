@@ -150,20 +150,20 @@ pub struct Opened {
 
 impl Opened {
     /// The node at an image path (`/etc/hosts`), not following symlinks.
-    pub fn node(&self, path: &str) -> Option<&Node> {
+    pub fn node(&self, path: &str) -> Option<Node> {
         self.tree
             .resolve(path.as_bytes())
             .and_then(|id| self.tree.node(id))
     }
 
     /// The node at a path given as bytes.
-    pub fn node_bytes(&self, path: &[u8]) -> Option<&Node> {
+    pub fn node_bytes(&self, path: &[u8]) -> Option<Node> {
         self.tree.resolve(path).and_then(|id| self.tree.node(id))
     }
 
     /// The node at a path; panics with the tree's paths if missing.
     #[track_caller]
-    pub fn get(&self, path: &str) -> &Node {
+    pub fn get(&self, path: &str) -> Node {
         self.node(path)
             .unwrap_or_else(|| panic!("{path} not in tree; paths: {:?}", self.listing().paths()))
     }
@@ -171,7 +171,7 @@ impl Opened {
     /// The content of a regular file.
     #[track_caller]
     pub fn content(&self, path: &str) -> Vec<u8> {
-        read_node(&self.tree, self.get(path))
+        read_node(&self.tree, &self.get(path))
     }
 
     /// Names of a directory's children.

@@ -36,6 +36,8 @@ pub enum Fault {
     /// Forward, then send the headers and half the body, and hold the connection until
     /// [`Proxy::release`] (or drop).
     Stall,
+    /// Hold the request until [`Proxy::release`] (or drop), then forward it faithfully.
+    Hold,
     /// Answer `307` to the same path at this base URL (`http://host:port`).
     Redirect(String),
     /// Close the connection without answering.
@@ -172,10 +174,15 @@ impl Proxy {
         self.state.log.lock().unwrap().clear();
     }
 
-    /// Ends every stall now and from now on.
+    /// Ends every stall and hold now and from now on (until [`Proxy::rearm`]).
     pub fn release(&self) {
         *self.state.released.lock().unwrap() = true;
         self.state.wake.notify_all();
+    }
+
+    /// Makes stalls and holds wait again for the next [`Proxy::release`].
+    pub fn rearm(&self) {
+        *self.state.released.lock().unwrap() = false;
     }
 }
 
@@ -323,6 +330,7 @@ fn answer(
             return canned(out, rec, 307, &format!("Location: {base}{}\r\n", head.path));
         }
         Some(Fault::Reset) => return false,
+        Some(Fault::Hold) => wait_for_release(st),
         _ => {}
     }
     let Some((status_line, headers, resp_body)) = forward(st, head, body, fault) else {
@@ -372,12 +380,17 @@ fn answer(
     }
     if fault == Some(&Fault::Stall) {
         let _ = out.flush();
-        let released = st.released.lock().unwrap();
-        let _ = st.wake.wait_timeout_while(released, STALL_LIMIT, |r| {
-            !*r && !st.stop.load(Ordering::SeqCst)
-        });
+        wait_for_release(st);
     }
     !broken
+}
+
+/// Waits (at most [`STALL_LIMIT`]) until [`Proxy::release`] or the proxy's drop.
+fn wait_for_release(st: &State) {
+    let released = st.released.lock().unwrap();
+    let _ = st.wake.wait_timeout_while(released, STALL_LIMIT, |r| {
+        !*r && !st.stop.load(Ordering::SeqCst)
+    });
 }
 
 /// An upstream answer: status line, headers, body.

@@ -105,6 +105,11 @@ impl Failure {
         }
     }
 
+    /// Whether another attempt may succeed.
+    pub fn retryable(&self) -> bool {
+        self.retry.is_some()
+    }
+
     /// A failure another attempt may not have (a broken body, a short read).
     pub fn transient(message: String) -> Failure {
         Failure {

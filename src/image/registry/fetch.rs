@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::client::{Failure, Method, Session};
 use crate::image::digest::Digest;
-use crate::image::remote::BlobFetch;
+use crate::image::remote::{BlobFetch, Spent};
 
 /// The blobs of one repository on one endpoint (`None`: `--offline`, nothing is fetched).
 #[derive(Clone, Debug)]
@@ -191,8 +191,15 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     Some((a, b, total))
 }
 
+/// A failure as an I/O error; one the client will not retry (its attempts spent, or final)
+/// is marked so the layer level does not multiply the attempts.
 fn io_error(name: &str, f: Failure) -> io::Error {
-    io::Error::other(format!("{name}: {}", f.message))
+    let msg = format!("{name}: {}", f.message);
+    if !f.retryable() {
+        Spent::error(msg)
+    } else {
+        io::Error::other(msg)
+    }
 }
 
 impl BlobFetch for RepoBlobs {

@@ -287,10 +287,11 @@ fn open_record(
             policy.max_bytes.map(|m| (cache.root().to_path_buf(), m)),
         );
     }
-    Ok(PreparedLayer {
-        index: rec.index,
-        data: LayerData::shared(bytes),
-    })
+    Ok(PreparedLayer::cached(
+        rec.index,
+        LayerData::shared(bytes),
+        rec_path,
+    ))
 }
 
 /// Reads a TOC layer's table of contents (a few small requests) into a record.

@@ -172,6 +172,7 @@ pub fn scan(root: &Path) -> Vec<Entry> {
         ("archives", Kind::Archive),
         ("lazy", Kind::Record),
         ("index", Kind::Index),
+        ("trees", Kind::Index),
     ] {
         for f in files_in(&root.join(dir)) {
             if is_tmp(&f) || f.extension().is_some_and(|e| e == "lock") {
@@ -199,6 +200,7 @@ pub fn scan(root: &Path) -> Vec<Entry> {
         "archives",
         "lazy",
         "index",
+        "trees",
         "passthrough",
         "live",
         "ephemeral",

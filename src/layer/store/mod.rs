@@ -4,7 +4,8 @@
 //! ```text
 //! blobs/<alg>/<hex>.data    the blob's bytes where present (a sparse file of its full length)
 //! blobs/<alg>/<hex>.ranges  the present, verified ranges (ranges.rs), replaced atomically
-//! blobs/<alg>/<hex>.lock    flock: taken around every update of .ranges and by eviction
+//! blobs/<alg>/<hex>.lock    flock: taken around every update of .ranges and by eviction;
+//!                           OFD byte-range locks: one per piece being fetched
 //! ```
 //! Invariants:
 //! - `.ranges` only names bytes that were verified (against the blob digest in a streaming
@@ -12,12 +13,15 @@
 //! - A process keeps `.data` open; when eviction removes it, the process sees another inode
 //!   under the name at its next update, stops recording ("detached") and keeps serving from
 //!   the file it has, so it never names bytes of a file it did not write.
-//! - In one process, one missing piece is fetched once however many readers want it
-//!   (`inflight`); across processes a piece may be fetched twice, which is safe.
-//! - Fetches are retried a bounded number of times; a piece that cannot be had is `EIO`,
+//! - One missing piece is fetched once however many readers want it: in one process through
+//!   `inflight`, across processes through an OFD write lock on the piece's byte range of
+//!   `.lock` (held from before the fetch until its range is recorded; a waiter then finds
+//!   the piece recorded and reads it from `.data`).
+//! - Fetches are retried a bounded number of times (not again when the fetcher says its own
+//!   retries are spent: `Spent`); a piece that cannot be had is `EIO`,
 //!   logged once per failed read, and never blocks other pieces.
 //!
-//! Dependencies: image (digest, remote), codec, error, nix (flock, futimens).
+//! Dependencies: image (digest, remote), codec, error, nix (flock, fcntl OFD locks, futimens).
 
 pub mod gc;
 pub mod live;
@@ -33,7 +37,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use crate::image::digest::Digest;
-use crate::image::remote::BlobFetch;
+use crate::image::remote::{BlobFetch, Spent};
 use ranges::RangeSet;
 
 /// How often one piece is requested before a read fails.
@@ -195,6 +199,46 @@ pub(crate) fn lock_file(path: &Path, wait: bool) -> io::Result<Option<nix::fcntl
         Ok(l) => Ok(Some(l)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
         Err((_, e)) => Err(e.into()),
+    }
+}
+
+/// An OFD write lock on bytes `[start, end)` of a lock file, released when dropped (the
+/// file description is its own, so threads of one process exclude each other too).
+struct RangeLock {
+    _file: File,
+}
+
+impl RangeLock {
+    /// Waits for the lock. `None` (after logging why) when it cannot be had: then the piece
+    /// may be fetched twice, which wastes bytes but is safe.
+    fn acquire(path: &Path, start: u64, end: u64) -> Option<RangeLock> {
+        use nix::fcntl::{FcntlArg, fcntl};
+        let r = (|| {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)?;
+            let to_off =
+                |v: u64| i64::try_from(v).map_err(|_| io::Error::other("offset too large"));
+            let lock = libc::flock {
+                l_type: libc::F_WRLCK as libc::c_short,
+                l_whence: libc::SEEK_SET as libc::c_short,
+                l_start: to_off(start)?,
+                // A zero length would mean "to the end of the file".
+                l_len: to_off(end.max(start + 1) - start)?,
+                l_pid: 0,
+            };
+            loop {
+                match fcntl(&file, FcntlArg::F_OFD_SETLKW(&lock)) {
+                    Ok(_) => return Ok(RangeLock { _file: file }),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(io::Error::from(e)),
+                }
+            }
+        })();
+        r.map_err(|e| log::warn!("{}: range lock {start}-{end}: {e}", path.display()))
+            .ok()
     }
 }
 
@@ -433,12 +477,39 @@ impl StoredBlob {
             }
             f.insert(i);
         }
-        let r = self.fetch_verified(origin, units, i, prio);
+        let r = self.fetch_across_processes(origin, units, i, prio);
         if let Ok(mut f) = self.inflight.lock() {
             f.remove(&i);
         }
         self.landed.notify_all();
         r
+    }
+
+    /// Fetches piece `i` unless another process, holding its range lock first, recorded it.
+    fn fetch_across_processes(
+        &self,
+        origin: &Origin,
+        units: &dyn Units,
+        i: usize,
+        prio: Priority,
+    ) -> io::Result<()> {
+        let (s, e) = units.bounds(i);
+        // Offline or sourceless reads fail at once; they need no lock.
+        let fetchable = origin.fetch.is_some() && !origin.offline;
+        if fetchable && prio == Priority::Background {
+            // Before taking the lock, so a foreground reader elsewhere never waits on it.
+            wait_for_foreground_idle(INFLIGHT_WAIT);
+        }
+        let _range = if fetchable && !self.is_detached() {
+            RangeLock::acquire(&self.paths.lock, s, e)
+        } else {
+            None
+        };
+        self.refresh();
+        if self.has(s, e) {
+            return Ok(());
+        }
+        self.fetch_verified(origin, units, i, prio)
     }
 
     fn fetch_verified(
@@ -464,9 +535,6 @@ impl StoredBlob {
                 return Err(eio());
             }
         };
-        if prio == Priority::Background {
-            wait_for_foreground_idle(INFLIGHT_WAIT);
-        }
         let _fg = (prio == Priority::Foreground).then(Foreground::enter);
         let mut pause = RETRY_PAUSE;
         let mut last = String::new();
@@ -489,6 +557,11 @@ impl StoredBlob {
                 Ok(bytes) => {
                     self.write_at(&bytes, s)?;
                     return self.commit(s, e);
+                }
+                Err(err) if Spent::is(&err) => {
+                    // The fetcher retried already and names the repository.
+                    log::error!("{}: {err}", what());
+                    return Err(eio());
                 }
                 Err(err) => {
                     log::debug!(
@@ -675,6 +748,102 @@ pub(crate) mod tests {
                 .is_err()
         );
         assert_eq!(fetch.requests.load(Ordering::SeqCst), before);
+    }
+
+    /// Serves a blob from memory, each request held until [`Held::release`].
+    #[derive(Debug, Default)]
+    struct Held {
+        data: Vec<u8>,
+        requests: AtomicUsize,
+        released: Mutex<bool>,
+        wake: Condvar,
+    }
+
+    impl Held {
+        fn release(&self) {
+            *self.released.lock().unwrap() = true;
+            self.wake.notify_all();
+        }
+    }
+
+    impl BlobFetch for Held {
+        fn stream(&self, _: &Digest, _: u64) -> io::Result<Box<dyn io::Read + Send>> {
+            Err(io::Error::other("ranges only"))
+        }
+        fn range(&self, _: &Digest, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            let r = self.released.lock().unwrap();
+            drop(self.wake.wait_while(r, |r| !*r).unwrap());
+            Ok(self.data[offset as usize..(offset + len) as usize].to_vec())
+        }
+        fn describe(&self) -> String {
+            "mem://held".into()
+        }
+    }
+
+    /// Whether some OFD lock request waits in the kernel (`/proc/locks` shows it as `->`).
+    fn an_ofd_lock_waits() -> bool {
+        std::fs::read_to_string("/proc/locks")
+            .is_ok_and(|l| l.lines().any(|l| l.contains("->") && l.contains("OFDLCK")))
+    }
+
+    #[test]
+    fn store_fetches_a_piece_once_across_processes() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 13) as u8).collect();
+        let (_dir, first, _) = setup(&data);
+        // Another process's view of the same files: its own handle, record and fetcher.
+        let second =
+            StoredBlob::open(first.digest.clone(), first.len, first.paths.clone()).unwrap();
+        let units = Fixed::of(&data, 10_000);
+        let fetches = [first.as_ref(), &second].map(|_| {
+            Arc::new(Held {
+                data: data.clone(),
+                ..Default::default()
+            })
+        });
+        let origin = |f: &Arc<Held>| Origin {
+            fetch: Some(f.clone() as Arc<dyn BlobFetch>),
+            offline: false,
+        };
+        std::thread::scope(|s| {
+            let a = s.spawn(|| {
+                first.ensure(
+                    &origin(&fetches[0]),
+                    &units,
+                    12_000,
+                    13_000,
+                    Priority::Foreground,
+                )
+            });
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while fetches[0].requests.load(Ordering::SeqCst) == 0 {
+                assert!(std::time::Instant::now() < deadline, "no first request");
+                std::thread::yield_now();
+            }
+            let b = s.spawn(|| {
+                second.ensure(
+                    &origin(&fetches[1]),
+                    &units,
+                    12_500,
+                    12_600,
+                    Priority::Foreground,
+                )
+            });
+            // The second reader either waits for the lock or (wrongly) asks itself.
+            while !an_ofd_lock_waits() && fetches[1].requests.load(Ordering::SeqCst) == 0 {
+                assert!(std::time::Instant::now() < deadline, "second reader stuck");
+                std::thread::yield_now();
+            }
+            fetches[0].release();
+            fetches[1].release();
+            a.join().unwrap().unwrap();
+            b.join().unwrap().unwrap();
+        });
+        assert_eq!(fetches[0].requests.load(Ordering::SeqCst), 1);
+        assert_eq!(fetches[1].requests.load(Ordering::SeqCst), 0);
+        let mut buf = vec![0u8; 100];
+        second.read_at(&mut buf, 12_500).unwrap();
+        assert_eq!(&buf[..], &data[12_500..12_600]);
     }
 
     #[test]
