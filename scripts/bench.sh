@@ -8,6 +8,7 @@
 #   scripts/bench.sh                         # every section; needs root
 #   QUICK=1 scripts/bench.sh                 # small sizes, one run each: checks the script
 #   SECTIONS="read write" RUNS=5 scripts/bench.sh
+#   SECTIONS=scale SCALE="100000:4 20000:500" scripts/bench.sh   # FILES:LAYERS images
 #   RIMGFS_BIN=path scripts/bench.sh         # that binary (no cargo build)
 #   RIMGFS_BIN="old=path1 new=path2" ...     # both binaries side by side, in the same run
 #
@@ -220,17 +221,19 @@ same_tree() {
   done
 }
 
-echo "==> extracting the layers for overlayfs and fuse-overlayfs"
-# Timed for the kernel's "image file → mounted" (extraction + mount), from a cold cache.
-for img in "$gzimage" "$image"; do
-  name=extract-$([ "$img" = "$image" ] && echo plain || echo gzip)
-  hf "$name" --runs "$runs" --prepare "rm -rf $(q "$layers"); mkdir -p $(q "$layers"); $drop" \
-    -n overlayfs "$(q python3 scripts/bench-probe.py extract "$img" "$layers") > /dev/null"
-done
+if has read || has write; then
+  echo "==> extracting the layers for overlayfs and fuse-overlayfs"
+  # Timed for the kernel's "image file → mounted" (extraction + mount), from a cold cache.
+  for img in "$gzimage" "$image"; do
+    name=extract-$([ "$img" = "$image" ] && echo plain || echo gzip)
+    hf "$name" --runs "$runs" --prepare "rm -rf $(q "$layers"); mkdir -p $(q "$layers"); $drop" \
+      -n overlayfs "$(q python3 scripts/bench-probe.py extract "$img" "$layers") > /dev/null"
+  done
+  metric big_bytes - "$(stat -c %s "$layers/4/data/big.bin")"
+fi
 lower=$(probe layers "$image" | awk -v d="$layers" '{ l = d "/" NR - 1 (l ? ":" l : "") }
   END { print l }')
 big=data/big.bin
-metric big_bytes - "$(stat -c %s "$layers/4/$big")"
 
 if has read; then
   echo "==> read: image file → mounted (rimgfs: empty cache, cold page cache)"
@@ -370,23 +373,26 @@ if has write; then
 fi
 
 if has scale; then
-  if [ "$quick" = 1 ]; then scale=("20000 2" "2000 50"); else
-    scale=("100000 4" "1000000 4" "20000 500"); fi
-  for spec in "${scale[@]}"; do
-    read -r files nl <<< "$spec"
+  if [ "$quick" = 1 ]; then scale=${SCALE:-20000:2 2000:50}; else
+    scale=${SCALE:-100000:4 1000000:4 20000:500}; fi
+  for spec in $scale; do
+    files=${spec%:*} nl=${spec#*:}
     tag=${files}f${nl}l simg=$work/scale-$files-$nl.tar
     echo "==> scale: $files files in $nl layers"
     make_image scripts/make-scale-image.py "$simg" "$files" "$nl"
     t0=$(now)
     rm -rf "$layers-scale" && mkdir -p "$layers-scale"
-    slower=$(probe extract "$simg" "$layers-scale")
+    probe extract "$simg" "$layers-scale" > /dev/null
     metric "scale-$tag-extract" overlayfs "$(since "$t0")"
     for ((i = 0; i < runs; i++)); do
       for fs in overlayfs "${rw[@]}" "${ro[@]}"; do
         eval "$(wipe_cmd "$fs")"
         if [ "$fs" = overlayfs ]; then
-          cmd=$(q mount -t overlay overlay -o \
-            "lowerdir=$slower,upperdir=$up/$fs,workdir=$up/$fs.work" "$mnt/$fs")
+          # Relative lower paths, run from their directory: 500 absolute ones do not fit
+          # in the page that carries mount options.
+          cmd="(cd $(q "$layers-scale") && $(q mount -t overlay overlay -o \
+            "lowerdir=$(seq -s: $((nl - 1)) -1 0),upperdir=$up/$fs,workdir=$up/$fs.work" \
+            "$mnt/$fs"))"
         else
           fsimage[$fs]=$simg
           rm -rf "${caches:?}/$fs"
