@@ -184,6 +184,12 @@ def main():
     ]
     table("Writes, rimgfs mounted WRITABLE (--upper), each run on a fresh upper: median",
           write_rows, REFS + [f"{lb}-rw" for lb in labels])
+    for lb in labels:
+        c, st = get("busy-create-max", f"{lb}-rw"), get("busy-stat-max", f"{lb}-rw")
+        if c is not None and st is not None:
+            ok = "met" if c <= 0.010 and st <= 0.005 else "NOT met"
+            lines.append(f"  target {lb}-rw: during the copy-up a create within 10 ms and a stat "
+                         f"within 5 ms: {c * 1e3:.1f} / {st * 1e3:.1f} ms, {ok}")
 
     # Scale: one table per image; bytes per entry from RSS after the walk.
     scale_tags = sorted({f.split("-")[1] for f in med if f.startswith("scale-")},

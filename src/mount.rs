@@ -248,6 +248,7 @@ fn serve(
     // Root mounts with mount(2); anyone else through the setuid fusermount3 (which opens
     // /dev/fuse with the caller's rights, so /dev/fuse must be 0666, Debian's default).
     let privileged = nix::unistd::geteuid().is_root();
+    let notifier = fs.notifier_slot();
     let session = if privileged {
         fuser::Session::new(fs, mnt, &config)
     } else {
@@ -265,6 +266,7 @@ fn serve(
             });
         }
     };
+    let _ = notifier.set(session.notifier());
     let target = mnt.to_path_buf();
     // A signal detaches the mount (as libfuse does): it leaves the namespace at once, even
     // if a file is still open on it (EBUSY would otherwise keep it mounted), and the session

@@ -801,6 +801,96 @@ fn cache_damaged_index_is_rebuilt() {
 }
 
 #[test]
+fn cache_warm_open_maps_the_merged_tree_without_reading_indexes() {
+    for codec in [Codec::None, Codec::Gzip] {
+        let sb = Sandbox::new();
+        let image = ImageDef::from_spec(SPEC).codec(codec);
+        let p = sb.write("oci", Shape::OciDir, &[image], Codec::None);
+        let first = open_ok(s(&p), &sb.cache());
+        let trees = cache_files(&sb.cache(), "trees");
+        assert_eq!(trees.len(), 1, "{codec:?}: one merged tree: {trees:?}");
+        assert!(
+            first.tree.is_mapped(),
+            "{codec:?}: served from its cache file"
+        );
+        let before = identity(&trees[0]);
+        let again = open_ok(s(&p), &sb.cache());
+        assert!(again.tree.is_mapped());
+        assert_eq!(
+            before,
+            identity(&trees[0]),
+            "{codec:?}: the tree was rewritten"
+        );
+        assert!(
+            again.stack.layers.iter().all(|l| l.index_deferred()),
+            "{codec:?}: a layer index was decoded on a warm open"
+        );
+        again.listing().assert_same(&first.listing(), "warm open");
+        // Another stack of the same layers (--layer 1) is a tree of its own.
+        let lower = open_arg(s(&p), &OpenOptions::default(), &sb.cache(), Some(1)).unwrap();
+        assert_eq!(cache_files(&sb.cache(), "trees").len(), 2);
+        assert!(lower.tree.resolve(b"run/fifo").is_none());
+        assert!(again.tree.resolve(b"run/fifo").is_some());
+    }
+}
+
+#[test]
+fn cache_damaged_merged_tree_is_rebuilt_never_served() {
+    for how in [
+        "truncate",
+        "empty",
+        "flip middle",
+        "flip last",
+        "flip first",
+        "append",
+    ] {
+        let sb = Sandbox::new();
+        let p = sb.write(
+            "oci",
+            Shape::OciDir,
+            &[ImageDef::from_spec(SPEC)],
+            Codec::None,
+        );
+        let first = open_ok(s(&p), &sb.cache()).listing();
+        let tree = cache_files(&sb.cache(), "trees").pop().unwrap();
+        damage_file(&tree, how);
+        let f = std::fs::File::open(&tree).unwrap();
+        assert!(
+            matches!(rimgfs::tree::flat::Flat::open(&f), Ok(None)),
+            "{how}: damage undetectable"
+        );
+        let again = open_ok(s(&p), &sb.cache());
+        again.listing().assert_same(&first, &format!("tree {how}"));
+        let f = std::fs::File::open(&tree).unwrap();
+        assert!(
+            matches!(rimgfs::tree::flat::Flat::open(&f), Ok(Some(_))),
+            "{how}: not rebuilt"
+        );
+    }
+}
+
+#[test]
+fn cache_rebuilt_index_gives_a_new_merged_tree() {
+    let sb = Sandbox::new();
+    let p = sb.write(
+        "oci",
+        Shape::OciDir,
+        &[ImageDef::from_spec(SPEC)],
+        Codec::None,
+    );
+    let first = open_ok(s(&p), &sb.cache()).listing();
+    let old = cache_files(&sb.cache(), "trees");
+    // Its index gone, a layer is indexed again: the tree of the old index is not used.
+    let idx = cache_files(&sb.cache(), "index");
+    std::fs::remove_file(&idx[1]).unwrap();
+    let again = open_ok(s(&p), &sb.cache());
+    again.listing().assert_same(&first, "index rebuilt");
+    let now = cache_files(&sb.cache(), "trees");
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.iter().any(|t| !old.contains(t)));
+}
+
+#[test]
 fn cache_damaged_layer_is_rebuilt_never_served() {
     for codec in [Codec::Gzip, Codec::Zstd] {
         for how in [

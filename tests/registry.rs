@@ -1,7 +1,7 @@
 //! `docker://` images against a real registry (docker-registry, filled by skopeo): inspect
 //! equals skopeo's view, blob ranges equal the stored blobs, faults end in success or a
 //! one-line error, auth from every credential source, TLS trust, the cache and `--offline`,
-//! and no secret in any output. No mount: mounting registry images is the layer level's.
+//! and no secret in any output. Mounts of registry images are in `registry_mount.rs`.
 
 mod common;
 

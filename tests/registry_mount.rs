@@ -4,8 +4,8 @@
 //! who is not root; and, through the recording proxy, what a mount asks the registry for: a
 //! warm mount asks for no blob, a table-of-contents image's mount reads under 1% of its
 //! blobs, one range is fetched once by readers in two processes, every fault ends in the
-//! right bytes or EIO, a registry gone while mounted fails only uncached reads, and
-//! `--offline` mounts a cached image without the registry.
+//! right bytes or EIO, a registry gone (or a blob deleted) while mounted fails only uncached
+//! reads, and `--offline` mounts a cached image without the registry.
 #![allow(missing_docs)]
 
 mod common;
@@ -354,7 +354,7 @@ fn ls_cat_inspect_diff_and_commit_take_docker_references() {
         cat.stdout_bytes,
         std::fs::read(rootfs.join("usr/mid")).unwrap()
     );
-    // Through the symlink-free hard link of another layer's file.
+    // A hard link's content.
     let cat = ctx.run(&["cat", &r, "/etc/h2"]).success();
     assert_eq!(cat.stdout, "a host\n");
 
@@ -417,6 +417,17 @@ fn ls_cat_inspect_diff_and_commit_take_docker_references() {
         b"changed\n"
     );
     assert!(!committed.join("usr/small").exists());
+    // The committed image equals the registry image mounted over that upper directory.
+    let Some(m) = ctx.mount(&r, &["--upper", up]) else {
+        return;
+    };
+    if let Err(diff) = common::treesum_compare(&committed, m.path(), &["--ignore-root"]) {
+        panic!(
+            "the commit differs from the mount over its upper:
+{diff}"
+        );
+    }
+    m.unmount();
     assert_eq!(
         std::fs::read(committed.join("usr/big")).unwrap(),
         std::fs::read(rootfs.join("usr/big")).unwrap()
@@ -1006,4 +1017,90 @@ fn after_the_background_fill_the_registry_may_go() {
     }
     assert_eq!(std::fs::read(m.at("b/big")).unwrap().len(), 2_000_000);
     m.unmount();
+}
+
+#[test]
+fn a_blob_deleted_while_mounted_gives_eio_at_once() {
+    let Some(reg) = Registry::plain() else { return };
+    push_estargz(&reg, &toc_spec(500_000), 256 << 10, "deleted/app:1");
+    let proxy = Proxy::start(&reg.addr);
+    let pr = proxy.reference("deleted/app:1");
+    let layer = layer_blobs(&pr).remove(0).0;
+    let ctx = Ctx::new();
+    let Some(m) = ctx.mount(&pr, &["--no-prefetch"]) else {
+        return;
+    };
+    assert_eq!(std::fs::read(m.at("f/0")).unwrap(), small(0));
+    let url = format!("http://{}/v2/deleted/app/blobs/{layer}", reg.addr);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let status = agent.delete(&url).call().unwrap().status();
+    assert_eq!(status.as_u16(), 202, "DELETE {url}");
+    proxy.clear();
+    assert_eq!(read_errno(&m.at("f/1")), Some(libc::EIO));
+    // A 404 is final: asked once per FUSE read (the kernel may read the page twice), never
+    // retried.
+    let asked: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|q| q.path.contains(&layer))
+        .collect();
+    assert!(
+        (1..=2).contains(&asked.len()) && asked.iter().all(|q| q.status == 404),
+        "{asked:?}"
+    );
+    let lines: Vec<String> = m
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("error") && l.contains(&layer))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), asked.len(), "{}", m.stderr());
+    assert_eq!(std::fs::read(m.at("f/0")).unwrap(), small(0));
+    m.unmount();
+}
+
+#[test]
+fn mounts_from_registries_with_auth_read_lazily_and_keep_secrets() {
+    use common::registry::{Auth, PASSWORD, USER};
+    for auth in [Auth::Basic, Auth::bearer(false)] {
+        let Some(reg) = Registry::with_auth(auth.clone()) else {
+            return;
+        };
+        let r = push_estargz(&reg, &toc_spec(300_000), 64 << 10, "auth/app:1");
+        let ctx = Ctx::new();
+        let creds = format!("{USER}:{PASSWORD}");
+        // Without credentials: refused, in one line naming the registry.
+        let out = ctx.run(&["ls", &r, "/"]);
+        assert_eq!(out.code, Some(1), "{auth:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains(&reg.addr), "{}", out.stderr);
+        let Some(m) = ctx.mount(&r, &["--no-prefetch", "--creds", &creds]) else {
+            return;
+        };
+        // The daemon fetches each chunk on first read, with the credentials it was given.
+        for n in 0..SMALL_FILES {
+            assert_eq!(
+                std::fs::read(m.at(&format!("f/{n}"))).unwrap(),
+                small(n),
+                "{auth:?}"
+            );
+        }
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", m.pid())).unwrap();
+        let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(!shown.contains(PASSWORD), "{shown}");
+        m.unmount();
+        for f in walk(&ctx.sb.cache()) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes
+                    .windows(PASSWORD.len())
+                    .any(|w| w == PASSWORD.as_bytes()),
+                "{auth:?}: the password is in {}",
+                f.display()
+            );
+        }
+    }
 }

@@ -155,7 +155,7 @@ fn same_dir_attrs(tree: &LowerTree, u: &UpperNode, l: NodeId) -> bool {
             n.meta.mtime,
             n.meta.mtime_nsec,
         )
-        && u.public_xattrs().eq(n.xattrs.iter())
+        && u.public_xattrs().eq(n.xattrs.iter().cloned())
 }
 
 fn same_lower_attrs(tree: &LowerTree, a: NodeId, b: NodeId) -> bool {

@@ -16,9 +16,7 @@ use crate::error::{Context, Result};
 use crate::layer::entry::{Meta, Xattr};
 use crate::layer::whiteout::OPAQUE_MARKER;
 use crate::sys::DirFd;
-use crate::upper::format::{
-    self, EntryStat, Name, OVERRIDE_STAT, Role, is_private_xattr, parse_override,
-};
+use crate::upper::format::{self, EntryStat, Name, OVERRIDE_STAT, Role, parse_override};
 
 /// What an upper entry is on disk.
 ///
@@ -86,9 +84,12 @@ impl UpperNode {
         }
     }
 
-    /// The extended attributes that belong to the entry (overlayfs's private ones left out).
-    pub fn public_xattrs(&self) -> impl Iterator<Item = &Xattr> {
-        self.xattrs.iter().filter(|(k, _)| !is_private_xattr(k))
+    /// The extended attributes that belong to the entry, by the names the entry has them
+    /// under: overlayfs's bookkeeping left out, escaped overlay attributes unescaped.
+    pub fn public_xattrs(&self) -> impl Iterator<Item = Xattr> + '_ {
+        self.xattrs
+            .iter()
+            .filter_map(|(k, v)| format::unescape_xattr(k).map(|k| (k.into(), v.clone())))
     }
 }
 

@@ -29,7 +29,7 @@ use super::output::{Exact, sync_buffered};
 use crate::changes::{Merged, MergedView, UpperKind, UpperNode, join};
 use crate::error::{Context, Error, Result};
 use crate::image::digest::{Algorithm, Digest, Hasher};
-use crate::layer::entry::Meta;
+use crate::layer::entry::{Meta, Xattr};
 use crate::layer::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::tree::LowerTree;
 use crate::tree::node::{NodeId, NodeKind};
@@ -82,7 +82,7 @@ pub(super) fn write_layer(view: &MergedView<'_>, dest: &Path) -> Result<(Digest,
             reason: "not a directory".into(),
         });
     };
-    lw.append(b".", &node.meta, public(node), Body::Dir)?;
+    lw.append(b".", &node.meta, refs(&public(node)), Body::Dir)?;
     lw.dir_body(b"", &root, Some(LowerTree::ROOT), false, &node.meta)?;
     let w = lw.tar.into_inner().ctx("write", dest)?;
     let (digest, count) = (w.hasher.finish(), w.count);
@@ -92,8 +92,12 @@ pub(super) fn write_layer(view: &MergedView<'_>, dest: &Path) -> Result<(Digest,
 
 type XattrRef<'a> = Vec<(&'a [u8], &'a [u8])>;
 
-fn public(n: &UpperNode) -> XattrRef<'_> {
-    n.public_xattrs().map(|(k, v)| (&**k, &**v)).collect()
+fn public(n: &UpperNode) -> Vec<Xattr> {
+    n.public_xattrs().collect()
+}
+
+fn refs(x: &[Xattr]) -> XattrRef<'_> {
+    x.iter().map(|(k, v)| (&**k, &**v)).collect()
 }
 
 /// Which inode a hard-link group is.
@@ -205,7 +209,7 @@ impl<W: Write> LayerWriter<'_, '_, W> {
                         return Ok(None);
                     }
                 };
-                self.entry_body(path, &node.meta, public(node), body)
+                self.entry_body(path, &node.meta, refs(&public(node)), body)
             }
             Merged::Lower(id) => {
                 let Some(n) = self.tree().node(id) else {

@@ -27,7 +27,11 @@ impl Cow {
         fh: Option<Fh>,
         who: Caller,
     ) -> OpResult<Attr> {
-        let _ns = lock(&self.ns)?;
+        // A truncate copies the data up first, without the namespace lock.
+        let _ns = match set.size {
+            Some(_) => self.lock_with_data_up(ino)?.0,
+            None => lock(&self.ns)?,
+        };
         let i = self.inode(ino)?;
         let copy = if set.size.is_some() || i.file_type != libc::S_IFREG {
             CopyMode::Full

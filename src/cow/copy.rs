@@ -6,22 +6,128 @@
 //! the inode continues, which is not necessarily the lower entry at its merged path (below a
 //! renamed directory, say). A lower hard link is copied whole, once, and linked under every
 //! name the merged view still shows it at.
+//!
+//! A data copy (the one slow part) is staged in the work directory before `ns` is taken
+//! ([`Cow::lock_with_data_up`]), under the inode's copy lock only, so racing writers make one
+//! copy and the rest of the mount stays usable meanwhile; `ns` is held only to rename the
+//! copy into place and record it.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
 
 use super::inodes::Inode;
-use super::{Cow, errno};
+use super::{Cow, errno, lock};
+use crate::sys::DirFd;
 use crate::tree::node::{DataRef, NodeId};
-use crate::upper::copy_up::{CopyMode, complete_data, copy_node, copy_up};
+use crate::upper::copy_up::{
+    CopyMode, Staged, complete_data, copy_node, copy_up, stage_data, stage_node,
+};
 use crate::view::{Ino, OpResult};
 
+/// A data copy made ahead of `ns`, and what it was made for.
+pub(super) enum Prepared<'u> {
+    /// A full copy of the lower node the inode continued while it had no upper entry.
+    Node(NodeId, Staged<'u>),
+    /// The lower data of a metadata-only copy.
+    Data(DataRef, Staged<'u>),
+}
+
 impl Cow {
+    /// Takes `ns` with `ino`'s data in the upper, copying it up first where needed; says
+    /// whether data was copied (the kernel's cached pages of it then go, see
+    /// [`Cow::invalidate`]). The data is copied into the work directory before `ns` is
+    /// taken, holding only `ino`'s copy lock: a second writer waits there for the first
+    /// one's copy instead of making its own, and every other request goes on meanwhile.
+    pub(super) fn lock_with_data_up(&self, ino: Ino) -> OpResult<(MutexGuard<'_, ()>, bool)> {
+        let slot = self.copy_slot(ino)?;
+        let result = (|| {
+            let _copying = lock(&slot)?;
+            let prepared = self.prepare_data(ino)?;
+            let ns = lock(&self.ns)?;
+            let copied = prepared.is_some() || self.needs_data(ino)?;
+            self.ensure_upper_with(ino, CopyMode::Full, prepared)?;
+            Ok((ns, copied))
+        })();
+        self.drop_copy_slot(ino, slot);
+        result
+    }
+
+    /// The copy lock of `ino`, made on first use.
+    fn copy_slot(&self, ino: Ino) -> OpResult<Arc<Mutex<()>>> {
+        Ok(lock(&self.copying)?.entry(ino).or_default().clone())
+    }
+
+    /// Lets go of a copy lock; the last user removes it (every clone is made holding the
+    /// map's lock, so two counts, the map's and this one, mean no one else has it).
+    fn drop_copy_slot(&self, ino: Ino, slot: Arc<Mutex<()>>) {
+        if let Ok(mut m) = self.copying.lock() {
+            if Arc::strong_count(&slot) == 2 {
+                m.remove(&ino);
+            }
+        }
+    }
+
+    /// Whether a full copy-up of `ino` would copy data: a regular file without an upper
+    /// entry, or with a metadata-only one.
+    fn needs_data(&self, ino: Ino) -> OpResult<bool> {
+        let i = self.inode(ino)?;
+        Ok(i.file_type == libc::S_IFREG && (!i.upper || self.is_metacopy(ino)?))
+    }
+
+    /// Stages the data copy a full copy-up of `ino` needs, if any. What it reads of the
+    /// upper is read with the names still; the copy itself is made without any lock, and
+    /// checked again when it is placed.
+    fn prepare_data(&self, ino: Ino) -> OpResult<Option<Prepared<'_>>> {
+        let plan = self.stable(|| {
+            let i = self.inode(ino)?;
+            if i.file_type != libc::S_IFREG || i.unlinked {
+                return Ok(None);
+            }
+            if !i.upper {
+                return Ok(i.lower.map(|id| (Some(id), None)));
+            }
+            if !self.is_metacopy(ino)? {
+                return Ok(None);
+            }
+            Ok(Some((None, Some(self.lower_data(&i)?))))
+        })?;
+        let tree = self.tree();
+        Ok(match plan {
+            Some((Some(id), _)) => {
+                let node = tree.node(id).ok_or(Errno::EIO)?;
+                let staged = stage_node(&self.upper, tree, &node, CopyMode::Full).map_err(errno)?;
+                Some(Prepared::Node(id, staged))
+            }
+            Some((None, Some(data))) => {
+                let staged = stage_data(&self.upper, tree, &data).map_err(errno)?;
+                Some(Prepared::Data(data, staged))
+            }
+            _ => None,
+        })
+    }
+
     /// Copies an inode up (data too unless `mode` is `MetaOnly`) and marks it upper.
     pub(super) fn ensure_upper(&self, ino: Ino, mode: CopyMode) -> OpResult<()> {
+        self.ensure_upper_with(ino, mode, None)
+    }
+
+    /// [`Cow::ensure_upper`], using a data copy staged ahead where it still fits (the inode
+    /// still continues that lower node, or is still a metadata-only copy of that data).
+    fn ensure_upper_with(
+        &self,
+        ino: Ino,
+        mode: CopyMode,
+        prepared: Option<Prepared<'_>>,
+    ) -> OpResult<()> {
         let i = self.inode(ino)?;
+        let (mut node_copy, mut data_copy) = match prepared {
+            Some(Prepared::Node(id, s)) if !i.upper && i.lower == Some(id) => (Some(s), None),
+            Some(Prepared::Data(d, s)) if i.upper => (None, Some((d, s))),
+            _ => (None, None),
+        };
         let path = self.path_of(ino)?;
         if !i.upper {
             self.mark_parents_upper(i.parent)?;
@@ -33,7 +139,10 @@ impl Cow {
             // write through one name shows through the others (a later data copy would
             // replace the inode of one name only).
             let mode = if linked { CopyMode::Full } else { mode };
-            self.copy_inode(ino, mode)?;
+            match node_copy.take() {
+                Some(staged) if mode == CopyMode::Full => self.place_inode(ino, staged)?,
+                _ => self.copy_inode(ino, mode)?,
+            }
             if let (true, Some(id)) = (linked, i.lower) {
                 self.link_other_names(id, &path)?;
             }
@@ -48,7 +157,11 @@ impl Cow {
                 .is_metacopy()
             {
                 let data = self.lower_data(&i)?;
-                complete_data(&self.upper, self.tree(), &dir, name, &data).map_err(errno)?;
+                match data_copy.take() {
+                    Some((d, staged)) if d == data => staged.complete(&dir, name),
+                    _ => complete_data(&self.upper, self.tree(), &dir, name, &data),
+                }
+                .map_err(errno)?;
             }
         }
         Ok(())
@@ -117,8 +230,18 @@ impl Cow {
             chain.push(ino);
             ino = i.parent;
         }
+        let Some(&top) = chain.last() else {
+            return Ok(());
+        };
+        // Down the chain from one descriptor: each copy opens the next directory beneath the
+        // last, so a chain of any depth costs its length, not its square.
+        let mut pdir = self.upper_dir(&self.path_of(self.inode(top)?.parent)?)?;
         for ino in chain.into_iter().rev() {
-            self.copy_inode(ino, CopyMode::Full)?;
+            self.copy_inode_in(ino, &pdir, CopyMode::Full)?;
+            let name = self.inode(ino)?.name;
+            pdir = pdir
+                .open_beneath(std::path::Path::new(&name))
+                .map_err(errno)?;
         }
         Ok(())
     }
@@ -126,13 +249,29 @@ impl Cow {
     /// Copies one inode (its parent already upper) from the lower node it continues.
     pub(super) fn copy_inode(&self, ino: Ino, mode: CopyMode) -> OpResult<()> {
         let i = self.inode(ino)?;
+        let pdir = self.upper_dir(&self.path_of(i.parent)?)?;
+        self.copy_inode_in(ino, &pdir, mode)
+    }
+
+    /// Copies one inode into `pdir`, its parent's upper directory.
+    fn copy_inode_in(&self, ino: Ino, pdir: &DirFd, mode: CopyMode) -> OpResult<()> {
+        let i = self.inode(ino)?;
         let tree = self.tree();
         let node = i.lower.and_then(|id| tree.node(id)).ok_or_else(|| {
             log::error!("inode {ino} has neither an upper nor a lower entry");
             Errno::EIO
         })?;
+        copy_node(&self.upper, tree, pdir, &i.name, &node, mode).map_err(errno)?;
+        self.write_inodes()?.set_upper(ino);
+        Ok(())
+    }
+
+    /// Renames a copy staged ahead into place as the inode's upper entry (its parent already
+    /// upper) and marks it upper.
+    fn place_inode(&self, ino: Ino, staged: Staged<'_>) -> OpResult<()> {
+        let i = self.inode(ino)?;
         let pdir = self.upper_dir(&self.path_of(i.parent)?)?;
-        copy_node(&self.upper, tree, &pdir, &i.name, &node, mode).map_err(errno)?;
+        staged.place(&pdir, &i.name).map_err(errno)?;
         self.write_inodes()?.set_upper(ino);
         Ok(())
     }

@@ -54,14 +54,16 @@ impl Cow {
         Ok((who.uid, if sgid { st.st_gid } else { who.gid }, sgid))
     }
 
-    /// Builds a new entry in the work directory with `make`, owns it, and moves it to
-    /// `dir/name` (over a whiteout if there is one).
+    /// Builds a new entry in the work directory with `make`, owns it, gives it permission
+    /// bits `mode` (none for a symlink or a link), and moves it to `dir/name` (over a
+    /// whiteout if there is one).
     fn install(
         &self,
         dir: &DirFd,
         name: &OsStr,
         who: Caller,
         opaque: bool,
+        mode: Option<u32>,
         make: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<()>,
     ) -> OpResult<()> {
         let work = self.upper.work();
@@ -70,9 +72,13 @@ impl Cow {
         let built = (|| {
             make(work, &tmp)?;
             work.chown(&tmp, Some(uid), Some(gid))?;
-            let st = work.stat(Some(&tmp))?;
-            if sgid && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                work.chmod(&tmp, (st.st_mode & 0o7777) | libc::S_ISGID)?;
+            if let Some(mode) = mode {
+                // Exactly the bits asked for: the kernel has applied the caller's umask, and
+                // the daemon's own must not apply again (chown has also dropped set-id bits).
+                let st = work.stat(Some(&tmp))?;
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                let inherit = if sgid && is_dir { libc::S_ISGID } else { 0 };
+                work.chmod(&tmp, (mode & 0o7777) | inherit)?;
             }
             if opaque {
                 self.upper.set_flag(work, &tmp, Flag::Opaque, b"y")?;
@@ -107,7 +113,8 @@ impl Cow {
         Ok(stat_attr(ino, &st))
     }
 
-    /// Makes the entry `name` of `file_type` in `parent` with `build` (given the work
+    /// Makes the entry `name` of `file_type` and permission bits `mode` in `parent` with
+    /// `build` (given the work
     /// directory and a temporary name) and registers it; the caller is changing names. Returns
     /// its attributes and the directory it is in.
     fn make(
@@ -116,11 +123,12 @@ impl Cow {
         name: &OsStr,
         who: Caller,
         file_type: u32,
+        mode: Option<u32>,
         build: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<()>,
     ) -> OpResult<(Attr, DirFd)> {
         let at = self.prepare_new(parent, name)?;
         let dir = file_type == libc::S_IFDIR;
-        self.install(&at.dir, name, who, dir && at.hides_lower, build)?;
+        self.install(&at.dir, name, who, dir && at.hides_lower, mode, build)?;
         if dir {
             self.dirs_changed(parent);
         }
@@ -138,7 +146,7 @@ impl Cow {
     ) -> OpResult<(Attr, Fh)> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let (attr, dir) = self.make(parent, name, who, libc::S_IFREG, |w, tmp| {
+        let (attr, dir) = self.make(parent, name, who, libc::S_IFREG, Some(mode), |w, tmp| {
             let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
             w.open_file(tmp, flags, mode & 0o7777).map(drop)
         })?;
@@ -152,7 +160,9 @@ impl Cow {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
         let build = |w: &DirFd, tmp: &OsStr| w.mkdir(tmp, mode & 0o7777);
-        Ok(self.make(parent, name, who, libc::S_IFDIR, build)?.0)
+        Ok(self
+            .make(parent, name, who, libc::S_IFDIR, Some(mode), build)?
+            .0)
     }
 
     /// Creates a device, fifo, socket or regular file node.
@@ -167,7 +177,9 @@ impl Cow {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
         let build = |w: &DirFd, tmp: &OsStr| w.mknod(tmp, mode, rdev);
-        Ok(self.make(parent, name, who, mode & libc::S_IFMT, build)?.0)
+        Ok(self
+            .make(parent, name, who, mode & libc::S_IFMT, Some(mode), build)?
+            .0)
     }
 
     /// Creates a symlink.
@@ -181,7 +193,7 @@ impl Cow {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
         let build = |w: &DirFd, tmp: &OsStr| w.symlink(OsStr::from_bytes(target), tmp);
-        Ok(self.make(parent, name, who, libc::S_IFLNK, build)?.0)
+        Ok(self.make(parent, name, who, libc::S_IFLNK, None, build)?.0)
     }
 
     /// Makes a hard link to `ino` (copied up first) as `newparent/newname`.
@@ -203,7 +215,7 @@ impl Cow {
         let (sdir, sname) = self.split(&src_path)?;
         let sname = sname.ok_or(Errno::EPERM)?.to_os_string();
         let at = self.prepare_new(newparent, newname)?;
-        self.install(&at.dir, newname, who, false, |w, tmp| {
+        self.install(&at.dir, newname, who, false, None, |w, tmp| {
             w.link(&sdir, &sname, tmp)
         })?;
         let ust = at.dir.stat(Some(newname)).map_err(errno)?;

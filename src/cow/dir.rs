@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
 
-use super::io::Handle;
+use super::io::{Handle, Listing};
 use super::{Cow, errno, lock};
 use crate::tree::node::NodeId;
 use crate::view::{Attr, DirListing, Fh, Ino, OpResult};
@@ -113,15 +113,24 @@ impl Cow {
         err.map_or(Ok(n), Err)
     }
 
-    /// Takes a snapshot of a directory's merged listing.
+    /// Opens a directory; its listing is taken at the first readdir.
     pub(super) fn opendir(&self, ino: Ino) -> OpResult<Fh> {
-        // The snapshot is taken with the namespace still: a directory renamed or removed
-        // meanwhile is simply gone (ENOENT), as on kernel overlayfs.
-        let _ns = lock(&self.ns)?;
         let i = self.inode(ino)?;
         if !i.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        if i.unlinked {
+            return Err(Errno::ENOENT);
+        }
+        self.new_handle(Handle::Dir(None))
+    }
+
+    /// Takes a snapshot of a directory's merged listing.
+    fn take_listing(&self, ino: Ino) -> OpResult<Listing> {
+        // The snapshot is taken with the namespace still: a directory renamed or removed
+        // meanwhile is simply gone (ENOENT), as on kernel overlayfs.
+        let _ns = lock(&self.ns)?;
+        let i = self.inode(ino)?;
         let path = self
             .path_of(ino)
             .map_err(|e| if e == Errno::ESTALE { Errno::ENOENT } else { e })?;
@@ -138,10 +147,10 @@ impl Cow {
             }
             err.is_some()
         })?;
-        if let Some(e) = err {
-            return Err(e);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(items),
         }
-        self.new_handle(Handle::Dir(Arc::new(items)))
     }
 
     /// Lists an opened directory from `offset` (`.` 0→1, `..` 1→2, entries after).
@@ -152,7 +161,10 @@ impl Cow {
         offset: u64,
         add: &mut dyn FnMut(DirListing<'_>) -> bool,
     ) -> OpResult<()> {
-        let items = self.dir_handle(fh)?;
+        let items = match self.dir_handle(fh)? {
+            Some(items) => items,
+            None => self.keep_listing(fh, Arc::new(self.take_listing(ino)?))?,
+        };
         let parent = self.inode(ino)?.parent;
         let dot = |name: &'static [u8], ino, next| DirListing {
             ino,

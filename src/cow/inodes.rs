@@ -11,27 +11,85 @@
 //! sees one number stand for two files.
 //! Dependencies: view (Ino, OpResult), tree (NodeId), nix (Errno).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::hash::{Hash, Hasher};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
 use crate::tree::node::NodeId;
 use crate::view::{Attr, Ino, OpResult};
 
-/// Deepest directory nesting walked when building a path.
-pub(super) const MAX_DEPTH: usize = 4096;
-
 /// A name: the directory inode and the name in it.
 pub(super) type Key = (Ino, OsString);
+
+/// A name as the table keeps it: the name shared with the inode it leads to, so that a walk
+/// stores each name once.
+#[derive(Clone, Debug)]
+struct NameKey(Ino, Arc<OsStr>);
+
+/// A name looked up, owned or borrowed ([`NameKey`] or `(Ino, &OsStr)`).
+trait NameView {
+    fn parts(&self) -> (Ino, &OsStr);
+}
+
+impl NameView for NameKey {
+    fn parts(&self) -> (Ino, &OsStr) {
+        (self.0, &self.1)
+    }
+}
+
+impl NameView for (Ino, &OsStr) {
+    fn parts(&self) -> (Ino, &OsStr) {
+        (self.0, self.1)
+    }
+}
+
+impl Hash for dyn NameView + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.parts().hash(h);
+    }
+}
+
+impl PartialEq for dyn NameView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn NameView + '_ {}
+
+// Hash and equality as the borrowed form's, as `Borrow` requires.
+impl Hash for NameKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (self as &dyn NameView).hash(h);
+    }
+}
+
+impl PartialEq for NameKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for NameKey {}
+
+impl<'a> Borrow<dyn NameView + 'a> for NameKey {
+    fn borrow(&self) -> &(dyn NameView + 'a) {
+        self
+    }
+}
 
 /// What the table knows of one inode.
 #[derive(Clone, Debug)]
 pub(super) struct Inode {
     /// Where it is: parent inode and name (the root is its own parent, with an empty name).
     pub parent: Ino,
-    pub name: OsString,
+    pub name: Arc<OsStr>,
     /// The lower node it continues: its data and attributes until copied up; for a directory,
     /// the lower directory merged under it (`None` when opaque or born in the upper).
     pub lower: Option<NodeId>,
@@ -45,9 +103,20 @@ pub(super) struct Inode {
     pub names: u32,
     /// No name leads here any more: the inode lives on only through open files.
     pub unlinked: bool,
-    /// Its attributes when it lost its last name, if it had an upper entry then: what it
-    /// answers for as long as open files still reach it.
-    pub last: Option<Attr>,
+    /// What it was when it lost its last name, if it had an upper entry then: it answers
+    /// for it as long as open files still reach it. Boxed: rare, and every inode of a walk
+    /// carries the field.
+    pub last: Option<Box<Last>>,
+}
+
+/// An upper entry that lost its last name, as it was then.
+#[derive(Clone, Debug)]
+pub(super) struct Last {
+    /// Its attributes then (link count 0).
+    pub attr: Attr,
+    /// The file itself (an `O_PATH` descriptor), whose attributes still change through the
+    /// descriptors open on it.
+    pub file: Option<Arc<File>>,
 }
 
 impl Inode {
@@ -55,7 +124,7 @@ impl Inode {
     pub fn at(parent: Ino, name: &OsStr, c: &Child) -> Inode {
         Inode {
             parent,
-            name: name.to_os_string(),
+            name: Arc::from(name),
             lower: c.lower,
             upper: c.upper,
             file_type: c.file_type,
@@ -89,7 +158,7 @@ pub(super) struct Child {
 #[derive(Debug)]
 pub(super) struct Inodes {
     map: HashMap<Ino, Inode>,
-    at: HashMap<Key, Ino>,
+    at: HashMap<NameKey, Ino>,
     /// Host inode number of a hard-linked upper file → its inode here, so every name of it
     /// answers one inode, across mounts too.
     by_upper: HashMap<u64, Ino>,
@@ -103,7 +172,7 @@ impl Inodes {
     pub fn new(first_free: u64, root_lower: Option<NodeId>) -> Inodes {
         let root = Inode {
             parent: Ino::ROOT,
-            name: OsString::new(),
+            name: Arc::from(OsStr::new("")),
             lower: root_lower,
             upper: true,
             file_type: libc::S_IFDIR,
@@ -128,7 +197,28 @@ impl Inodes {
     /// The inode a name leads to, if known.
     #[cfg(test)]
     pub fn named(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        self.at.get(&(parent, name.to_os_string())).copied()
+        self.at_get(parent, name)
+    }
+
+    /// The inode the name `(parent, name)` leads to.
+    fn at_get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.at.get(&(parent, name) as &dyn NameView).copied()
+    }
+
+    /// Forgets where the name `(parent, name)` leads.
+    fn at_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.at.remove(&(parent, name) as &dyn NameView)
+    }
+
+    /// Makes the name `(parent, name)` lead to `ino`, sharing the inode's copy of the name
+    /// when it is that inode's own; returns where it led before.
+    fn at_insert(&mut self, parent: Ino, name: &OsStr, ino: Ino) -> Option<Ino> {
+        let shared = self
+            .map
+            .get(&ino)
+            .filter(|i| i.parent == parent && *i.name == *name)
+            .map_or_else(|| Arc::from(name), |i| i.name.clone());
+        self.at.insert(NameKey(parent, shared), ino)
     }
 
     fn fresh_number(&mut self) -> Ino {
@@ -138,7 +228,7 @@ impl Inodes {
 
     /// Makes `key` lead to `ino`; an inode it led to before loses that name.
     pub fn bind(&mut self, key: Key, ino: Ino) {
-        match self.at.insert(key.clone(), ino) {
+        match self.at_insert(key.0, &key.1, ino) {
             Some(old) if old == ino => return,
             Some(old) => self.lose_name(old, &key),
             None => {}
@@ -148,23 +238,28 @@ impl Inodes {
             if i.unlinked {
                 i.unlinked = false;
                 i.last = None;
-                (i.parent, i.name) = key;
+                (i.parent, i.name) = (key.0, Arc::from(key.1.as_os_str()));
             }
         }
     }
 
     /// Keeps `attr` (taken before its entry went) as what `ino` answers if it is now
     /// unlinked.
-    pub fn remember(&mut self, ino: Ino, attr: Option<Attr>) {
+    pub fn remember(&mut self, ino: Ino, last: Option<Last>) {
         if let Some(i) = self.map.get_mut(&ino).filter(|i| i.unlinked) {
-            i.last = attr.map(|a| Attr { nlink: 0, ..a });
+            i.last = last.map(|l| {
+                Box::new(Last {
+                    attr: Attr { nlink: 0, ..l.attr },
+                    ..l
+                })
+            });
         }
     }
 
     /// Removes the name `key`: the inode it led to moves to another of its names, or is
     /// unlinked when it has none left.
     pub fn unbind(&mut self, key: &Key) {
-        if let Some(ino) = self.at.remove(key) {
+        if let Some(ino) = self.at_remove(key.0, &key.1) {
             self.lose_name(ino, key);
         }
     }
@@ -174,7 +269,7 @@ impl Inodes {
             return;
         };
         i.names = i.names.saturating_sub(1);
-        if (i.parent, &i.name) != (key.0, &key.1) {
+        if (i.parent, &*i.name) != (key.0, key.1.as_os_str()) {
             return;
         }
         if i.names == 0 {
@@ -187,7 +282,7 @@ impl Inodes {
             .iter()
             .find(|(_, v)| **v == ino)
             .map(|(k, _)| k.clone());
-        if let (Some((p, n)), Some(i)) = (other, self.map.get_mut(&ino)) {
+        if let (Some(NameKey(p, n)), Some(i)) = (other, self.map.get_mut(&ino)) {
             i.parent = p;
             i.name = n;
         }
@@ -199,9 +294,8 @@ impl Inodes {
     /// other inode holds it, or the one already showing the same lower hard link under
     /// another name; else a fresh number.
     pub fn register(&mut self, parent: Ino, name: &OsStr, c: &Child, count: bool) -> Ino {
-        let key = (parent, name.to_os_string());
         let linked = c.linked;
-        let known = self.at.get(&key).copied();
+        let known = self.at_get(parent, name);
         let ino = match known {
             Some(ino) => ino,
             None => {
@@ -231,7 +325,7 @@ impl Inodes {
             entry.lookups += 1;
         }
         if known.is_none() {
-            self.bind(key, ino);
+            self.bind((parent, name.to_os_string()), ino);
         }
         if let Some(u) = linked {
             self.by_upper.insert(u, ino);
@@ -273,22 +367,22 @@ impl Inodes {
     /// being unlinked by it. With `exchanged`, that inode (which was at `to`) takes `from`;
     /// otherwise whatever `to` led to loses it (unlinked unless it has other names).
     pub fn moved(&mut self, from: Key, to: Key, moving: Ino, exchanged: Option<Ino>) {
-        self.at.remove(&from);
+        self.at_remove(from.0, &from.1);
         if let Some(n) = self.map.get_mut(&moving) {
             n.names = n.names.saturating_sub(1);
-            (n.parent, n.name) = to.clone();
+            (n.parent, n.name) = (to.0, Arc::from(to.1.as_os_str()));
             n.upper = true;
         }
         match exchanged {
             Some(other) => {
-                self.at.insert(to, moving);
-                self.at.insert(from.clone(), other);
+                if let Some(n) = self.map.get_mut(&other) {
+                    (n.parent, n.name) = (from.0, Arc::from(from.1.as_os_str()));
+                    n.upper = true;
+                }
+                self.at_insert(to.0, &to.1, moving);
+                self.at_insert(from.0, &from.1, other);
                 if let Some(n) = self.map.get_mut(&moving) {
                     n.names += 1;
-                }
-                if let Some(n) = self.map.get_mut(&other) {
-                    (n.parent, n.name) = from;
-                    n.upper = true;
                 }
             }
             None => self.bind(to, moving),
@@ -307,8 +401,8 @@ impl Inodes {
         if i.lookups > 0 {
             return;
         }
-        let key = (i.parent, i.name.clone());
-        if self.at.get(&key) != Some(&ino) {
+        let (parent, name) = (i.parent, i.name.clone());
+        if self.at_get(parent, &name) != Some(ino) {
             self.map.remove(&ino);
         }
     }
@@ -324,7 +418,7 @@ impl Inodes {
     pub fn mark_path_upper(&mut self, path: &[u8]) {
         let mut cur = Ino::ROOT;
         for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            let Some(&next) = self.at.get(&(cur, OsStr::from_bytes(comp).to_os_string())) else {
+            let Some(next) = self.at_get(cur, OsStr::from_bytes(comp)) else {
                 break;
             };
             if let Some(n) = self.map.get_mut(&next) {
@@ -346,8 +440,9 @@ impl Inodes {
             }
             names.push(&i.name);
             cur = i.parent;
-            if names.len() > MAX_DEPTH {
-                log::error!("inode {ino}: parent chain too deep");
+            // Any depth the tree holds; only a loop (a bug) is longer than the table.
+            if names.len() > self.map.len() {
+                log::error!("inode {ino}: its parents form a loop");
                 return Err(Errno::EIO);
             }
         }
@@ -363,7 +458,7 @@ impl Inodes {
 
     /// Whether `anc` is `ino` or a directory above it.
     pub fn is_ancestor(&self, anc: Ino, mut ino: Ino) -> bool {
-        for _ in 0..MAX_DEPTH {
+        for _ in 0..=self.map.len() {
             if ino == anc {
                 return true;
             }
@@ -430,6 +525,25 @@ mod tests {
     }
 
     #[test]
+    fn inodes_keep_each_name_once() {
+        let mut t = table();
+        let shared = |t: &Inodes, ino: Ino| {
+            let i = t.get(ino).unwrap();
+            let (k, _) =
+                t.at.get_key_value(&(i.parent, &*i.name) as &dyn NameView)
+                    .unwrap();
+            Arc::ptr_eq(&k.1, &i.name)
+        };
+        let f = t.register(Ino::ROOT, OsStr::new("f"), &lower(5, libc::S_IFREG), true);
+        let g = t.created(Ino::ROOT, OsStr::new("g"), libc::S_IFREG);
+        assert!(shared(&t, f) && shared(&t, g));
+        t.moved(key(Ino::ROOT, "g"), key(Ino::ROOT, "h"), g, None);
+        assert!(shared(&t, g));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("h")), Some(g));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("g")), None);
+    }
+
+    #[test]
     fn inodes_unbind_last_name_unlinks_until_forgotten() {
         let mut t = table();
         let f = t.register(Ino::ROOT, OsStr::new("f"), &lower(5, libc::S_IFREG), true);
@@ -460,19 +574,30 @@ mod tests {
             rdev: 0,
             mtime: 4,
             mtime_nsec: 5,
+            atime: 0,
+            atime_nsec: 0,
+            ctime: 0,
+            ctime_nsec: 0,
         };
         let f = t.register(Ino::ROOT, OsStr::new("f"), &upper(40, 2), true);
         t.linked(key(Ino::ROOT, "g"), f, 40);
         // Still named elsewhere: nothing to remember.
         t.unbind(&key(Ino::ROOT, "f"));
-        t.remember(f, Some(a));
-        assert_eq!(t.get(f).unwrap().last, None);
+        let last = || {
+            Some(Last {
+                attr: a,
+                file: None,
+            })
+        };
+        let kept = |t: &Inodes| t.get(f).unwrap().last.as_ref().map(|l| l.attr);
+        t.remember(f, last());
+        assert_eq!(kept(&t), None);
         t.unbind(&key(Ino::ROOT, "g"));
-        t.remember(f, Some(a));
-        assert_eq!(t.get(f).unwrap().last, Some(Attr { nlink: 0, ..a }));
+        t.remember(f, last());
+        assert_eq!(kept(&t), Some(Attr { nlink: 0, ..a }));
         // Named again (a link made through /proc): the entry answers for itself again.
         t.bind(key(Ino::ROOT, "h"), f);
-        assert_eq!(t.get(f).unwrap().last, None);
+        assert!(t.get(f).unwrap().last.is_none());
     }
 
     #[test]

@@ -15,17 +15,20 @@ use nix::errno::Errno;
 
 use super::attr::{CAPABILITY_XATTR, kill_privs};
 use super::{Cow, errno, lock};
-use crate::upper::copy_up::CopyMode;
 use crate::view::{Caller, Fh, Ino, OpResult};
 
 /// An open file or directory.
 pub(super) enum Handle {
     /// A file of the upper layer.
     File(Arc<File>),
-    /// A directory listing taken at opendir, so offsets stay valid while it changes:
-    /// `(name, inode, S_IFMT bits)`.
-    Dir(Arc<Vec<(OsString, Ino, u32)>>),
+    /// A directory listing, taken at the first readdir (so an opendir served from the
+    /// kernel's cached listing costs nothing) and kept, so offsets stay valid while the
+    /// directory changes.
+    Dir(Option<Arc<Listing>>),
 }
+
+/// A directory's entries: `(name, inode, S_IFMT bits)`.
+pub(super) type Listing = Vec<(OsString, Ino, u32)>;
 
 /// The open handles, numbered from 1 ([`Fh::NONE`] is no handle).
 #[derive(Default)]
@@ -52,25 +55,34 @@ impl Cow {
             };
         }
         // The namespace lock is held until the upper file is open, so an unlink or rename
-        // in between cannot leave the path naming a whiteout or another file.
-        let _ns = lock(&self.ns)?;
-        if writing {
-            self.ensure_upper(ino, CopyMode::Full)?;
-        } else if !i.upper || self.is_metacopy(ino)? {
-            return Ok(Fh::NONE);
+        // in between cannot leave the path naming a whiteout or another file. A data copy
+        // is made before it is taken.
+        let (ns, copied) = match writing {
+            true => self.lock_with_data_up(ino)?,
+            false => (lock(&self.ns)?, false),
+        };
+        let opened = (|| {
+            if !writing && (!i.upper || self.is_metacopy(ino)?) {
+                return Ok(Fh::NONE);
+            }
+            let path = self.path_of(ino)?;
+            let (dir, name) = self.split(&path)?;
+            let name = name.ok_or(Errno::EISDIR)?;
+            let keep = flags & (libc::O_ACCMODE | libc::O_TRUNC | libc::O_APPEND);
+            // O_NONBLOCK: opening a fifo or device here must never wait or reach a driver.
+            let f = dir
+                .open_file(name, (keep & !libc::O_APPEND) | libc::O_NONBLOCK, 0)
+                .map_err(errno)?;
+            if flags & libc::O_TRUNC != 0 && who.uid != 0 {
+                kill_privs(&f)?;
+            }
+            self.new_handle(Handle::File(Arc::new(f)))
+        })();
+        drop(ns);
+        if copied {
+            self.invalidate(ino);
         }
-        let path = self.path_of(ino)?;
-        let (dir, name) = self.split(&path)?;
-        let name = name.ok_or(Errno::EISDIR)?;
-        let keep = flags & (libc::O_ACCMODE | libc::O_TRUNC | libc::O_APPEND);
-        // O_NONBLOCK: opening a fifo or device here must never wait or reach a driver.
-        let f = dir
-            .open_file(name, (keep & !libc::O_APPEND) | libc::O_NONBLOCK, 0)
-            .map_err(errno)?;
-        if flags & libc::O_TRUNC != 0 && who.uid != 0 {
-            kill_privs(&f)?;
-        }
-        self.new_handle(Handle::File(Arc::new(f)))
+        opened
     }
 
     /// Whether an open handle may be given to the kernel (passthrough): not for set-id or
@@ -108,10 +120,20 @@ impl Cow {
         }
     }
 
-    /// The listing behind a directory handle.
-    pub(super) fn dir_handle(&self, fh: Fh) -> OpResult<Arc<Vec<(OsString, Ino, u32)>>> {
+    /// The listing behind a directory handle, if taken yet.
+    pub(super) fn dir_handle(&self, fh: Fh) -> OpResult<Option<Arc<Listing>>> {
         match lock(&self.handles)?.map.get(&fh) {
             Some(Handle::Dir(items)) => Ok(items.clone()),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    /// Keeps a listing just taken for a directory handle; one taken meanwhile by another
+    /// readdir of the same handle stands.
+    pub(super) fn keep_listing(&self, fh: Fh, items: Arc<Listing>) -> OpResult<Arc<Listing>> {
+        match lock(&self.handles)?.map.get_mut(&fh) {
+            Some(Handle::Dir(Some(kept))) => Ok(kept.clone()),
+            Some(Handle::Dir(slot)) => Ok(slot.insert(items).clone()),
             _ => Err(Errno::EBADF),
         }
     }

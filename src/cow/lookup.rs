@@ -52,6 +52,13 @@ impl Cow {
 
     /// The directory inode `parent` and its path, for an operation on `name` in it.
     pub(super) fn dir_for(&self, parent: Ino, name: &[u8]) -> OpResult<(Inode, Vec<u8>)> {
+        let p = self.dir_inode(parent, name)?;
+        let ppath = self.path_of(parent)?;
+        Ok((p, ppath))
+    }
+
+    /// The directory inode `parent`, for an operation on `name` in it.
+    fn dir_inode(&self, parent: Ino, name: &[u8]) -> OpResult<Inode> {
         let p = self.inode(parent)?;
         if !p.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -59,8 +66,16 @@ impl Cow {
         if name.len() > MAX_NAME_LEN as usize {
             return Err(Errno::ENAMETOOLONG);
         }
-        let ppath = self.path_of(parent)?;
-        Ok((p, ppath))
+        Ok(p)
+    }
+
+    /// The merged path of `ino` if it has an upper entry (the only use of its path), else
+    /// empty: building it costs the inode's depth.
+    fn upper_path_of(&self, ino: Ino, i: &Inode) -> OpResult<Vec<u8>> {
+        match i.upper {
+            true => self.path_of(ino),
+            false => Ok(Vec::new()),
+        }
     }
 
     /// The lower entry named `name` in `parent`'s lower directory.
@@ -186,15 +201,15 @@ impl Cow {
     pub(super) fn lookup(&self, parent: Ino, name: &[u8]) -> OpResult<Attr> {
         let name_os = OsStr::from_bytes(name);
         let c = self.stable(|| {
-            let (p, ppath) = self.dir_for(parent, name)?;
-            self.resolve_child(&p, &ppath, name_os)
+            let p = self.dir_inode(parent, name)?;
+            self.resolve_child(&p, &self.upper_path_of(parent, &p)?, name_os)
         })?;
         // Registered by the parent's inode and the name, which a rename of the parent (or of
         // a directory above it) since then leaves right.
         let ino = self.register(parent, name_os, &c.ok_or(Errno::ENOENT)?, true)?;
         self.stable(|| {
             let i = self.inode(ino)?;
-            self.attr(ino, &i, &join(&self.path_of(parent)?, name_os))
+            self.attr(ino, &i, &self.upper_path_of(ino, &i)?)
         })
     }
 
@@ -217,8 +232,13 @@ impl Cow {
             if i.unlinked {
                 // Only open descriptors still reach it: it answers as its entry was when it
                 // went, or as the lower node it still is.
-                if let Some(a) = i.last {
-                    return Ok(Attr { ino, ..a });
+                if let Some(last) = &i.last {
+                    // The file itself while it can be reached: writes through open
+                    // descriptors still change it.
+                    if let Some(m) = last.file.as_ref().and_then(|f| f.metadata().ok()) {
+                        return Ok(meta_attr(ino, &m));
+                    }
+                    return Ok(Attr { ino, ..last.attr });
                 }
                 let id = i.lower.ok_or(Errno::ESTALE)?;
                 return Ok(Attr {
@@ -226,7 +246,7 @@ impl Cow {
                     ..self.lower.lower_attr(id, ino)?
                 });
             }
-            self.attr(ino, &i, &self.path_of(ino)?)
+            self.attr(ino, &i, &self.upper_path_of(ino, &i)?)
         })
     }
 
@@ -271,5 +291,9 @@ fn meta_attr(ino: Ino, m: &std::fs::Metadata) -> Attr {
         rdev: m.rdev(),
         mtime: m.mtime(),
         mtime_nsec: m.mtime_nsec() as u32,
+        atime: m.atime(),
+        atime_nsec: m.atime_nsec() as u32,
+        ctime: m.ctime(),
+        ctime_nsec: m.ctime_nsec() as u32,
     }
 }

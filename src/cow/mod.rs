@@ -8,11 +8,18 @@
 //! [`rename`]; [`attr`], [`io`], [`dir`] and [`xattr`] answer the other requests.
 //!
 //! Locking, in this order (a thread holding one lock only ever takes those below it):
-//! 1. `ns`: one mutex for every change to the namespace or the upper directory, copy-up
-//!    included, so those never race one another;
-//! 2. `inodes`: the inode table, an RwLock held for table updates only, never across I/O;
-//! 3. `handles`, `dir_nlink`: open handles and cached link counts, each held for one lookup
-//!    or update.
+//! 1. an inode's copy lock (in `copying`, made on first use): held while that inode's data is
+//!    copied into the work directory ahead of a copy-up, so racing writers make one copy;
+//!    never taken by a thread that holds `ns` or another copy lock;
+//! 2. `ns`: one mutex for every change to the namespace or the upper directory, so those
+//!    never race one another; a data copy is made before it is taken, and only renamed into
+//!    place under it;
+//! 3. `inodes`: the inode table, an RwLock held for table updates only, never across I/O;
+//! 4. `handles`, `dir_nlink`, `copying`: open handles, cached link counts and the copy locks'
+//!    table, each held for one lookup or update.
+//!
+//! No lock is held across I/O on file contents, and none while the kernel is told to drop a
+//! cache ([`Cow::invalidate`]): the kernel may wait for requests in flight first.
 //!
 //! Reads and writes on open files take only `handles`, briefly, and then do their I/O on an
 //! `Arc<File>` without any lock. Requests that only read (lookup, getattr, readlink, reads by
@@ -41,7 +48,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use nix::errno::Errno;
 
@@ -49,8 +56,8 @@ use crate::sys::FileStat;
 use crate::tree::LowerTree;
 use crate::upper::Upper;
 use crate::view::{
-    Attr, Caller, DirListing, Features, Fh, Ino, LowerView, OpResult, SetAttr, StatFs, View,
-    io_errno,
+    Attr, Caller, DirListing, Features, Fh, Ino, Invalidate, LowerView, OpResult, SetAttr, StatFs,
+    View, io_errno,
 };
 use inodes::Inodes;
 use io::Handles;
@@ -67,6 +74,10 @@ pub struct Cow {
     /// Link counts of merged directories, computed once (a full listing) and dropped when a
     /// subdirectory comes or goes; creating files leaves them valid.
     dir_nlink: Mutex<HashMap<Ino, u32>>,
+    /// Copy locks of the inodes whose data is being copied up (see the module header).
+    copying: Mutex<HashMap<Ino, Arc<Mutex<()>>>>,
+    /// Tells the kernel to drop what it caches of an inode, once the mount runs.
+    kernel: OnceLock<Arc<dyn Invalidate>>,
 }
 
 impl Cow {
@@ -91,6 +102,16 @@ impl Cow {
             inodes: RwLock::new(inodes),
             handles: Mutex::new(Handles::default()),
             dir_nlink: Mutex::new(HashMap::new()),
+            copying: Mutex::new(HashMap::new()),
+            kernel: OnceLock::new(),
+        }
+    }
+
+    /// Drops the kernel's cached pages and attributes of `ino`, whose data just moved to
+    /// the upper (see [`Invalidate`]: call it holding no lock).
+    fn invalidate(&self, ino: Ino) {
+        if let Some(k) = self.kernel.get() {
+            k.inode(ino);
         }
     }
 
@@ -177,6 +198,10 @@ fn stat_attr(ino: Ino, st: &FileStat) -> Attr {
         rdev: st.st_rdev,
         mtime: st.st_mtime,
         mtime_nsec: st.st_mtime_nsec as u32,
+        atime: st.st_atime,
+        atime_nsec: st.st_atime_nsec as u32,
+        ctime: st.st_ctime,
+        ctime_nsec: st.st_ctime_nsec as u32,
     }
 }
 
@@ -203,7 +228,19 @@ impl View for Cow {
             stateless_open: false,
             stateless_opendir: false,
             keep_cache: false,
+            // Handleless opens read a lower file's data, which never changes; its pages go
+            // when it is copied up.
+            keep_handleless_cache: true,
+            // Every change of a listing is made through the mount.
+            cache_dirs: true,
+            // ACLs are attributes of the entries like any other, copied up with them; the
+            // upper filesystem keeps mode and ACL in step on chmod and setxattr.
+            posix_acl: true,
         }
+    }
+
+    fn set_invalidator(&self, inv: Arc<dyn Invalidate>) {
+        let _ = self.kernel.set(inv);
     }
 
     fn lookup(&self, parent: Ino, name: &[u8]) -> OpResult<Attr> {

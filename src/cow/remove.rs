@@ -5,13 +5,15 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use super::inodes::Last;
 use super::{Cow, errno, join};
 use crate::upper::copy_up::CopyMode;
 use crate::upper::remove_tree;
-use crate::view::{Attr, Ino, OpResult};
+use crate::view::{Ino, OpResult};
 
 impl Cow {
     /// Whether a merged directory has no entries.
@@ -81,10 +83,19 @@ impl Cow {
         Ok(())
     }
 
-    /// The attributes of `ino`'s upper entry at `path`, before a change may take its last
-    /// name (`None` when it has no upper entry: a lower node answers for itself).
-    pub(super) fn last_attr(&self, ino: Ino, path: &[u8]) -> Option<Attr> {
+    /// `ino`'s upper entry at `path` as it is before a change may take its last name: its
+    /// attributes and the file itself (`None` when it has no upper entry: a lower node
+    /// answers for itself).
+    pub(super) fn last_attr(&self, ino: Ino, path: &[u8]) -> Option<Last> {
         let i = self.inode(ino).ok().filter(|i| i.upper)?;
-        self.attr(ino, &i, path).ok()
+        let attr = self.attr(ino, &i, path).ok()?;
+        let file = match self.split(path) {
+            Ok((dir, Some(name))) if !i.is_dir() => dir.open_file(name, libc::O_PATH, 0).ok(),
+            _ => None,
+        };
+        Some(Last {
+            attr,
+            file: file.map(Arc::new),
+        })
     }
 }

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 
-use super::inodes::{Child, Inode, MAX_DEPTH};
+use super::inodes::{Child, Inode};
 use super::{Cow, errno, join};
 use crate::sys::DirFd;
 use crate::tree::LowerTree;
@@ -305,7 +305,7 @@ impl Cow {
                 .ok_or(Errno::EIO)?;
             names.push(tree.name(e).to_vec());
             cur = parent;
-            if names.len() > MAX_DEPTH {
+            if names.len() > tree.len() {
                 return Err(Errno::EIO);
             }
         }

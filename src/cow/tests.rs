@@ -110,8 +110,26 @@ fn cow_lookup_follows_the_merge_table() {
 /// A tree with file data, from `(path, content)` (`None` for a directory).
 fn tree_with_data(dir: &Path, entries: &[(&str, Option<&[u8]>)]) -> LowerTree {
     use crate::image::container::BlobLoc;
-    use crate::layer::LayerIndex;
     use crate::layer::data::LayerData;
+    tree_over(entries, |data| {
+        let file = dir.join("layer.data");
+        std::fs::write(&file, &data).unwrap();
+        let len = data.len() as u64;
+        LayerData::host(BlobLoc {
+            file,
+            offset: 0,
+            len,
+        })
+    })
+}
+
+/// A tree of `(path, content)` whose layer bytes (the contents one after another) are
+/// served by `bytes`.
+fn tree_over(
+    entries: &[(&str, Option<&[u8]>)],
+    bytes: impl FnOnce(Vec<u8>) -> crate::layer::data::LayerData,
+) -> LowerTree {
+    use crate::layer::LayerIndex;
     use crate::layer::entry::{EntryKind, LayerEntry};
     use crate::layer::prepare::PreparedLayer;
     let mut data = Vec::new();
@@ -134,19 +152,13 @@ fn tree_with_data(dir: &Path, entries: &[(&str, Option<&[u8]>)]) -> LowerTree {
             xattrs: Vec::new(),
         })
         .collect();
-    let file = dir.join("layer.data");
-    std::fs::write(&file, &data).unwrap();
     let len = data.len() as u64;
     let layer = PreparedLayer::new(
         LayerIndex {
             entries,
             tar_size: len,
         },
-        LayerData::host(BlobLoc {
-            file,
-            offset: 0,
-            len,
-        }),
+        bytes(data),
     );
     LowerTree::build(&[layer]).unwrap()
 }
@@ -312,4 +324,148 @@ fn cow_link_count_counted_across_a_change_is_not_cached() {
     assert_eq!(cow.dir_nlink.lock().unwrap().get(&d), Some(&4));
     cow.rmdir(d, b"new").unwrap();
     assert_eq!(cow.getattr(d, None).unwrap().nlink, 3);
+}
+
+/// How long a test waits for something that must happen at once, before it calls it hung.
+const HUNG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Layer bytes whose reads wait until the gate opens, so that a copy-up from them stays in
+/// progress for as long as a test needs; counts the reads begun.
+#[derive(Debug, Default)]
+struct Gate {
+    bytes: Vec<u8>,
+    /// (reads begun, open)
+    state: std::sync::Mutex<(u32, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Waits until a read has begun (and waits at the gate).
+    fn wait_reading(&self) {
+        let s = self.state.lock().unwrap();
+        let (s, t) = self
+            .changed
+            .wait_timeout_while(s, HUNG, |s| s.0 == 0)
+            .unwrap();
+        assert!(!t.timed_out() && s.0 > 0, "no read began");
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+impl crate::layer::data::LayerBytes for Gate {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let mut s = self.state.lock().unwrap();
+        s.0 += 1;
+        self.changed.notify_all();
+        let (_s, t) = self.changed.wait_timeout_while(s, HUNG, |s| !s.1).unwrap();
+        if t.timed_out() {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        let start = (offset as usize).min(self.bytes.len());
+        let n = buf.len().min(self.bytes.len() - start);
+        buf[..n].copy_from_slice(&self.bytes[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// A writable view over a tree whose file data waits at a gate.
+fn gated_view(dir: &Path, entries: &[(&str, Option<&[u8]>)]) -> (Cow, Arc<Gate>) {
+    let mut gate = None;
+    let tree = tree_over(entries, |bytes| {
+        let g = Arc::new(Gate {
+            bytes,
+            ..Gate::default()
+        });
+        gate = Some(g.clone());
+        crate::layer::data::LayerData::shared(g)
+    });
+    (view(dir, tree, |_| {}), gate.unwrap())
+}
+
+/// While a file's data is being copied up (its layer's reads held at the gate), other files
+/// can be looked up, stat'ed and created, and the copy-up then completes with the data.
+#[test]
+fn cow_copy_up_in_progress_leaves_the_rest_usable() {
+    let t = tempfile::tempdir().unwrap();
+    let big = vec![b'b'; 300_000];
+    let (cow, gate) = gated_view(
+        t.path(),
+        &[
+            ("etc", None),
+            ("etc/big", Some(&big)),
+            ("etc/other", Some(b"other")),
+        ],
+    );
+    let etc = cow.lookup(Ino::ROOT, b"etc").unwrap().ino;
+    let big_ino = cow.lookup(etc, b"big").unwrap().ino;
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| cow.open(big_ino, libc::O_WRONLY, ROOT));
+        gate.wait_reading();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cow = &cow;
+        s.spawn(move || {
+            let other = cow.lookup(etc, b"other").map(|a| a.size);
+            let stat = cow.getattr(etc, None).map(|a| a.mode & libc::S_IFMT);
+            let made = cow.create(etc, b"new", 0o644, libc::O_WRONLY, ROOT);
+            let dir = cow.mkdir(Ino::ROOT, b"d", 0o755, ROOT).map(|_| ());
+            if let Ok((_, fh)) = &made {
+                cow.release(*fh);
+            }
+            let _ = tx.send((other, stat, made.map(|_| ()), dir));
+        });
+        // Fails (rather than hangs) if the copy-up holds what these need.
+        let got = rx.recv_timeout(HUNG);
+        gate.open();
+        let fh = writer.join().unwrap().unwrap();
+        assert_eq!(got, Ok((Ok(5), Ok(libc::S_IFDIR), Ok(()), Ok(()))));
+        cow.write(fh, 0, b"B", false, false).unwrap();
+        cow.release(fh);
+    });
+    let up = t.path().join("upper");
+    let mut want = big.clone();
+    want[0] = b'B';
+    assert!(std::fs::read(up.join("etc/big")).unwrap() == want);
+    assert!(up.join("etc/new").is_file() && up.join("d").is_dir());
+    assert_eq!(std::fs::read_dir(t.path().join("work")).unwrap().count(), 0);
+}
+
+/// Two writers opening one lower file at once: one copy-up, one upper file, both handles on
+/// it, nothing left in the work directory.
+#[test]
+fn cow_racing_copy_ups_of_one_file_make_one_upper_file() {
+    let t = tempfile::tempdir().unwrap();
+    let data = vec![b'x'; 200_000];
+    let (cow, gate) = gated_view(t.path(), &[("f", Some(&data))]);
+    let f = cow.lookup(Ino::ROOT, b"f").unwrap().ino;
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| cow.open(f, libc::O_RDWR, ROOT));
+        let b = s.spawn(|| cow.open(f, libc::O_RDWR, ROOT));
+        gate.wait_reading();
+        gate.open();
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    assert_ne!(a, b);
+    // One file behind both: a write through one shows through the other.
+    cow.write(a, 1, b"A", false, false).unwrap();
+    let got = cow.read(f, b, 0, 4).unwrap();
+    assert_eq!(got, b"xAxx");
+    cow.release(a);
+    cow.release(b);
+    let up = t.path().join("upper");
+    let mut want = data.clone();
+    want[1] = b'A';
+    assert!(std::fs::read(up.join("f")).unwrap() == want);
+    assert!(!cow.is_metacopy(f).unwrap());
+    assert_eq!(std::fs::read_dir(t.path().join("work")).unwrap().count(), 0);
+    // The data was read once: the second writer waited for the first one's copy.
+    let reads = gate.state.lock().unwrap().0;
+    let per_copy = data.len().div_ceil(8192) as u32;
+    assert!(
+        reads <= per_copy + 1,
+        "{reads} reads for one copy of {per_copy}"
+    );
 }

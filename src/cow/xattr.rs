@@ -1,6 +1,7 @@
 //! Extended attributes in the writable view: the image's until an entry is copied up, the
-//! upper copy's after; overlayfs's private attributes never show; `user.rimgfs.layer` tells
-//! where an entry comes from. Setting or removing one copies the entry up, metadata only.
+//! upper copy's after (the image's overlay-namespaced ones stored escaped, read back by their
+//! own names); overlayfs's bookkeeping never shows; `user.rimgfs.layer` tells where an entry
+//! comes from. Setting or removing one copies the entry up, metadata only.
 
 use std::ffi::OsStr;
 
@@ -9,7 +10,8 @@ use nix::errno::Errno;
 use super::{Cow, errno, lock};
 use crate::sys::DirFd;
 use crate::upper::copy_up::CopyMode;
-use crate::upper::is_private_xattr;
+use crate::upper::format::{escape_xattr, unescape_xattr};
+use crate::upper::{OVERRIDE_STAT, is_private_xattr};
 use crate::view::{Ino, OpResult, PROVENANCE_XATTR, View};
 
 impl Cow {
@@ -19,23 +21,34 @@ impl Cow {
     }
 
     fn getxattr_now(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
-        let i = self.inode(ino)?;
+        // `ls -l` asks this of every entry (security.selinux): read what it needs of the
+        // table without copying the inode, and answer a lower entry from the image alone.
+        let (upper, lower, is_dir) = {
+            let t = self.read_inodes()?;
+            let i = t.get(ino).ok_or_else(|| {
+                log::error!("request for unknown inode {ino}");
+                Errno::EIO
+            })?;
+            (i.upper, i.lower, i.is_dir())
+        };
         if name == PROVENANCE_XATTR {
             // A directory merged with a lower one still comes from that layer; anything
             // copied up or created since comes from the upper layer.
-            return match i.lower {
-                Some(id) if !i.upper || i.is_dir() => self.lower.getxattr(Ino::of(id), name),
-                _ if i.upper => Ok(b"upper".to_vec()),
+            return match lower {
+                Some(id) if !upper || is_dir => self.lower.getxattr(Ino::of(id), name),
+                _ if upper => Ok(b"upper".to_vec()),
                 _ => Err(Errno::ENODATA),
             };
         }
-        if is_private_xattr(name) {
+        if name == OVERRIDE_STAT {
             return Err(Errno::ENODATA);
         }
-        if i.upper {
+        if upper {
+            // The entry's own attributes are stored escaped where they would be bookkeeping.
             let path = self.path_of(ino)?;
+            let stored = escape_xattr(name);
             return self
-                .on_upper_entry(&path, |d, n| d.get_xattr(n, name))?
+                .on_upper_entry(&path, |d, n| d.get_xattr(n, &stored))?
                 .map_err(|e| {
                     if e.raw_os_error() == Some(libc::ENODATA) {
                         Errno::ENODATA
@@ -44,7 +57,7 @@ impl Cow {
                     }
                 });
         }
-        match i.lower {
+        match lower {
             Some(id) => self.lower.getxattr(Ino::of(id), name),
             None => Err(Errno::ENODATA),
         }
@@ -83,8 +96,8 @@ impl Cow {
             .on_upper_entry(&path, |d, n| d.list_xattr(n))?
             .map_err(errno)?;
         let mut out = Vec::new();
-        for k in names.iter().filter(|k| !is_private_xattr(k)) {
-            out.extend_from_slice(k);
+        for k in names.iter().filter_map(|k| unescape_xattr(k)) {
+            out.extend_from_slice(&k);
             out.push(0);
         }
         Ok(out)

@@ -97,9 +97,9 @@ fn with_rdev(a: &Attr, rdev: u32) -> FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
         blocks: a.blocks,
-        atime: t,
+        atime: time(a.atime, a.atime_nsec),
         mtime: t,
-        ctime: t,
+        ctime: time(a.ctime, a.ctime_nsec),
         crtime: t,
         kind: file_type(a.mode),
         perm: (a.mode & 0o7777) as u16,
@@ -257,6 +257,10 @@ mod tests {
             rdev: libc::makedev(4096, 1),
             mtime: 0,
             mtime_nsec: 0,
+            atime: 0,
+            atime_nsec: 0,
+            ctime: 0,
+            ctime_nsec: 0,
         };
         assert_eq!(file_attr(&a).err(), Some(Errno::EOVERFLOW));
         let ok = file_attr(&Attr {

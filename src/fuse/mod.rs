@@ -13,17 +13,20 @@ mod convert;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno as FErrno, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 
-use crate::view::{BLOCK_SIZE, DirListing, Features, Fh, MAX_NAME_LEN, SetAttr, View};
+use crate::view::{
+    BLOCK_SIZE, DirListing, Features, Fh, Ino, Invalidate, MAX_NAME_LEN, SetAttr, View,
+};
 use backing::Backing;
 use convert::{
     TTL, caller, decode_dev, errno, file_attr, file_type, ino, listed_file_attr, reply_attr,
@@ -47,26 +50,52 @@ pub struct Fuse {
     no_opendir: AtomicBool,
     /// Likewise for files: opens then cost nothing.
     no_open: AtomicBool,
+    /// The session's notifier, once the mount runs.
+    notifier: Arc<OnceLock<Notifier>>,
+}
+
+/// Cache invalidations the view asks for, sent through the session's notifier.
+struct KernelCache(Arc<OnceLock<Notifier>>);
+
+impl Invalidate for KernelCache {
+    fn inode(&self, ino: Ino) {
+        if let Some(n) = self.0.get() {
+            // ENOENT (the kernel holds no such inode) is no failure; fuser passes it as Ok.
+            if let Err(e) = n.inval_inode(INodeNo(ino.0), 0, -1) {
+                log::warn!("invalidating inode {ino}: {e}");
+            }
+        }
+    }
 }
 
 impl Fuse {
     /// Serves `view`.
     pub fn new(view: impl View + 'static) -> Fuse {
+        let notifier = Arc::new(OnceLock::new());
+        view.set_invalidator(Arc::new(KernelCache(notifier.clone())));
         Fuse {
             features: view.features(),
             view: Box::new(view),
             backing: Backing::default(),
             no_opendir: AtomicBool::new(false),
             no_open: AtomicBool::new(false),
+            notifier,
         }
+    }
+
+    /// Where to put the session's notifier once mounted, for the view's invalidations.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     /// Open flags for handles that do not pass through: a view whose data never changes
     /// behind the kernel's back lets it keep the page cache across opens. A writable view
-    /// must not: writes through a passthrough open bypass this inode's page cache, so a later
-    /// cached open must not trust pages kept from before.
-    fn cached_open(&self) -> FopenFlags {
-        match self.features.keep_cache {
+    /// does so only for handleless opens (data still in a lower layer): writes through a
+    /// passthrough open bypass this inode's page cache, so a later open of an upper file must
+    /// not trust pages kept from before.
+    fn cached_open(&self, fh: Fh) -> FopenFlags {
+        let f = self.features;
+        match f.keep_cache || (f.keep_handleless_cache && fh == Fh::NONE) {
             true => FopenFlags::FOPEN_KEEP_CACHE,
             false => FopenFlags::empty(),
         }
@@ -87,6 +116,11 @@ impl Filesystem for Fuse {
         }
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let f = self.features;
+        // The kernel then caches ACLs (and checks them, with `default_permissions`), so
+        // `ls -l` stops asking for `system.posix_acl_access` of every entry.
+        if f.posix_acl {
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        }
         // Depth 1: backing files live on a plain filesystem (the cache, the upper directory),
         // and this mount may itself be stacked under overlayfs.
         let pt = f.passthrough
@@ -283,7 +317,7 @@ impl Filesystem for Fuse {
             .open(&*self.view, ino(i), fh, |f| reply.open_backing(f));
         match modes.id(ino(i)) {
             Some(id) => reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), id),
-            None => reply.opened(FileHandle(fh.0), self.cached_open()),
+            None => reply.opened(FileHandle(fh.0), self.cached_open(fh)),
         }
     }
 
@@ -322,7 +356,7 @@ impl Filesystem for Fuse {
         let (h, g) = (FileHandle(fh.0), Generation(0));
         match modes.id(a.ino) {
             Some(id) => reply.created_passthrough(&TTL, &attr, g, h, FopenFlags::empty(), id),
-            None => reply.created(&TTL, &attr, g, h, self.cached_open()),
+            None => reply.created(&TTL, &attr, g, h, self.cached_open(fh)),
         }
     }
 
@@ -423,7 +457,7 @@ impl Filesystem for Fuse {
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         debug!("opendir(ino={})", i.0);
-        let cached = match self.features.keep_cache {
+        let cached = match self.features.keep_cache || self.features.cache_dirs {
             true => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             false => FopenFlags::empty(),
         };

@@ -46,12 +46,13 @@ const XATTR_SIZE_MAX: usize = 65536;
 /// Reads a layer tar from `reader` and indexes it. The returned error is a reason phrase
 /// naming the entry; the caller names the layer.
 pub fn build_index<R: Read>(reader: R) -> Result<LayerIndex, String> {
-    index_input(reader)
+    index_input(reader).map(|(index, _)| index)
 }
 
 /// Indexes a layer tar from any [`TarInput`], e.g. one that holds only headers and skips
 /// over payloads (see [`crate::image::tar`]). Offsets in the index are those of the layer tar.
-pub fn index_input<I: TarInput>(input: I) -> Result<LayerIndex, String> {
+/// The input is handed back, positioned after the end-of-archive marker.
+pub fn index_input<I: TarInput>(input: I) -> Result<(LayerIndex, I), String> {
     let mut walker = TarWalker::new(input);
     let mut entries = Vec::new();
     while let Some(e) = walker.next_entry().map_err(|e| e.to_string())? {
@@ -59,10 +60,13 @@ pub fn index_input<I: TarInput>(input: I) -> Result<LayerIndex, String> {
             entries.push(entry);
         }
     }
-    Ok(LayerIndex {
-        entries,
-        tar_size: 0,
-    })
+    Ok((
+        LayerIndex {
+            entries,
+            tar_size: 0,
+        },
+        walker.into_inner(),
+    ))
 }
 
 fn index_entry(e: TarEntry) -> Result<Option<LayerEntry>, String> {

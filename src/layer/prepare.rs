@@ -194,7 +194,7 @@ fn prepare_local(
                 IndexFail::Layer(r) => bad(r),
                 IndexFail::Other(e) => e,
             })?;
-            cache.write_atomic(&index_path, |w| {
+            cache.write_checked(&index_path, |w| {
                 io::Write::write_all(w, &codec::encode(&index, FileStamp::default()))
                     .ctx("write", &index_path)
             })?;
@@ -313,7 +313,7 @@ pub(crate) fn decompress_into_cache(
     })?;
     let index = index.ok_or_else(|| bad("indexing produced nothing".into()))?;
     let stamp = FileStamp::of(&std::fs::metadata(&content).ctx("stat", &content)?);
-    cache.write_atomic(&index_path, |w| {
+    cache.write_checked(&index_path, |w| {
         io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &index_path)
     })?;
     Ok(PreparedLayer::cached(

@@ -28,11 +28,11 @@ use super::codec::{self, FileStamp};
 use super::data::{LayerBytes, LayerData};
 use super::entry::EntryKind;
 use super::prepare::PreparedLayer;
-use super::{LayerIndex, build_index};
+use super::{LayerIndex, index_input};
 use crate::cache::Cache;
 use crate::error::{Context, Error, Result};
 use crate::image::LayerRef;
-use crate::image::digest::{Algorithm, Digest, HashingReader};
+use crate::image::digest::{Algorithm, Digest};
 use crate::image::storage::{StoreLayer, open_layer_file, tarsplit};
 use crate::sys::DirFd;
 
@@ -64,7 +64,7 @@ pub fn prepare(
                 layer: layer.describe(),
                 reason,
             })?;
-            cache.write_atomic(&own_path, |w| {
+            cache.write_checked(&own_path, |w| {
                 io::Write::write_all(w, &codec::encode(&index, stamp)).ctx("write", &own_path)
             })?;
             (index, own_path)
@@ -91,14 +91,12 @@ fn index_records(
     records: tarsplit::Records<impl io::Read>,
     size: u64,
 ) -> std::result::Result<LayerIndex, String> {
-    let stream = tarsplit::TarStream::new(records, tarsplit::Payloads::Zeros);
-    let mut counted = HashingReader::new(io::BufReader::with_capacity(1 << 16, stream), None);
-    let mut index = build_index(&mut counted)?;
-    counted.drain().map_err(|e| e.to_string())?;
-    if counted.count() != size {
+    // Payloads are passed over, not replayed as zeros: the index needs only where they are.
+    let (mut index, input) = index_input(tarsplit::Skipping::new(records))?;
+    let len = input.finish().map_err(|e| e.to_string())?;
+    if len != size {
         return Err(format!(
-            "its tar-split data describes {} bytes where the store records {size}",
-            counted.count()
+            "its tar-split data describes {len} bytes where the store records {size}"
         ));
     }
     index.tar_size = size;

@@ -31,6 +31,37 @@ pub(super) fn one_component(name: &std::ffi::OsStr) -> io::Result<&std::ffi::OsS
     Ok(name)
 }
 
+/// The longest path opened in one call: below `PATH_MAX` (4096, counting its NUL).
+const OPEN_PIECE: usize = 4000;
+
+/// `path` cut at `/` into pieces shorter than `max` bytes each (a single component is at
+/// most 255 bytes, so one always fits); empty components are dropped.
+fn path_pieces(path: &[u8], max: usize) -> Vec<&[u8]> {
+    let mut pieces = Vec::new();
+    let mut rest = path;
+    loop {
+        let skip = rest.iter().take_while(|&&c| c == b'/').count();
+        rest = &rest[skip..];
+        if rest.is_empty() {
+            return pieces;
+        }
+        let cut = match rest.len() < max {
+            true => rest.len(),
+            // At the last `/` that fits; a component too long for any filesystem is left
+            // whole, for the kernel to refuse.
+            false => rest[..max]
+                .iter()
+                .rposition(|&c| c == b'/')
+                .or_else(|| rest.iter().position(|&c| c == b'/'))
+                .unwrap_or(rest.len()),
+        };
+        let piece = &rest[..cut];
+        let kept = piece.iter().rposition(|&c| c != b'/').map_or(0, |i| i + 1);
+        pieces.push(&piece[..kept]);
+        rest = &rest[cut..];
+    }
+}
+
 impl DirFd {
     /// Opens the root of a tree (the one path the user named; it may be a symlink).
     pub fn open_root(path: &std::path::Path) -> io::Result<DirFd> {
@@ -42,8 +73,24 @@ impl DirFd {
     }
 
     /// Opens the directory at `rel` (components separated by `/`) beneath this one, refusing
-    /// symlinks and `..` anywhere on the way.
+    /// symlinks and `..` anywhere on the way. A path of any length: one longer than the kernel
+    /// takes at once is opened a piece at a time, each piece beneath the directory the one
+    /// before it opened.
     pub fn open_beneath(&self, rel: &std::path::Path) -> io::Result<DirFd> {
+        use std::os::unix::ffi::OsStrExt;
+        let b = rel.as_os_str().as_bytes();
+        if b.len() < OPEN_PIECE {
+            return self.open_piece(rel);
+        }
+        let mut dir: Option<DirFd> = None;
+        for piece in path_pieces(b, OPEN_PIECE) {
+            let p = std::path::Path::new(std::ffi::OsStr::from_bytes(piece));
+            dir = Some(dir.as_ref().unwrap_or(self).open_piece(p)?);
+        }
+        dir.map_or_else(|| self.open_piece(std::path::Path::new("")), Ok)
+    }
+
+    fn open_piece(&self, rel: &std::path::Path) -> io::Result<DirFd> {
         use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
@@ -275,6 +322,43 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+
+    #[test]
+    fn path_pieces_cut_at_slashes_below_the_limit() {
+        assert_eq!(path_pieces(b"", 8), Vec::<&[u8]>::new());
+        assert_eq!(path_pieces(b"a/b", 8), vec![&b"a/b"[..]]);
+        assert_eq!(
+            path_pieces(b"aa/bb/cc/dd/ee", 6),
+            vec![&b"aa/bb"[..], b"cc/dd", b"ee"]
+        );
+        assert_eq!(path_pieces(b"/aa//bb/", 4), vec![&b"aa"[..], b"bb"]);
+        assert_eq!(path_pieces(b"abcdefgh/a", 4), vec![&b"abcdefgh"[..], b"a"]);
+    }
+
+    #[test]
+    fn dirfd_opens_paths_longer_than_path_max_beneath() {
+        let t = tempfile::tempdir().unwrap();
+        let name = "d".repeat(200);
+        let mut rel = String::new();
+        // 30 levels of 201 bytes: past PATH_MAX from the root, each level made relative to
+        // the one above (no absolute path this long can be used).
+        let mut d = DirFd::open_root(t.path()).unwrap();
+        for _ in 0..30 {
+            d.mkdir(OsStr::new(&name), 0o755).unwrap();
+            d = d.open_beneath(std::path::Path::new(&name)).unwrap();
+            rel.push_str(&name);
+            rel.push('/');
+        }
+        d.mkdir(OsStr::new("end"), 0o755).unwrap();
+        rel.push_str("end");
+        assert!(rel.len() > 4096);
+        let root = DirFd::open_root(t.path()).unwrap();
+        let end = root.open_beneath(std::path::Path::new(&rel)).unwrap();
+        assert!(end.list().unwrap().is_empty());
+        // Still beneath: a `..` climbing out is refused.
+        let bad = format!("{rel}{}", "/..".repeat(40));
+        assert!(root.open_beneath(std::path::Path::new(&bad)).is_err());
+    }
 
     #[test]
     fn dirfd_rejects_paths_that_are_not_one_component() {

@@ -14,7 +14,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 
-use super::{Flag, Role, Upper, UpperEntry, is_private_xattr};
+use super::format::{escape_xattr, is_bookkeeping};
+use super::{Flag, OVERRIDE_STAT, Role, Upper, UpperEntry};
 use crate::layer::entry::Meta;
 use crate::sys::DirFd;
 use crate::tree::LowerTree;
@@ -47,8 +48,12 @@ pub fn copy_up(
     };
     let mut dir = upper.dir(b"")?;
     let mut lower_path: Vec<u8> = Vec::new();
+    // The lower directory at `lower_path`, followed down with it (resolving each prefix
+    // from the root again would cost the square of the depth).
+    let mut lower_dir = Some(LowerTree::ROOT);
     for comp in parents {
         push_comp(&mut lower_path, comp);
+        lower_dir = lower_dir.and_then(|d| tree.lookup(d, comp));
         let name = OsStr::from_bytes(comp);
         match upper.classify(&dir, name)? {
             UpperEntry::Entry {
@@ -56,7 +61,9 @@ pub fn copy_up(
                 ..
             } => {}
             UpperEntry::Absent => {
-                let node = lower_node(tree, &lower_path)?;
+                let node = lower_dir
+                    .and_then(|id| tree.node(id))
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
                 copy_node(upper, tree, &dir, name, &node, CopyMode::Full)?;
             }
             // A merged path never runs through a whiteout or a non-directory.
@@ -95,65 +102,157 @@ pub fn copy_node(
     node: &Node,
     mode: CopyMode,
 ) -> io::Result<()> {
-    let work = upper.work();
-    let tmp = upper.temp_name();
-    let built = (|| {
-        match &node.kind {
-            NodeKind::Dir { .. } => work.mkdir(&tmp, 0o700)?,
-            NodeKind::File(d) => {
-                let mut out =
-                    work.open_file(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
-                match mode {
-                    CopyMode::Full => {
-                        copy_data(tree, d, &mut out)?;
-                        // Durable before it is renamed into place, as the kernel's copy-up:
-                        // after a power loss the name shows old or new data, never none.
-                        out.sync_data()?;
-                    }
-                    CopyMode::MetaOnly => {
-                        out.set_len(d.size)?;
-                        upper.set_flag(work, &tmp, Flag::Metacopy, b"")?;
-                    }
+    stage_node(upper, tree, node, mode)?.place(dir, name)
+}
+
+/// An entry built in the work directory under a temporary name, not yet in place: the slow
+/// part of a copy-up (the data, flushed to disk), which needs no lock on the namespace, as
+/// nothing else names it. Removed if dropped unplaced.
+pub struct Staged<'u> {
+    upper: &'u Upper,
+    tmp: Option<std::ffi::OsString>,
+}
+
+impl Staged<'_> {
+    /// Renames the entry into place as `dir/name`, unless something is there already (another
+    /// request copied it up meanwhile: theirs stands, this one is dropped). Copy-up must not
+    /// show as a change of the parent: its times are put back after the rename, as the
+    /// kernel's copy-up does.
+    pub fn place(mut self, dir: &DirFd, name: &OsStr) -> io::Result<()> {
+        let Some(tmp) = self.tmp.take() else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let work = self.upper.work();
+        let parent = dir.stat(None)?;
+        match work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE) {
+            Ok(()) => dir.set_own_times(&[
+                libc::timespec {
+                    tv_sec: parent.st_atime,
+                    tv_nsec: parent.st_atime_nsec,
+                },
+                libc::timespec {
+                    tv_sec: parent.st_mtime,
+                    tv_nsec: parent.st_mtime_nsec,
+                },
+            ]),
+            Err(e) => {
+                let _ = super::remove_tree(work, &tmp);
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    Ok(())
+                } else {
+                    Err(e)
                 }
             }
-            NodeKind::Symlink(t) => work.symlink(OsStr::from_bytes(t), &tmp)?,
-            NodeKind::CharDev { .. } | NodeKind::BlockDev { .. } | NodeKind::Fifo => {
-                work.mknod(&tmp, node.mode(), node.kind.rdev())?
-            }
-        }
-        for (k, v) in node.xattrs.iter().filter(|(k, _)| !is_private_xattr(k)) {
-            work.set_xattr(&tmp, k, v, 0)?;
-        }
-        set_meta(upper, work, &tmp, &node.meta, node.mode())
-    })();
-    if let Err(e) = built {
-        let _ = super::remove_tree(work, &tmp);
-        return Err(e);
-    }
-    // Copy-up must not show as a change of the parent: its times are put back after the
-    // rename, as the kernel's copy-up does.
-    let parent = dir.stat(None)?;
-    // RENAME_NOREPLACE: if another request copied it up meanwhile, theirs stands.
-    match work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE) {
-        Ok(()) => dir.set_own_times(&[
-            libc::timespec {
-                tv_sec: parent.st_atime,
-                tv_nsec: parent.st_atime_nsec,
-            },
-            libc::timespec {
-                tv_sec: parent.st_mtime,
-                tv_nsec: parent.st_mtime_nsec,
-            },
-        ]),
-        Err(e) => {
-            let _ = super::remove_tree(work, &tmp);
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                Ok(())
-            } else {
-                Err(e)
-            }
         }
     }
+
+    /// Gives the metadata-only copy `dir/name` the data staged by [`stage_data`]: the staged
+    /// file takes the copy's current size, attributes, owner, mode and times, and replaces
+    /// it in one rename, without the `metacopy` flag. Quick: no data moves.
+    pub fn complete(mut self, dir: &DirFd, name: &OsStr) -> io::Result<()> {
+        let Some(tmp) = self.tmp.take() else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let (upper, work) = (self.upper, self.upper.work());
+        let built = (|| {
+            let st = dir.stat(Some(name))?;
+            let out = work.open_file(&tmp, libc::O_WRONLY, 0)?;
+            // A truncate through the metadata-only copy may have changed the size.
+            out.set_len(st.st_size as u64)?;
+            for k in dir.list_xattr(name)?.iter().filter(|k| !is_bookkeeping(k)) {
+                work.set_xattr(&tmp, k, &dir.get_xattr(name, k)?, 0)?;
+            }
+            // The owner it shows: an unprivileged daemon's copy records the one it could not
+            // set.
+            let shown = upper.owner_override(dir, Some(name));
+            let (uid, gid, mode) = shown.unwrap_or((st.st_uid, st.st_gid, st.st_mode & 0o7777));
+            let meta = Meta {
+                mode,
+                uid,
+                gid,
+                mtime: st.st_mtime,
+                mtime_nsec: st.st_mtime_nsec as u32,
+            };
+            set_meta(upper, work, &tmp, &meta, st.st_mode)
+        })();
+        let done = built.and_then(|()| work.rename(&tmp, dir, name, 0));
+        if done.is_err() {
+            let _ = work.unlink(&tmp, false);
+        }
+        done
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = super::remove_tree(self.upper.work(), &tmp);
+        }
+    }
+}
+
+/// Builds a copy of lower node `node` (data too unless `mode` is `MetaOnly`) in the work
+/// directory, for [`Staged::place`].
+pub fn stage_node<'u>(
+    upper: &'u Upper,
+    tree: &LowerTree,
+    node: &Node,
+    mode: CopyMode,
+) -> io::Result<Staged<'u>> {
+    let work = upper.work();
+    let staged = Staged {
+        upper,
+        tmp: Some(upper.temp_name()),
+    };
+    let tmp = staged.tmp.as_deref().unwrap_or_default();
+    match &node.kind {
+        NodeKind::Dir { .. } => work.mkdir(tmp, 0o700)?,
+        NodeKind::File(d) => {
+            let mut out =
+                work.open_file(tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+            match mode {
+                CopyMode::Full => {
+                    copy_data(tree, d, &mut out)?;
+                    // Durable before it is renamed into place, as the kernel's copy-up:
+                    // after a power loss the name shows old or new data, never none.
+                    out.sync_data()?;
+                }
+                CopyMode::MetaOnly => {
+                    out.set_len(d.size)?;
+                    upper.set_flag(work, tmp, Flag::Metacopy, b"")?;
+                }
+            }
+        }
+        NodeKind::Symlink(t) => work.symlink(OsStr::from_bytes(t), tmp)?,
+        NodeKind::CharDev { .. } | NodeKind::BlockDev { .. } | NodeKind::Fifo => {
+            work.mknod(tmp, node.mode(), node.kind.rdev())?
+        }
+    }
+    // The image's own attributes, overlay-namespaced ones escaped (never bookkeeping).
+    for (k, v) in node.xattrs.iter().filter(|(k, _)| **k != *OVERRIDE_STAT) {
+        work.set_xattr(tmp, &escape_xattr(k), v, 0)?;
+    }
+    set_meta(upper, work, tmp, &node.meta, node.mode())?;
+    Ok(staged)
+}
+
+/// Copies a metadata-only copy's lower data into the work directory, flushed to disk, for
+/// [`Staged::complete`].
+pub fn stage_data<'u>(
+    upper: &'u Upper,
+    tree: &LowerTree,
+    data: &DataRef,
+) -> io::Result<Staged<'u>> {
+    let work = upper.work();
+    let staged = Staged {
+        upper,
+        tmp: Some(upper.temp_name()),
+    };
+    let tmp = staged.tmp.as_deref().unwrap_or_default();
+    let mut out = work.open_file(tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+    copy_data(tree, data, &mut out)?;
+    out.sync_data()?;
+    Ok(staged)
 }
 
 /// Owner, then mode (chown clears setuid bits), then times; symlinks have no mode to set.
@@ -186,39 +285,7 @@ pub fn complete_data(
     name: &OsStr,
     data: &DataRef,
 ) -> io::Result<()> {
-    let work = upper.work();
-    let tmp = upper.temp_name();
-    let st = dir.stat(Some(name))?;
-    let built = (|| {
-        let mut out = work.open_file(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
-        copy_data(tree, data, &mut out)?;
-        out.sync_data()?;
-        // A truncate through the metadata-only copy may have changed the size.
-        out.set_len(st.st_size as u64)?;
-        for k in dir
-            .list_xattr(name)?
-            .iter()
-            .filter(|k| !is_private_xattr(k))
-        {
-            work.set_xattr(&tmp, k, &dir.get_xattr(name, k)?, 0)?;
-        }
-        // The owner it shows: an unprivileged daemon's copy records the one it could not set.
-        let shown = upper.owner_override(dir, Some(name));
-        let (uid, gid, mode) = shown.unwrap_or((st.st_uid, st.st_gid, st.st_mode & 0o7777));
-        let meta = Meta {
-            mode,
-            uid,
-            gid,
-            mtime: st.st_mtime,
-            mtime_nsec: st.st_mtime_nsec as u32,
-        };
-        set_meta(upper, work, &tmp, &meta, st.st_mode)
-    })();
-    let done = built.and_then(|()| work.rename(&tmp, dir, name, 0));
-    if done.is_err() {
-        let _ = work.unlink(&tmp, false);
-    }
-    done
+    stage_data(upper, tree, data)?.complete(dir, name)
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 //!   its parent's lower directory;
 //! - a metadata-only copy carries `overlay.metacopy`: its data is the lower file at its own
 //!   path, or at its redirect;
-//! - an owner and mode the daemon could not set are in `user.containers.override_stat`.
+//! - an owner and mode the daemon could not set are in `user.containers.override_stat`;
+//! - an entry's own attribute in an overlay namespace is stored escaped,
+//!   `trusted.overlay.overlay.X` for `trusted.overlay.X` (as Linux 6.7 does), and is no flag.
 //!
 //! Other `.wh.` names (the opaque marker, AUFS's `.wh..wh.*`) are bookkeeping, not entries.
 //! Dependencies: layer (tar path rules, whiteout names).
@@ -87,10 +89,45 @@ impl Flag {
     }
 }
 
-/// Whether an xattr name is overlay bookkeeping rather than part of the entry (never shown
-/// to users, never copied up, never committed).
+/// Whether an xattr name is in the overlay's namespaces (`trusted.overlay.`,
+/// `user.overlay.`, the owner override): users may not set or remove one through a mount.
 pub fn is_private_xattr(name: &[u8]) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p)) || name == OVERRIDE_STAT
+}
+
+/// What sets an entry's own overlay-namespaced attribute apart from bookkeeping in the upper.
+const ESCAPE: &[u8] = b"overlay.";
+
+/// The name an entry's own attribute is stored under in the upper. One in an overlay
+/// namespace (an image may carry `trusted.overlay.opaque`, say) is escaped as kernel
+/// overlayfs does since Linux 6.7, `trusted.overlay.X` as `trusted.overlay.overlay.X`
+/// (likewise `user.overlay.`), so it can never act as bookkeeping; others are kept as they
+/// are.
+pub fn escape_xattr(name: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match PREFIXES.iter().find(|p| name.starts_with(p)) {
+        Some(p) => [p, ESCAPE, &name[p.len()..]].concat().into(),
+        None => name.into(),
+    }
+}
+
+/// The entry's own attribute a name stored in the upper stands for (the inverse of
+/// [`escape_xattr`]); `None` for bookkeeping, which belongs to no entry.
+pub fn unescape_xattr(stored: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if stored == OVERRIDE_STAT {
+        return None;
+    }
+    match PREFIXES.iter().find(|p| stored.starts_with(p)) {
+        Some(p) => stored[p.len()..]
+            .strip_prefix(ESCAPE)
+            .map(|rest| [p, rest].concat().into()),
+        None => Some(stored.into()),
+    }
+}
+
+/// Whether a name stored in the upper is overlay bookkeeping rather than part of the entry
+/// (never shown to users, never copied, never committed).
+pub fn is_bookkeeping(stored: &[u8]) -> bool {
+    unescape_xattr(stored).is_none()
 }
 
 /// The value of `flag` among an entry's attributes, `trusted.` first.
@@ -427,6 +464,41 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(&parse_redirect(v), want, "{v:?}");
         }
+    }
+
+    #[test]
+    fn overlay_xattrs_of_entries_are_escaped_and_back() {
+        for (own, stored) in [
+            ("trusted.overlay.opaque", "trusted.overlay.overlay.opaque"),
+            ("user.overlay.redirect", "user.overlay.overlay.redirect"),
+            (
+                "trusted.overlay.overlay.x",
+                "trusted.overlay.overlay.overlay.x",
+            ),
+            ("user.k", "user.k"),
+            ("security.capability", "security.capability"),
+            ("trusted.overlayx", "trusted.overlayx"),
+        ] {
+            assert_eq!(&*escape_xattr(own.as_bytes()), stored.as_bytes());
+            assert_eq!(
+                unescape_xattr(stored.as_bytes()).as_deref(),
+                Some(own.as_bytes())
+            );
+            assert!(!is_bookkeeping(stored.as_bytes()));
+        }
+        // Bookkeeping stands for no attribute of the entry, and is never the escape of one.
+        for b in [
+            "trusted.overlay.opaque",
+            "user.overlay.metacopy",
+            "trusted.overlay.redirect",
+            "user.containers.override_stat",
+        ] {
+            assert_eq!(unescape_xattr(b.as_bytes()), None, "{b}");
+            assert!(is_bookkeeping(b.as_bytes()));
+        }
+        // What an escaped attribute reads as is not a flag.
+        let stored = vec![x("trusted.overlay.overlay.opaque", "y")];
+        assert_eq!(flag(&stored, Flag::Opaque), None);
     }
 
     #[test]

@@ -164,8 +164,8 @@ impl Upper {
             return Ok(());
         }
         let (parent, name) = self.root_parent()?;
-        for (k, v) in xattrs.iter().filter(|(k, _)| !is_private_xattr(k)) {
-            parent.set_xattr(name, k, v, 0)?;
+        for (k, v) in xattrs.iter().filter(|(k, _)| **k != *OVERRIDE_STAT) {
+            parent.set_xattr(name, &format::escape_xattr(k), v, 0)?;
         }
         self.set_owner(&parent, name, meta.uid, meta.gid, meta.mode)?;
         parent.chmod(name, meta.mode)?;
@@ -316,7 +316,7 @@ impl Upper {
             Err(e) => return Err(e),
         };
         let mut out = Vec::new();
-        for k in names.into_iter().filter(|k| is_private_xattr(k)) {
+        for k in names.into_iter().filter(|k| format::is_bookkeeping(k)) {
             match dir.get_xattr(name, &k) {
                 Ok(v) => out.push((k.into_boxed_slice(), v.into_boxed_slice())),
                 // Removed since it was listed.

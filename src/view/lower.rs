@@ -307,6 +307,10 @@ fn attr_of(id: NodeId, n: &NodeRec) -> Attr {
         rdev: n.rdev(),
         mtime: n.mtime,
         mtime_nsec: n.mtime_nsec,
+        atime: n.mtime,
+        atime_nsec: n.mtime_nsec,
+        ctime: n.mtime,
+        ctime_nsec: n.mtime_nsec,
     }
 }
 
@@ -324,6 +328,11 @@ impl View for LowerView {
             // directory of a walk.
             stateless_opendir: true,
             keep_cache: true,
+            keep_handleless_cache: true,
+            cache_dirs: true,
+            // Access is checked by the view itself (no `default_permissions`), which
+            // `FUSE_POSIX_ACL` would turn on.
+            posix_acl: false,
         }
     }
 

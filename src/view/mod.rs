@@ -85,10 +85,18 @@ pub struct Attr {
     pub blocks: u64,
     /// Device number (a host `dev_t`).
     pub rdev: u64,
-    /// mtime seconds (also used for atime and ctime: layers record only mtime).
+    /// mtime seconds.
     pub mtime: i64,
     /// mtime nanoseconds.
     pub mtime_nsec: u32,
+    /// atime seconds (a lower entry's is its mtime: layers record only mtime).
+    pub atime: i64,
+    /// atime nanoseconds.
+    pub atime_nsec: u32,
+    /// ctime seconds (a lower entry's is its mtime too).
+    pub ctime: i64,
+    /// ctime nanoseconds.
+    pub ctime_nsec: u32,
 }
 
 /// One entry of a directory listing, borrowing its name.
@@ -156,6 +164,24 @@ pub struct Features {
     pub stateless_opendir: bool,
     /// File data and listings never change behind the kernel's back, so it may keep them.
     pub keep_cache: bool,
+    /// Opens answered with [`Fh::NONE`] read data that never changes (a lower file's), so the
+    /// kernel may keep that page cache across opens; the view drops it ([`Invalidate`]) when
+    /// the data moves.
+    pub keep_handleless_cache: bool,
+    /// Directory listings change only through the mount, where the kernel drops its cached
+    /// listing itself, so it may keep them across opendirs.
+    pub cache_dirs: bool,
+    /// The view answers and stores POSIX ACLs as the kernel expects with `FUSE_POSIX_ACL`
+    /// (kept as `system.posix_acl_*` attributes), so the kernel may cache and enforce them.
+    pub posix_acl: bool,
+}
+
+/// Lets a view drop what the kernel caches of an inode, for changes the kernel did not make
+/// itself. Must not be called with a lock a request may wait for: the kernel may wait on
+/// requests in flight for that inode before it answers.
+pub trait Invalidate: Send + Sync {
+    /// Drops the kernel's cached attributes and data (page cache, ACLs) of `ino`.
+    fn inode(&self, ino: Ino);
 }
 
 /// A filesystem view: the FUSE operations as plain methods over host-side types.
@@ -165,6 +191,9 @@ pub struct Features {
 pub trait View: Send + Sync {
     /// What to ask of the kernel.
     fn features(&self) -> Features;
+
+    /// Hands the view the means to invalidate kernel caches, once the mount runs.
+    fn set_invalidator(&self, _inv: Arc<dyn Invalidate>) {}
 
     /// Looks `name` up in directory `parent`, counting a kernel reference to what it finds.
     fn lookup(&self, parent: Ino, name: &[u8]) -> OpResult<Attr>;

@@ -36,6 +36,17 @@ pub fn set_xattr(p: &Path, name: &[u8], value: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes an extended attribute without following a symlink.
+pub fn remove_xattr(p: &Path, name: &[u8]) -> std::io::Result<()> {
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = CString::new(name).unwrap();
+    // SAFETY: valid C strings.
+    if unsafe { libc::lremovexattr(cp.as_ptr(), cn.as_ptr()) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets owner and mtime (seconds, nanoseconds) of a path, not following a symlink.
 pub fn set_owner_time(p: &Path, uid: u32, gid: u32, mtime: (i64, i64)) {
     nix::unistd::fchownat(

@@ -58,9 +58,14 @@ pub enum Record {
     },
 }
 
-/// The records of a tar-split stream, in order.
+/// The records of a tar-split stream, in order. Read a line at a time (the writer ends
+/// each record with a newline), each line parsed from memory: several times faster than
+/// parsing from the reader a byte at a time.
 pub struct Records<R: Read> {
-    lines: serde_json::StreamDeserializer<'static, serde_json::de::IoRead<R>, RawRecord>,
+    reader: io::BufReader<R>,
+    /// The current line and where its next record starts.
+    line: Vec<u8>,
+    at: usize,
     next: i64,
 }
 
@@ -78,7 +83,9 @@ impl<R: Read> Records<R> {
     /// Reads records from the uncompressed JSON lines in `r`.
     pub fn new(r: R) -> Self {
         Records {
-            lines: serde_json::Deserializer::from_reader(r).into_iter(),
+            reader: io::BufReader::with_capacity(1 << 16, r),
+            line: Vec::new(),
+            at: 0,
             next: 0,
         }
     }
@@ -123,11 +130,26 @@ impl<R: Read> Iterator for Records<R> {
     type Item = Result<Record, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let raw = match self.lines.next()? {
-            Ok(raw) => raw,
-            Err(e) => return Some(Err(format!("bad tar-split data: {e}"))),
-        };
-        Some(self.decode(raw))
+        use std::io::BufRead;
+        loop {
+            let rest = self.line.get(self.at..).unwrap_or_default();
+            if rest.iter().any(|b| !b.is_ascii_whitespace()) {
+                let mut values = serde_json::Deserializer::from_slice(rest).into_iter();
+                let raw = match values.next()? {
+                    Ok(raw) => raw,
+                    Err(e) => return Some(Err(format!("bad tar-split data: {e}"))),
+                };
+                self.at += values.byte_offset();
+                return Some(self.decode(raw));
+            }
+            self.line.clear();
+            self.at = 0;
+            match self.reader.read_until(b'\n', &mut self.line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(format!("bad tar-split data: {e}"))),
+            }
+        }
     }
 }
 
@@ -240,6 +262,109 @@ impl<R: Read> Read for TarStream<R> {
     }
 }
 
+impl<R: Read> TarStream<R> {
+    /// Passes over up to `n` bytes (at least one) without producing them: a zero payload
+    /// is only counted down. Returns how many; 0 only at the end of the records.
+    fn pass(&mut self, n: u64) -> io::Result<u64> {
+        loop {
+            match &mut self.current {
+                Current::Segment { bytes, pos } if *pos < bytes.len() => {
+                    let k = ((bytes.len() - *pos) as u64).min(n);
+                    *pos += k as usize;
+                    return Ok(k);
+                }
+                Current::Payload {
+                    file: None, left, ..
+                } if *left > 0 => {
+                    let k = (*left).min(n);
+                    *left -= k;
+                    return Ok(k);
+                }
+                Current::Payload {
+                    file: Some(_),
+                    left,
+                    ..
+                } if *left > 0 => {
+                    let mut buf = [0u8; 8192];
+                    let want = n.min(buf.len() as u64) as usize;
+                    return self.read(&mut buf[..want]).map(|k| k as u64);
+                }
+                _ => {
+                    if !self.advance()? {
+                        return Ok(0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A replay read by the tar walker: headers are produced, payloads only passed over (with
+/// [`Payloads::Zeros`], a file's length costs nothing however big it is), and every byte
+/// counted.
+pub struct Skipping<R: Read> {
+    stream: TarStream<R>,
+    pos: u64,
+}
+
+impl<R: Read> Skipping<R> {
+    /// Replays `records` with zero payloads.
+    pub fn new(records: Records<R>) -> Self {
+        Skipping {
+            stream: TarStream::new(records, Payloads::Zeros),
+            pos: 0,
+        }
+    }
+
+    /// Passes over what is left; returns the length of the whole tar.
+    pub fn finish(mut self) -> io::Result<u64> {
+        loop {
+            match self.stream.pass(u64::MAX)? {
+                0 => return Ok(self.pos),
+                k => self.pos += k,
+            }
+        }
+    }
+}
+
+impl<R: Read> crate::image::tar::TarInput for Skipping<R> {
+    fn read_exact_or_end(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.stream.read(&mut buf[got..])? {
+                0 if got == 0 => return Ok(false),
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the tar-split data ends inside a tar header",
+                    ));
+                }
+                n => got += n,
+            }
+        }
+        self.pos += got as u64;
+        Ok(true)
+    }
+
+    fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        while n > 0 {
+            match self.stream.pass(n)? {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the tar-split data ends inside a payload",
+                    ));
+                }
+                k => {
+                    n -= k;
+                    self.pos += k;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The length of the tar that a tar-split file describes, read from its records alone.
 pub fn tar_len(f: impl Read) -> Result<u64, String> {
     let mut len = 0u64;
@@ -321,6 +446,36 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, b"ab\0\0\0cd");
+    }
+
+    #[test]
+    fn skipping_passes_over_payloads_and_counts_every_byte() {
+        use crate::image::tar::TarInput;
+        // A payload of a terabyte is passed over without being produced.
+        let data = lines(&[
+            format!(r#"{{"type":2,"payload":"{}","position":0}}"#, b64(b"head")),
+            r#"{"type":1,"name":"f","size":1099511627776,"position":1}"#.into(),
+            format!(r#"{{"type":2,"payload":"{}","position":2}}"#, b64(b"tail")),
+        ]);
+        let mut s = Skipping::new(Records::new(&data[..]));
+        let mut buf = [0u8; 4];
+        assert!(s.read_exact_or_end(&mut buf).unwrap());
+        assert_eq!(&buf, b"head");
+        s.skip(1 << 40).unwrap();
+        assert!(s.read_exact_or_end(&mut buf[..2]).unwrap());
+        assert_eq!(&buf[..2], b"ta");
+        assert_eq!(s.finish().unwrap(), 8 + (1 << 40));
+        // Skipping past the end, or a header cut short, is an error.
+        let mut s = Skipping::new(Records::new(&data[..]));
+        let e = s.skip((1 << 40) + 9).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let mut s = Skipping::new(Records::new(&data[..]));
+        s.skip(4 + (1 << 40)).unwrap();
+        let mut long = [0u8; 5];
+        assert!(s.read_exact_or_end(&mut long).is_err());
+        let mut s = Skipping::new(Records::new(&data[..]));
+        s.skip(8 + (1 << 40)).unwrap();
+        assert!(!s.read_exact_or_end(&mut long).unwrap());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum Kind {
     Record,
     /// A layer index (`index/`).
     Index,
+    /// The merged tree of a layer stack (`trees/`), derived from the indexes.
+    Tree,
     /// Anything else (verification stamps, the image source's own files).
     Other,
 }
@@ -56,6 +58,7 @@ impl Kind {
             Kind::Passthrough => "passthrough",
             Kind::Record => "record",
             Kind::Index => "index",
+            Kind::Tree => "tree",
             Kind::Other => "other",
         }
     }
@@ -172,7 +175,7 @@ pub fn scan(root: &Path) -> Vec<Entry> {
         ("archives", Kind::Archive),
         ("lazy", Kind::Record),
         ("index", Kind::Index),
-        ("trees", Kind::Index),
+        ("trees", Kind::Tree),
     ] {
         for f in files_in(&root.join(dir)) {
             if is_tmp(&f) || f.extension().is_some_and(|e| e == "lock") {
@@ -328,6 +331,9 @@ pub fn prune(root: &Path, blobs: &[Digest], diff_ids: &[Digest]) -> Pruned {
             Kind::Layer | Kind::Record | Kind::Index | Kind::Passthrough => {
                 hexes.contains(e.name.as_str())
             }
+            // Named by a hash of the indexes they merge, which may include a pruned one:
+            // all go, and any still wanted is rebuilt from its indexes on its next mount.
+            Kind::Tree => !hexes.is_empty(),
             _ => false,
         };
         if !mine {

@@ -781,10 +781,17 @@ pub(crate) mod tests {
         }
     }
 
-    /// Whether some OFD lock request waits in the kernel (`/proc/locks` shows it as `->`).
-    fn an_ofd_lock_waits() -> bool {
-        std::fs::read_to_string("/proc/locks")
-            .is_ok_and(|l| l.lines().any(|l| l.contains("->") && l.contains("OFDLCK")))
+    /// Whether an OFD lock request on `path` waits in the kernel (`/proc/locks` shows it as
+    /// `->`, with the file's inode).
+    fn an_ofd_lock_waits(path: &Path) -> bool {
+        let Ok(ino) = std::fs::metadata(path).map(|m| m.ino()) else {
+            return false;
+        };
+        std::fs::read_to_string("/proc/locks").is_ok_and(|l| {
+            l.lines().any(|l| {
+                l.contains("->") && l.contains("OFDLCK") && l.contains(&format!(":{ino} "))
+            })
+        })
     }
 
     #[test]
@@ -830,7 +837,9 @@ pub(crate) mod tests {
                 )
             });
             // The second reader either waits for the lock or (wrongly) asks itself.
-            while !an_ofd_lock_waits() && fetches[1].requests.load(Ordering::SeqCst) == 0 {
+            while !an_ofd_lock_waits(&first.paths.lock)
+                && fetches[1].requests.load(Ordering::SeqCst) == 0
+            {
                 assert!(std::time::Instant::now() < deadline, "second reader stuck");
                 std::thread::yield_now();
             }
