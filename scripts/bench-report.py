@@ -1,35 +1,276 @@
 #!/usr/bin/env python3
-"""Format the results of scripts/bench.sh as a table.
+"""Format the results of scripts/bench.sh as tables, and write them as JSON.
 
-    scripts/bench-report.py OUT_DIR RIMGFS_BINARY
+    scripts/bench-report.py OUT_DIR RESULTS.json
 
-OUT_DIR holds hyperfine's JSON exports (one per measurement) and `metrics`, lines of
-"name value" written by bench.sh.
-
-The "Writes" section checks rimgfs against these targets: copy-up within 1.2x of kernel
-overlayfs; chmod of a big lower file in constant time (metadata-only copy-up); sequential writes
-at 80% or more of kernel overlayfs's throughput; creating and deleting 10,000 files at least as
-fast as fuse-overlayfs.
+OUT_DIR holds hyperfine's JSON exports (NAME.json, or FIGURE@FS.json for a figure measured one
+filesystem at a time; each command is named by its filesystem), `metrics` (lines "FIGURE FS
+VALUE", one per run; FS "-" for a property of the image) and `meta` (lines "KEY<TAB>VALUE").
+Every figure is the median of its runs. Ratios are to kernel overlayfs (plain): for times lower
+is better, for rates (MB/s) higher is better. rimgfs mounted writable and read-only get tables
+of their own.
 """
 
-import datetime
 import json
 import os
-import platform
-import subprocess
+import re
+import statistics
 import sys
 
 MB = 1e6
-FILESYSTEMS = ["rimgfs", "overlayfs", "fuse-overlayfs"]
+MIB = 1 << 20
+REFS = ["overlayfs", "overlayfs-meta", "fuse-overlayfs"]
+COL = 19
 
 
-def load(out, name):
-    with open(os.path.join(out, name + ".json")) as f:
-        return {r["command"]: r for r in json.load(f)["results"]}
+def load(out):
+    """{figure: {fs: [values]}} from the hyperfine exports and the metrics file."""
+    data = {}
+    for name in sorted(os.listdir(out)):
+        if not name.endswith(".json") or name == "busy.json":
+            continue
+        with open(os.path.join(out, name)) as f:
+            results = json.load(f)["results"]
+        figure = name[:-5].split("@")[0]
+        for r in results:
+            data.setdefault(figure, {})[r["command"]] = r["times"]
+    path = os.path.join(out, "metrics")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                figure, fs, value = line.split()
+                if value != "None":
+                    data.setdefault(figure, {}).setdefault(fs, []).append(float(value))
+    return data
 
 
-def seconds(r):
-    return f"{r['mean']:.3f} s ± {r['stddev'] or 0:.3f}"
+def main():
+    out, json_path = sys.argv[1], sys.argv[2]
+    data = load(out)
+    meta = {}
+    with open(os.path.join(out, "meta")) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("\t")
+            meta[k] = v
+    med = {fig: {fs: statistics.median(v) for fs, v in per.items() if v}
+           for fig, per in data.items()}
+    labels = [k[4:] for k in meta if k.startswith("bin_")]
+
+    def get(fig, fs):
+        return med.get(fig, {}).get(fs)
+
+    def const(name):
+        return get(name, "-")
+
+    # Derived: the kernel's "image file → mounted" is extraction + its mount.
+    for kind in ["plain", "gzip"]:
+        for fs in REFS:
+            e, m = get(f"extract-{kind}", "overlayfs"), get("mount-warm", fs)
+            if e is not None and m is not None:
+                med.setdefault(f"image-mounted-{kind}", {})[fs] = e + m
+        for fs, v in med.get("mount-first", {}).items():
+            key = "image-mounted-gzip" if fs.endswith("-gz") else "image-mounted-plain"
+            med.setdefault(key, {})[fs.removesuffix("-gz")] = v
+    for fs, v in med.get("lslr-warm", {}).items():
+        if fs.endswith("-gz") or fs in REFS:
+            med.setdefault("lslr-warm-gz", {})[fs.removesuffix("-gz")] = v
+
+    lines = [
+        f"rimgfs benchmark: scripts/bench.sh, {meta.get('started')}"
+        f"{' (QUICK=1)' if meta.get('quick') == '1' else ''}",
+        f"sections:{meta.get('sections')}; RUNS={meta.get('runs')} (every figure the median of "
+        "its runs; cold = after echo 3 > /proc/sys/vm/drop_caches)",
+        f"host: {host()}",
+        f"load at start: {meta.get('load_start', '?').strip()}",
+        f"load at end:   {meta.get('load_end', '?').strip()}",
+        f"image: {meta.get('image', '?')}; git {meta.get('git', '?')}",
+    ]
+    lines += [f"binary {k[4:]}: {v}" for k, v in meta.items() if k.startswith("bin_")]
+    if "randread" in meta:
+        lines.append(f"random reads: {meta['randread']}")
+    entries = const("entries")
+    big, small = const("big_bytes"), const("small_bytes")
+    tables = []
+
+    def fmt_time(v):
+        if v is None:
+            return "-"
+        if v < 0.01:
+            return f"{v * 1e3:.2f} ms"
+        return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+    def cell(kind, v, ref, nbytes=None):
+        """The value, then its ratio to overlayfs's."""
+        if v is None:
+            return "-"
+        if kind == "bytes":
+            return f"{v / MIB:.1f} MiB"
+        if kind == "rate":
+            text = f"{nbytes / MB / v:.0f} MB/s"
+            ratio = ref / v if ref else None
+        else:
+            text = fmt_time(v)
+            ratio = v / ref if ref else None
+        return text + (f" {ratio:.2f}x" if ratio is not None else "")
+
+    def table(title, rows, cols, ref="overlayfs", note=None):
+        head = f"  {'':<44}" + "".join(f"{c:>{COL}}" for c in cols)
+        body = []
+        for label, fig, kind, nbytes in rows:
+            if fig not in med:
+                continue
+            r = get(fig, ref)
+            cells = []
+            for c in cols:
+                v = get(fig, c)
+                if c == ref:
+                    cells.append(cell(kind, v, None, nbytes))
+                else:
+                    cells.append(cell(kind, v, r, nbytes))
+            if all(x == "-" for x in cells):
+                continue
+            body.append(f"  {label:<44}" + "".join(f"{x:>{COL}}" for x in cells))
+            tables.append({"table": title, "figure": fig, "label": label, "kind": kind,
+                           "values": {c: get(fig, c) for c in cols},
+                           **({"bytes": nbytes} if nbytes else {})})
+        if body:
+            lines.extend(["", title, head, *body])
+            if note:
+                lines.append(note)
+
+    gb = f"{big / 2**30:.0f} GiB" if big and big >= 2**30 else f"{(big or 0) / MIB:.0f} MiB"
+    nsmall = int(const("small_files") or 0)
+    read_rows = [
+        ("image file → mounted: docker-archive", "image-mounted-plain", "time", None),
+        ("image file → mounted: gzip oci-archive", "image-mounted-gzip", "time", None),
+        ("warm re-mount", "mount-warm", "time", None),
+        ("find walk, warm", "walk-warm", "time", None),
+        ("find walk, cold", "walk-cold", "time", None),
+        ("ls -lR, warm", "lslr-warm", "time", None),
+        ("ls -lR, warm, gzip oci-archive", "lslr-warm-gz", "time", None),
+        (f"{gb} file sequential read, warm", "seq-warm", "rate", big),
+        (f"{gb} file sequential read, cold", "seq-cold", "rate", big),
+        ("4 KiB random reads, warm", "rand-warm", "rate", const("rand_bytes")),
+        ("4 KiB random reads, cold", "rand-cold", "rate", const("rand_bytes")),
+        (f"read {nsmall} small files once, cold", "small-cold", "rate", small),
+        (f"read {nsmall} small files once, warm", "small-warm", "rate", small),
+        *[(f"small files, {w} parallel reader{'s' if w > 1 else ''}, {t}", f"par{w}-{t}",
+           "rate", small) for t in ["cold", "warm"] for w in [1, 2, 4]],
+        (f"head -c 4096 of the {gb} file, cold, 1st open", "head-cold", "time", None),
+        ("  cache growth by that head", "head-cache-growth", "bytes", None),
+        ("daemon RSS, mounted", "rss-mounted", "bytes", None),
+        ("daemon RSS, after the reads", "rss-read", "bytes", None),
+    ]
+    note = (f"  (value, then ratio to overlayfs; kernel 'image file → mounted' = layer "
+            f"extraction + mount; {int(entries or 0)} entries)")
+    for mode, suffix in [("WRITABLE (--upper)", "rw"), ("READ-ONLY (--read-only)", "ro")]:
+        cols = REFS + [f"{lb}-{suffix}" for lb in labels]
+        table(f"Reads, rimgfs mounted {mode}: median; overlayfs-meta = metacopy=on,"
+              "redirect_dir=on", read_rows, cols, note=note)
+
+    wseq = const("wseq_bytes")
+    write_rows = [
+        (f"copy-up of the {gb} file (append 1 byte)", "w-copyup", "time", None),
+        (f"chmod of the {gb} file", "w-chmod", "time", None),
+        ("rm -rf of a 1,000-file lower tree", "w-rmrf", "time", None),
+        ("create files in a new directory", "w-create", "time", None),
+        ("delete them", "w-delete", "time", None),
+        (f"sequential write + fsync, {(wseq or 0) / MIB:.0f} MiB", "w-seq-fsync", "rate", wseq),
+        (f"during a {gb} copy-up: create, max", "busy-create-max", "time", None),
+        ("  create, median", "busy-create-median", "time", None),
+        ("  stat of an unlooked-up file, max", "busy-stat-max", "time", None),
+        ("  stat, median", "busy-stat-median", "time", None),
+        ("  the copy-up itself", "busy-copyup", "time", None),
+    ]
+    table("Writes, rimgfs mounted WRITABLE (--upper), each run on a fresh upper: median",
+          write_rows, REFS + [f"{lb}-rw" for lb in labels])
+    for lb in labels:
+        c, st = get("busy-create-max", f"{lb}-rw"), get("busy-stat-max", f"{lb}-rw")
+        if c is not None and st is not None:
+            ok = "met" if c <= 0.010 and st <= 0.005 else "NOT met"
+            lines.append(f"  target {lb}-rw: during the copy-up a create within 10 ms and a stat "
+                         f"within 5 ms: {c * 1e3:.1f} / {st * 1e3:.1f} ms, {ok}")
+
+    # Scale: one table per image; bytes per entry from RSS after the walk.
+    scale_tags = sorted({f.split("-")[1] for f in med if f.startswith("scale-")},
+                        key=lambda t: (len(t), t))
+    for tag in scale_tags:
+        n = const(f"scale-{tag}-entries")
+        files, nl = re.fullmatch(r"(\d+)f(\d+)l", tag).groups()
+        cols = ["overlayfs"] + [f"{lb}-{k}" for lb in labels for k in ["rw", "ro"]]
+        ext = get(f"scale-{tag}-extract", "overlayfs")
+        first = med.get(f"scale-{tag}-first", {})
+        if ext is not None and "overlayfs" in first:
+            med.setdefault(f"scale-{tag}-image-mounted", {})["overlayfs"] = ext + first["overlayfs"]
+            for c in cols[1:]:
+                if c in first:
+                    med[f"scale-{tag}-image-mounted"][c] = first[c]
+        rows = [
+            ("image file → mounted (kernel: extract+mount)", f"scale-{tag}-image-mounted",
+             "time", None),
+            ("warm mount (kernel: mount)", f"scale-{tag}-warm", "time", None),
+            ("first walk after mounting (find)", f"scale-{tag}-walk", "time", None),
+            ("daemon RSS after the first mount", f"scale-{tag}-rss-mounted", "bytes", None),
+            ("daemon RSS after a warm mount", f"scale-{tag}-rss-warm", "bytes", None),
+            ("daemon RSS after the walk", f"scale-{tag}-rss-walked", "bytes", None),
+        ]
+        if "overlayfs" in first:
+            med.setdefault(f"scale-{tag}-warm", {})["overlayfs"] = first["overlayfs"]
+        table(f"Scale: {int(files):,} files in {nl} layers ({int(n or 0):,} entries), page cache "
+              "warm: median", rows, cols)
+        per = []
+        for c in cols[1:]:
+            v = get(f"scale-{tag}-rss-walked", c)
+            if v is not None and n:
+                per.append(f"{c} {v / n:.0f}")
+        if per:
+            lines.append("  bytes per entry after the walk (RSS / entries): " + ", ".join(per))
+
+    # Registry: against skopeo copy and podman pull + image mount.
+    for kind in ["gzip", "zstd-chunked"]:
+        fig = f"reg-{kind}-first"
+        if fig not in med:
+            continue
+        total = const(f"reg-{kind}-image-bytes")
+        cols = [c for c in med[fig] if c not in ("skopeo", "podman")] + \
+            [c for c in ("skopeo", "podman") if c in med[fig]]
+        head = f"  {'':<44}" + "".join(f"{c:>{COL}}" for c in cols)
+        body = []
+
+        def row(label, f, kind_, ref=None):
+            cells = []
+            for c in cols:
+                v = get(f, c)
+                if v is None:
+                    cells.append("-")
+                elif kind_ == "time":
+                    r = get(f, ref) if ref else None
+                    cells.append(fmt_time(v) + (f" {v / r:.2f}x" if r and c != ref else ""))
+                elif kind_ == "bytes":
+                    share = f" {v / total:.1%}" if total else ""
+                    cells.append(f"{v / MB:.1f} MB{share}")
+                else:
+                    cells.append(f"{v:.0f}")
+            body.append(f"  {label:<44}" + "".join(f"{x:>{COL}}" for x in cells))
+            tables.append({"table": f"registry {kind}", "figure": f, "label": label,
+                           "values": {c: get(f, c) for c in cols}})
+
+        row("first mount + read 1 file (x skopeo)", fig, "time", "skopeo")
+        row("  x podman pull + image mount", fig, "time", "podman")
+        row("  requests", f"{fig}-requests", "count")
+        row("  blob bytes fetched (share of the image)", f"{fig}-bytes", "bytes")
+        row("warm remount + read 1 file", f"reg-{kind}-warm", "time")
+        row("  requests", f"reg-{kind}-warm-requests", "count")
+        row("  blob bytes fetched", f"reg-{kind}-warm-bytes", "bytes")
+        lines += ["", f"Registry ({kind} layers, {(total or 0) / MB:.0f} MB of blobs, "
+                  "docker-registry on 127.0.0.1, rimgfs with --no-prefetch): median", head, *body]
+    if "zstd_chunked" in meta:
+        lines.append(f"  zstd:chunked {meta['zstd_chunked']}")
+    if "bench_seconds" in meta:
+        lines += ["", f"total benchmark time: {float(meta['bench_seconds']) / 60:.1f} min"]
+    print("\n".join(lines))
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, "medians": med, "rows": tables, "raw": data}, f, indent=1)
 
 
 def host():
@@ -41,201 +282,7 @@ def host():
                 break
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
-    return (f"Linux {platform.release()}, {os.cpu_count()} CPUs ({cpu}), "
-            f"{mem_kib / 2**20:.0f} GiB RAM")
-
-
-def version(binary):
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
-    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                         text=True).stdout.strip()
-    return f"{out} (git {git})" if git else out
-
-
-def main():
-    out, binary = sys.argv[1], sys.argv[2]
-    m = {}
-    with open(os.path.join(out, "metrics")) as f:
-        for line in f:
-            k, v = line.split()
-            m[k] = float(v)
-    runs = len(next(iter(load(out, "mount-warm").values()))["times"])
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        f"rimgfs benchmark: scripts/bench.sh (RUNS={runs}), {now}",
-        f"host:  {host()}",
-        f"build: {version(binary)}, release profile",
-        f"image: target/bench/image.tar (scripts/make-bench-image.py), "
-        f"{os.path.getsize(os.path.join(out, '..', 'image.tar')) / MB:.0f} MB, "
-        f"3 uncompressed layers, {int(m['entries'])} entries in the merged tree",
-        f"runs:  {runs} per cold measurement, each after dropping the page, dentry and inode "
-        "caches (echo 3 > /proc/sys/vm/drop_caches;\n       rimgfs keeps its in-memory tree, as "
-        "a mounted daemon does); 10 per warm one, after 2 warmup runs",
-        "",
-        f"Mount until ready to serve (mean ± stddev of {runs} runs)",
-    ]
-    mount_rows = [
-        ("rimgfs: first mount, empty cache, cold page cache", "mount-first-cold"),
-        ("rimgfs: first mount, empty cache, warm page cache", "mount-first-warm"),
-        ("rimgfs: warm mount, cache filled", "mount-warm"),
-        ("overlayfs: mount the extracted layers", "mount-overlayfs"),
-        ("fuse-overlayfs: mount the extracted layers", "mount-fuse-overlayfs"),
-    ]
-    for label, name in mount_rows:
-        (r,) = load(out, name).values()
-        lines.append(f"  {label:<60} {seconds(r)}")
-    lines.append(f"  {'overlayfs, fuse-overlayfs: extract the layers first (once)':<60} "
-                 f"{m['extract_seconds']:.3f} s")
-
-    big, small = m["big_bytes"], m["small_bytes"]
-    rows = [
-        ("walk: find -printf (lstat every entry)", "walk", None),
-        (f"read 4 big files, {big / MB:.0f} MB", "read_big", big),
-        (f"read {int(m['small_files'])} small files, {small / MB:.0f} MB", "read_small", small),
-    ]
-    head = f"  {'':<46}" + "".join(f"{fs:>22}" for fs in FILESYSTEMS)
-    head += f"{'vs overlayfs':>14}{'vs fuse-ovl':>13}"
-    lines += ["", "Mean time (and throughput) per run; ratio = rimgfs time / other's time "
-              "(2.00 = rimgfs takes twice as long)", head]
-    for label, name, nbytes in rows:
-        for temp in ["cold", "warm"]:
-            res = load(out, f"{name}-{temp}")
-            cells = ""
-            for fs in FILESYSTEMS:
-                t = res[fs]["mean"]
-                cell = f"{t:.3f} s" + (f" ({nbytes / MB / t:.0f} MB/s)" if nbytes else "")
-                cells += f"{cell:>22}"
-            r = res["rimgfs"]["mean"]
-            cells += f"{r / res['overlayfs']['mean']:>14.2f}"
-            cells += f"{r / res['fuse-overlayfs']['mean']:>13.2f}"
-            lines.append(f"  {label + ', ' + temp:<46}{cells}")
-
-    (first,) = load(out, "read_big-first").values()
-    lines.append("  rimgfs's first read of the 4 big files, cold, which copies them into its cache "
-                 f"for passthrough: {first['mean']:.3f} s ({big / MB / first['mean']:.0f} MB/s)")
-
-    lines += ["", "rimgfs -o nopassthrough (no open round trips; big files through the daemon)"]
-    for label, name, nbytes in rows[1:]:
-        for temp in ["cold", "warm"]:
-            (r,) = load(out, f"nopt-{name}-{temp}").values()
-            t = r["mean"]
-            ref = load(out, f"{name}-{temp}")["overlayfs"]["mean"]
-            lines.append(f"  {label + ', ' + temp:<46}{t:>8.3f} s ({nbytes / MB / t:.0f} MB/s)"
-                         f"   vs overlayfs {t / ref:.2f}")
-
-    entries = m["entries"]
-    lines += ["", "Daemon memory (/proc/PID/status) after mounting, and after all of the above",
-              f"  {'':<16}{'VmRSS mounted':>15}{'VmRSS after':>13}{'VmHWM':>11}"
-              f"{'bytes/entry':>13}"]
-    for fs in ["rimgfs", "fuse-overlayfs"]:
-        rss0 = m[f"{fs}_mounted_VmRSS"]
-        rss1, hwm = m[f"{fs}_used_VmRSS"], m[f"{fs}_used_VmHWM"]
-        lines.append(f"  {fs:<16}{rss0 / 1024:>11.1f} MiB{rss1 / 1024:>9.1f} MiB"
-                     f"{hwm / 1024:>7.1f} MiB{rss1 * 1024 / entries:>13.0f}")
-    lines.append("  (bytes/entry = VmRSS after / entries; kernel overlayfs has no daemon)")
-    anon = (m["rimgfs_walked_RssAnon"] - m["rimgfs_tiny_RssAnon"]) * 1024
-    lines.append(f"  rimgfs heap per entry, mounted and walked: (RssAnon "
-                 f"{m['rimgfs_walked_RssAnon'] / 1024:.1f} MiB "
-                 f"- {m['rimgfs_tiny_RssAnon'] / 1024:.1f} MiB serving a "
-                 f"{int(m['tiny_entries'])}-entry image) / entries = "
-                 f"{anon / (entries - m['tiny_entries']):.0f} bytes; merged tree data "
-                 f"{m['tree_bytes'] / entries:.0f} bytes/entry")
-    lines += writes(out, m)
-    if "bench_seconds" in m:
-        lines += ["", f"total benchmark time: {m['bench_seconds'] / 60:.1f} min"]
-    print("\n".join(lines))
-
-
-def writes(out, m):
-    """The "Writes" section: medians, each run on a fresh upper directory."""
-    big, seq, files, limit = m["wbig_bytes"], m["wseq_bytes"], int(m["wfiles"]), m["wlimit"]
-    names = ["w-copyup", "w-chmod-big", "w-chmod-small", "w-seq", "w-seq-fsync",
-             "w-create-delete", "w-create-delete-lower"]
-    res = {name: load(out, name) for name in names}
-
-    def timed_out(r):
-        return any(c != 0 for c in r.get("exit_codes", []))
-
-    def t(name, fs):
-        return res[name][fs]["median"]
-
-    runs = len(res["w-copyup"]["rimgfs"]["times"])
-    rows = [
-        (f"copy-up: append 1 byte to a {big / 2**30:.0f} GiB lower file", "w-copyup", big),
-        (f"chmod of the {big / 2**30:.0f} GiB lower file", "w-chmod-big", None),
-        ("chmod of a 4 KiB lower file", "w-chmod-small", None),
-        (f"write a new {seq / 2**20:.0f} MiB file (dd bs=1M)", "w-seq", seq),
-        (f"write a new {seq / 2**20:.0f} MiB file, conv=fsync", "w-seq-fsync", seq),
-        (f"create {files:,} files, delete them: new dir", "w-create-delete", None),
-        (f"create {files:,} files, delete them: lower dir", "w-create-delete-lower", None),
-    ]
-    lines = ["", f"Writes: median of {runs} runs (10 for chmod, 3 in a lower directory), each on "
-             "a fresh upper directory (unmount, wipe upper and work, sync, mount)",
-             "  overlayfs: kernel overlayfs with redirect_dir=on,metacopy=on; all three with an "
-             "upper and a work directory on the same ext4 as the layers",
-             f"  {'':<46}" + "".join(f"{fs:>22}" for fs in FILESYSTEMS)
-             + f"{'vs overlayfs':>14}{'vs fuse-ovl':>13}"]
-    for label, name, nbytes in rows:
-        cells = ""
-        for fs in FILESYSTEMS:
-            v = t(name, fs)
-            if timed_out(res[name][fs]):
-                cell = f"> {limit:.0f} s (cut)"
-            else:
-                cell = f"{v * 1e3:.1f} ms" if v < 0.1 else f"{v:.3f} s"
-                cell += f" ({nbytes / MB / v:.0f} MB/s)" if nbytes else ""
-            cells += f"{cell:>22}"
-        v = t(name, "rimgfs")
-        cells += f"{v / t(name, 'overlayfs'):>14.2f}{v / t(name, 'fuse-overlayfs'):>13.2f}"
-        lines.append(f"  {label:<46}{cells}")
-    if "overlayfs-volatile" in res["w-copyup"]:
-        vol = t("w-copyup", "overlayfs-volatile")
-        lines.append(f"  overlayfs and rimgfs fsync each copied-up file, fuse-overlayfs does not; "
-                     f"overlayfs -o volatile does not either:\n    copy-up {vol:.3f} s "
-                     f"({big / MB / vol:.0f} MB/s), rimgfs / overlayfs-volatile = "
-                     f"{t('w-copyup', 'rimgfs') / vol:.2f}")
-    if "busy_create_ms_rimgfs" in m:
-        def busy(fs):
-            note = "" if m[f"busy_during_{fs}"] else " (copy-up over first)"
-            return (f"create {m[f'busy_create_ms_{fs}']:.1f} ms, stat "
-                    f"{m[f'busy_stat_ms_{fs}']:.1f} ms{note}")
-        lines.append("  during the copy-up, slowest create of a new file / stat of an unlooked-up "
-                     "lower file elsewhere:")
-        for fs in FILESYSTEMS:
-            if f"busy_create_ms_{fs}" in m:
-                lines.append(f"    {fs:<16}{busy(fs)}")
-    if any(timed_out(r) for r in res["w-create-delete-lower"].values()):
-        lines.append(f"  (cut): runs were stopped after {limit:.0f} s (timeout(1)); the ratios "
-                     "are lower bounds")
-
-    def ratio(name, other):
-        return t(name, "rimgfs") / t(name, other)
-
-    def verdict(ok):
-        return "met" if ok else "NOT met"
-
-    copyup = ratio("w-copyup", "overlayfs")
-    busy_ok = (m.get("busy_create_ms_rimgfs", 1e9) <= 10
-               and m.get("busy_stat_ms_rimgfs", 1e9) <= 5)
-    chmod = t("w-chmod-big", "rimgfs") / t("w-chmod-small", "rimgfs")
-    share, share_sync = 1 / ratio("w-seq", "overlayfs"), 1 / ratio("w-seq-fsync", "overlayfs")
-    create = ratio("w-create-delete", "fuse-overlayfs")
-    create_lower = ratio("w-create-delete-lower", "fuse-overlayfs")
-    lines += [
-        "  targets:",
-        f"    copy-up within 1.2x of overlayfs's time: {copyup:.2f}x, {verdict(copyup <= 1.2)}",
-        f"    chmod in constant time: the 1 GiB file's takes {chmod:.2f}x the 4 KiB file's "
-        f"(1.5x at most), {verdict(chmod <= 1.5)}",
-        f"    sequential writes at 80% or more of overlayfs's throughput: {share:.0%}, "
-        f"{verdict(share >= 0.8)}; with fsync {share_sync:.0%}, {verdict(share_sync >= 0.8)}",
-        f"    during a copy-up, creating a file elsewhere within 10 ms and a stat within 5 ms: "
-        f"{verdict(busy_ok)}",
-        f"    create and delete {files:,} files at least as fast as fuse-overlayfs: new dir "
-        f"{create:.2f}x its time, {verdict(create <= 1.0)}; lower dir "
-        f"{'over ' if timed_out(res['w-create-delete-lower']['rimgfs']) else ''}"
-        f"{create_lower:.2f}x, {verdict(create_lower <= 1.0)}",
-    ]
-    return lines
+    return f"Linux {os.uname().release}, {os.cpu_count()} CPUs ({cpu}), {mem_kib / 2**20:.0f} GiB RAM"
 
 
 if __name__ == "__main__":

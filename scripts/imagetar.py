@@ -1,5 +1,5 @@
-"""Write container image archives: the layer and archive writer behind make-sample-image.py and
-make-bench-image.py (python3 standard library only).
+"""Write container image archives: the layer and archive writer behind make-sample-image.py,
+make-bench-image.py and make-scale-image.py (python3 standard library only).
 
 `Layer` builds one layer tar (PAX format, so extended attributes travel as `SCHILY.xattr.*`
 records) in a work directory, optionally gzip-compressed. `write_docker_archive` wraps layers
@@ -45,6 +45,23 @@ def host_architecture():
     """The host's architecture in OCI names (the platform rimgfs picks by default)."""
     machine = os.uname().machine
     return {"x86_64": "amd64", "aarch64": "arm64", "i686": "386"}.get(machine, machine)
+
+
+class Repeat:
+    """A file-like object reading `size` bytes of `block` repeated: a big file's contents in
+    constant memory and time."""
+
+    def __init__(self, block, size):
+        self.block, self.size, self.pos = memoryview(block), size, 0
+
+    def read(self, n=-1):
+        left = self.size - self.pos
+        if n < 0 or n > left:
+            n = left
+        start = self.pos % len(self.block)
+        n = min(n, len(self.block) - start)
+        self.pos += n
+        return bytes(self.block[start:start + n])
 
 
 class Layer:

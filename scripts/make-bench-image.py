@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Write the benchmark image: about 224 MB (213 MiB) and 6,900 files in three uncompressed
-layers, as a `docker save` archive (Docker 25+ shape).
+"""Write the benchmark image: about 1.3 GB and 8,000 entries in six uncompressed layers, as a
+`docker save` archive (Docker 25+ shape).
 
-    scripts/make-bench-image.py OUTPUT.tar
+    scripts/make-bench-image.py OUTPUT.tar [--big-mib N]
 
 - layer 0: 100 packages of 50 small files each in nested directories under /usr/lib, with
   symlinks and hard links, plus two big files (50 and 40 MiB) under /data;
 - layer 1: 28 more packages under /opt, 100 files of layer 0 rewritten, 100 deleted by
   whiteouts, one directory made opaque, and a 30 MiB file;
-- layer 2: 10 application trees under /srv (500 files) and a 20 MiB file.
+- layer 2: 10 application trees under /srv (500 files) and a 20 MiB file;
+- layer 3: a 1,000-file tree under /var/lib/bulk (20 directories of 50 files), for `rm -rf`;
+- layer 4: /data/big.bin, 1 GiB (--big-mib N: N MiB), a 16 MiB pseudo-random block repeated,
+  and /etc/small.conf (4 KiB);
+- layer 5: deletions: 50 files of layer 0 and one whole package directory.
 
 Small files are 0.5 KiB to 512 KiB, most under 16 KiB, as in a distribution's /usr. Contents
 are pseudo-random from a fixed seed, so every run writes the same bytes.
@@ -77,8 +81,14 @@ def package_files(root, count=FILES_PER_PACKAGE):
 
 
 def main():
-    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
-        sys.exit(f"usage: {sys.argv[0]} OUTPUT.tar")
+    args = sys.argv[1:]
+    big_mib = 1024
+    if len(args) == 3 and args[1] == "--big-mib" and args[2].isdigit():
+        big_mib = int(args.pop(2))
+        args.pop(1)
+    if len(args) != 1 or args[0].startswith("-"):
+        sys.exit(f"usage: {sys.argv[0]} OUTPUT.tar [--big-mib N]")
+    sys.argv[1:] = args
     rng = random.Random(SEED)
     with tempfile.TemporaryDirectory(prefix="bench-image.", dir=os.path.dirname(
             os.path.abspath(sys.argv[1]))) as work:
@@ -114,7 +124,25 @@ def main():
                 srv.small_file(path)
         srv.big_file("data/model-d.bin", 20 * MB)
 
-        layers = [base.layer, app.layer, srv.layer]
+        bulk = Writer(imagetar.Layer(work, "bulk", MTIME + 10800, "RUN fill-bulk"), rng)
+        for d in range(20):
+            for f in range(50):
+                bulk.small_file(f"var/lib/bulk/d{d:02d}/f{f:02d}.dat")
+
+        big = Writer(imagetar.Layer(work, "big", MTIME + 14400, "COPY big.bin /data/"), rng)
+        big.parents("data/big.bin")
+        size = big_mib * MB
+        big.layer.stream("data/big.bin", imagetar.Repeat(rng.randbytes(16 * MB), size), size)
+        big.parents("etc/small.conf")
+        big.layer.file("etc/small.conf", rng.randbytes(4096))
+
+        gone = Writer(imagetar.Layer(work, "gone", MTIME + 18000, "RUN cleanup"), rng)
+        for p in range(20, 25):
+            for path in package_files(f"usr/lib/pkg{p:03d}")[:10]:
+                gone.whiteout(path)
+        gone.whiteout("usr/lib/pkg099")
+
+        layers = [base.layer, app.layer, srv.layer, bulk.layer, big.layer, gone.layer]
         history = [(layer.created_by, False) for layer in layers]
         config = {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"}
         imagetar.write_docker_archive(sys.argv[1], layers, config, history, "bench:latest",
