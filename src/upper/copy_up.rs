@@ -113,7 +113,15 @@ pub struct Staged<'u> {
     tmp: Option<std::ffi::OsString>,
 }
 
-impl Staged<'_> {
+impl<'u> Staged<'u> {
+    /// A copy about to be built under a fresh name in `upper`'s work directory.
+    fn new(upper: &'u Upper) -> Staged<'u> {
+        Staged {
+            upper,
+            tmp: Some(upper.temp_name()),
+        }
+    }
+
     /// Renames the entry into place as `dir/name`, unless something is there already (another
     /// request copied it up meanwhile: theirs stands, this one is dropped). Copy-up must not
     /// show as a change of the parent: its times are put back after the rename, as the
@@ -200,29 +208,18 @@ pub fn stage_node<'u>(
     mode: CopyMode,
 ) -> io::Result<Staged<'u>> {
     let work = upper.work();
-    let staged = Staged {
-        upper,
-        tmp: Some(upper.temp_name()),
-    };
+    let staged = Staged::new(upper);
     let tmp = staged.tmp.as_deref().unwrap_or_default();
     match &node.kind {
         NodeKind::Dir { .. } => work.mkdir(tmp, 0o700)?,
-        NodeKind::File(d) => {
-            let mut out =
-                work.open_file(tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
-            match mode {
-                CopyMode::Full => {
-                    copy_data(tree, d, &mut out)?;
-                    // Durable before it is renamed into place, as the kernel's copy-up:
-                    // after a power loss the name shows old or new data, never none.
-                    out.sync_data()?;
-                }
-                CopyMode::MetaOnly => {
-                    out.set_len(d.size)?;
-                    upper.set_flag(work, tmp, Flag::Metacopy, b"")?;
-                }
+        NodeKind::File(d) => match mode {
+            CopyMode::Full => write_durable(work, tmp, tree, d)?,
+            CopyMode::MetaOnly => {
+                let out = work.open_file(tmp, NEW_FILE, 0o600)?;
+                out.set_len(d.size)?;
+                upper.set_flag(work, tmp, Flag::Metacopy, b"")?;
             }
-        }
+        },
         NodeKind::Symlink(t) => work.symlink(OsStr::from_bytes(t), tmp)?,
         NodeKind::CharDev { .. } | NodeKind::BlockDev { .. } | NodeKind::Fifo => {
             work.mknod(tmp, node.mode(), node.kind.rdev())?
@@ -243,16 +240,21 @@ pub fn stage_data<'u>(
     tree: &LowerTree,
     data: &DataRef,
 ) -> io::Result<Staged<'u>> {
-    let work = upper.work();
-    let staged = Staged {
-        upper,
-        tmp: Some(upper.temp_name()),
-    };
+    let staged = Staged::new(upper);
     let tmp = staged.tmp.as_deref().unwrap_or_default();
-    let mut out = work.open_file(tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
-    copy_data(tree, data, &mut out)?;
-    out.sync_data()?;
+    write_durable(upper.work(), tmp, tree, data)?;
     Ok(staged)
+}
+
+/// Flags of a file made in the work directory: a fresh name, written only.
+const NEW_FILE: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+
+/// Writes `d`'s bytes to a new file `tmp` of `work`, flushed before it is renamed into place,
+/// as the kernel's copy-up: after a power loss the name shows old or new data, never none.
+fn write_durable(work: &DirFd, tmp: &OsStr, tree: &LowerTree, d: &DataRef) -> io::Result<()> {
+    let mut out = work.open_file(tmp, NEW_FILE, 0o600)?;
+    copy_data(tree, d, &mut out)?;
+    out.sync_data()
 }
 
 /// Owner, then mode (chown clears setuid bits), then times; symlinks have no mode to set.
