@@ -153,15 +153,7 @@ impl Stack {
     /// Builds the merged tree of the prepared layers in memory, without the cache.
     pub fn build_tree(&self) -> Result<LowerTree> {
         LowerTree::build(&self.layers).map_err(|e| match e.layer {
-            Some(i) => Error::BadLayer {
-                path: self.image.origin.clone(),
-                layer: self
-                    .image
-                    .layers
-                    .get(i)
-                    .map_or_else(|| i.to_string(), |l| l.describe()),
-                reason: e.reason,
-            },
+            Some(i) => self.layer_error(i, e.reason),
             None => Error::bad_image(&self.image.origin, e.reason),
         })
     }

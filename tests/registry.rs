@@ -16,7 +16,9 @@ use serde_json::Value;
 use common::harness::{Output, bin, poll_until, run_command};
 use common::image::{ImageDef, oci_multiplatform, sha256};
 use common::proxy::{Fault, Proxy};
-use common::registry::{Auth, Format, PASSWORD, Registry, RegistryConfig, USER};
+use common::registry::{
+    Auth, Format, PASSWORD, Registry, RegistryConfig, USER, age_tag_resolutions, files_below,
+};
 use common::{Codec, Sandbox};
 use rimgfs::cache::Cache;
 use rimgfs::image::remote::RemoteBlob;
@@ -573,16 +575,6 @@ fn offline_after_a_warm_inspect_makes_no_request() {
     env.run(&["inspect", &r, "--offline"]).success();
 }
 
-/// Makes every tag resolution in `cache` look `age` old.
-fn age_tag_resolutions(cache: &Path, age: Duration) {
-    for f in walk(&cache.join("tags")) {
-        let mut rec: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
-        let t = rec["resolved"].as_u64().unwrap();
-        rec["resolved"] = Value::from(t - age.as_secs());
-        std::fs::write(&f, serde_json::to_vec(&rec).unwrap()).unwrap();
-    }
-}
-
 #[test]
 fn a_stale_tag_is_checked_with_head_and_a_moved_tag_followed() {
     let Some((reg, proxy, env, r)) = proxied(Auth::None) else {
@@ -909,7 +901,7 @@ fn no_secret_in_any_output_at_trace_level() {
         }
     }
     // Nothing in the caches either.
-    for e in walk(env.sb.dir.path())
+    for e in files_below(env.sb.dir.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("/cache-"))
     {
@@ -919,22 +911,6 @@ fn no_secret_in_any_output_at_trace_level() {
             assert!(!text.contains(s.as_str()), "{s} in {}", e.display());
         }
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use common::harness::{as_user, bin, poll_until, run_command, test_user};
 use common::image::{ImageDef, oci_multiplatform};
 use common::proxy::{Fault, Proxy};
-use common::registry::{Format, Registry};
+use common::registry::{Format, Registry, age_tag_resolutions, files_below};
 use common::remote::{LayerBlob, estargz, write_layout};
 use common::spec::Spec;
 use common::{Codec, MountGuard, MountOpts, Output, Sandbox, engines, require, run_ok};
@@ -500,7 +500,7 @@ fn a_user_who_is_not_root_mounts_and_reads() {
     // The cache it filled is the user's.
     let blobs = cache.join("blobs");
     assert!(blobs.exists());
-    for e in walk(&blobs) {
+    for e in files_below(&blobs) {
         assert_eq!(
             std::fs::metadata(&e).unwrap().uid(),
             ids.0,
@@ -509,19 +509,6 @@ fn a_user_who_is_not_root_mounts_and_reads() {
         );
     }
     m.unmount();
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Requests for the blob `digest`.
@@ -832,16 +819,6 @@ fn a_registry_gone_while_mounted_fails_only_uncached_reads() {
     m.unmount();
 }
 
-/// Makes every tag resolution in `cache` look `age` old.
-fn age_tag_resolutions(cache: &Path, age: Duration) {
-    for f in walk(&cache.join("tags")) {
-        let mut rec: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
-        let t = rec["resolved"].as_u64().unwrap();
-        rec["resolved"] = Value::from(t - age.as_secs());
-        std::fs::write(&f, serde_json::to_vec(&rec).unwrap()).unwrap();
-    }
-}
-
 #[test]
 fn offline_mounts_a_cached_image_without_the_registry() {
     if !tools() {
@@ -1092,7 +1069,7 @@ fn mounts_from_registries_with_auth_read_lazily_and_keep_secrets() {
         let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         assert!(!shown.contains(PASSWORD), "{shown}");
         m.unmount();
-        for f in walk(&ctx.sb.cache()) {
+        for f in files_below(&ctx.sb.cache()) {
             let bytes = std::fs::read(&f).unwrap();
             assert!(
                 !bytes
