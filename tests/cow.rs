@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use common::listing::Listing;
 use common::overlay::{OverlayMount, extract_layers};
 use common::spec::DEFAULT_MTIME;
-use common::{ImageDef, MountGuard, Sandbox, require};
+use common::{ImageDef, Sandbox, require};
 
 /// The image every scenario starts from: files, directories, an opaque directory and a
 /// whiteout in the upper layer, symlinks, xattrs, special bits.
@@ -627,17 +627,9 @@ fn cow_write_by_user_drops_setuid_as_the_kernel_does() {
     assert!(as_nobody(&script(&k.mnt)).success());
     let want = modes(&k.mnt);
     k.unmount();
-    let cache = sb.cache();
-    let ru = sb.path("r-upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        ru.to_str().unwrap(),
-        "-o",
-        "allow_other",
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    // As root, the mount lets other users in by default (allow_other).
+    let Some(m) = common::harness::mount_with_upper(&image, &sb.cache(), &sb.path("r-upper"))
+    else {
         return;
     };
     assert!(as_nobody(&script(m.path())).success());

@@ -130,24 +130,16 @@ fn cow_cache_acls_are_enforced_and_kept_as_on_overlayfs() {
         want.contains(&"read f: false".to_string()),
         "the kernel enforces the ACL: {want:#?}"
     );
-    let cache = sb.cache();
-    let ru = sb.path("r-upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        ru.to_str().unwrap(),
-        "-o",
-        "allow_other",
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    // As root, the mount lets other users in by default (allow_other).
+    let (cache, ru) = (sb.cache(), sb.path("r-upper"));
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &ru) else {
         return;
     };
     let got = acl_steps(m.path());
     m.unmount();
     assert_eq!(got, want);
     // Kept in the upper: a new mount still enforces it.
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &cache, &ru) else {
         return;
     };
     let f = m.at("/d/f");
