@@ -18,7 +18,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::listing::Listing;
-use common::overlay::{OverlayMount, extract_layers};
+use common::overlay::{OverlayMount, extract_layers, kernel_overlay};
 use common::spec::DEFAULT_MTIME;
 use common::{ImageDef, Sandbox, require};
 
@@ -602,10 +602,6 @@ fn cow_write_by_user_drops_setuid_as_the_kernel_does() {
     let def = ImageDef::from_spec(SPEC);
     let image = sb.image(SPEC);
     let lowers = extract_layers(&def.layers, &sb.path("lower"));
-    let (ku, kw) = (sb.path("k-upper"), sb.path("k-work"));
-    for d in [&ku, &kw] {
-        std::fs::create_dir_all(d).unwrap();
-    }
     let script = |m: &Path| {
         format!(
             "echo more >> {0}/s && echo more >> {0}/g && : > {0}/g",
@@ -618,10 +614,7 @@ fn cow_write_by_user_drops_setuid_as_the_kernel_does() {
             .map(|n| std::fs::metadata(m.join(n)).unwrap().permissions().mode() & 0o7777)
             .collect()
     };
-    let Some(k) = require(
-        OverlayMount::mount(&lowers, Some((&ku, &kw)), KERNEL_OPTS, &sb.path("k-mnt")).ok(),
-        "kernel overlayfs cannot be mounted here",
-    ) else {
+    let Some(k) = kernel_overlay(&lowers, sb.dir.path(), KERNEL_OPTS) else {
         return;
     };
     assert!(as_nobody(&script(&k.mnt)).success());

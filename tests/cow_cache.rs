@@ -11,8 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::listing::get_xattr;
-use common::overlay::{OverlayMount, extract_layers, remove_xattr, set_xattr};
-use common::{ImageDef, MountGuard, Sandbox, require};
+use common::overlay::{extract_layers, kernel_overlay, remove_xattr, set_xattr};
+use common::{ImageDef, Sandbox};
 
 const KERNEL_OPTS: &str = "redirect_dir=on,metacopy=on";
 const ACL: &str = "system.posix_acl_access";
@@ -114,14 +114,7 @@ fn cow_cache_acls_are_enforced_and_kept_as_on_overlayfs() {
     let def = ImageDef::from_spec(SPEC);
     let image = sb.image(SPEC);
     let lowers = extract_layers(&def.layers, &sb.path("lower"));
-    let (ku, kw) = (sb.path("k-upper"), sb.path("k-work"));
-    for d in [&ku, &kw] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let Some(k) = require(
-        OverlayMount::mount(&lowers, Some((&ku, &kw)), KERNEL_OPTS, &sb.path("k-mnt")).ok(),
-        "kernel overlayfs cannot be mounted here",
-    ) else {
+    let Some(k) = kernel_overlay(&lowers, sb.dir.path(), KERNEL_OPTS) else {
         return;
     };
     let want = acl_steps(&k.mnt);
@@ -145,7 +138,7 @@ fn cow_cache_acls_are_enforced_and_kept_as_on_overlayfs() {
     let f = m.at("/d/f");
     let again = (nobody_reads(&f), get_acl(&f));
     m.unmount();
-    assert_eq!(again, (false, get_acl(&ku.join("d/f"))));
+    assert_eq!(again, (false, get_acl(&sb.path("k-upper/d/f"))));
 }
 
 #[test]
@@ -153,15 +146,8 @@ fn cow_cache_pages_of_a_lower_file_give_way_to_its_new_data() {
     const SPEC: &str = "L0: dir /d; file /d/f 0644 'lower data'; file /d/t 0644 'truncated'\n";
     let sb = Sandbox::new();
     let image = sb.image(SPEC);
-    let cache = sb.cache();
-    let ru = sb.path("r-upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        ru.to_str().unwrap(),
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &sb.cache(), &sb.path("r-upper"))
+    else {
         return;
     };
     let (f, t) = (m.at("/d/f"), m.at("/d/t"));
@@ -190,7 +176,10 @@ fn cow_cache_pages_of_a_lower_file_give_way_to_its_new_data() {
     assert_eq!(std::fs::read(&t).unwrap(), b"new+more");
     drop(early);
     m.unmount();
-    assert_eq!(std::fs::read(ru.join("d/f")).unwrap(), b"UPPER data");
+    assert_eq!(
+        std::fs::read(sb.path("r-upper/d/f")).unwrap(),
+        b"UPPER data"
+    );
 }
 
 fn names(d: &Path) -> Vec<String> {
@@ -207,15 +196,8 @@ fn cow_cache_listings_follow_changes_through_the_mount() {
     const SPEC: &str = "L0: dir /d; file /d/a 0644 'a'; file /d/b 0644 'b'; dir /d/s; dir /e\n";
     let sb = Sandbox::new();
     let image = sb.image(SPEC);
-    let cache = sb.cache();
-    let ru = sb.path("r-upper");
-    let args = [
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--upper",
-        ru.to_str().unwrap(),
-    ];
-    let Some(m) = MountGuard::mount(&image, &args) else {
+    let Some(m) = common::harness::mount_with_upper(&image, &sb.cache(), &sb.path("r-upper"))
+    else {
         return;
     };
     let (d, e) = (m.at("/d"), m.at("/e"));

@@ -16,15 +16,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::listing::Listing;
-use common::overlay::{OverlayMount, extract_layers};
-use common::{ImageDef, Sandbox, require};
+use common::overlay::{OverlayMount, extract_layers, kernel_overlay};
+use common::{ImageDef, Sandbox};
 
 const DIRS: usize = 4;
 const WORKERS: u64 = 4;
@@ -261,16 +261,7 @@ fn cow_concurrent_writers_match_kernel_errors_and_stay_consistent() {
     let def = ImageDef::from_spec(&text);
     let image = sb.image(&text);
     let lowers = extract_layers(&def.layers, &sb.path("lower"));
-    let mk = |n: &str| -> PathBuf {
-        let p = sb.path(n);
-        std::fs::create_dir_all(&p).unwrap();
-        p
-    };
-    let (ku, kw) = (mk("k-upper"), mk("k-work"));
-    let Some(k) = require(
-        OverlayMount::mount(&lowers, Some((&ku, &kw)), KERNEL_OPTS, &sb.path("k-mnt")).ok(),
-        "kernel overlayfs cannot be mounted here",
-    ) else {
+    let Some(k) = kernel_overlay(&lowers, sb.dir.path(), KERNEL_OPTS) else {
         return;
     };
     let kernel = run_all(&k.mnt).expect("kernel overlayfs run did not finish in time");
@@ -314,7 +305,8 @@ fn cow_concurrent_writers_match_kernel_errors_and_stay_consistent() {
     assert!(tree.get("/w/d0").is_some(), "{:?}", tree.paths());
 
     // The upper is overlayfs's: the kernel shows the same tree from it.
-    let kw2 = mk("k-work2");
+    let kw2 = sb.path("k-work2");
+    std::fs::create_dir_all(&kw2).unwrap();
     let k2 = OverlayMount::mount(
         &lowers,
         Some((&upper, &kw2)),
@@ -397,19 +389,7 @@ fn cow_reopen_of_replaced_file_never_reaches_the_new_file() {
     let def = ImageDef::from_spec(SPEC);
     let image = sb.image(SPEC);
     let lowers = extract_layers(&def.layers, &sb.path("lower"));
-    for d in ["k-upper", "k-work"] {
-        std::fs::create_dir_all(sb.path(d)).unwrap();
-    }
-    let Some(k) = require(
-        OverlayMount::mount(
-            &lowers,
-            Some((&sb.path("k-upper"), &sb.path("k-work"))),
-            KERNEL_OPTS,
-            &sb.path("k-mnt"),
-        )
-        .ok(),
-        "kernel overlayfs cannot be mounted here",
-    ) else {
+    let Some(k) = kernel_overlay(&lowers, sb.dir.path(), KERNEL_OPTS) else {
         return;
     };
     let klog = ops(&k.mnt);
@@ -486,19 +466,7 @@ fn cow_removed_entries_answer_stat_through_descriptors() {
     let def = ImageDef::from_spec(SPEC);
     let image = sb.image(SPEC);
     let lowers = extract_layers(&def.layers, &sb.path("lower"));
-    for d in ["k-upper", "k-work"] {
-        std::fs::create_dir_all(sb.path(d)).unwrap();
-    }
-    let Some(k) = require(
-        OverlayMount::mount(
-            &lowers,
-            Some((&sb.path("k-upper"), &sb.path("k-work"))),
-            KERNEL_OPTS,
-            &sb.path("k-mnt"),
-        )
-        .ok(),
-        "kernel overlayfs cannot be mounted here",
-    ) else {
+    let Some(k) = kernel_overlay(&lowers, sb.dir.path(), KERNEL_OPTS) else {
         return;
     };
     let klog = ops(&k.mnt);

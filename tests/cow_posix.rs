@@ -16,8 +16,8 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use common::overlay::{OverlayMount, extract_layers};
-use common::{ImageDef, Sandbox, require};
+use common::overlay::{extract_layers, kernel_overlay};
+use common::{ImageDef, Sandbox};
 
 /// The unprivileged caller.
 const USER: (u32, u32) = (65534, 65534);
@@ -108,22 +108,7 @@ fn both(spec: &str, ops: impl Fn(&Path) -> Log) -> Option<Log> {
     let def = ImageDef::from_spec(spec);
     let image = sb.image(spec);
     let lowers = extract_layers(&def.layers, &sb.path("lower"));
-    let dir = |n: &str| {
-        let d = sb.path(n);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    };
-    let (ku, kw) = (dir("k-upper"), dir("k-work"));
-    let k = require(
-        OverlayMount::mount(
-            &lowers,
-            Some((&ku, &kw)),
-            "redirect_dir=on",
-            &sb.path("k-mnt"),
-        )
-        .ok(),
-        "kernel overlayfs cannot be mounted here",
-    )?;
+    let k = kernel_overlay(&lowers, sb.dir.path(), "redirect_dir=on")?;
     let klog = ops(&k.mnt);
     k.unmount();
     let m = common::harness::mount_with_upper(&image, &sb.cache(), &sb.path("r-upper"))?;

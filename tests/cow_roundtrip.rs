@@ -315,7 +315,7 @@ fn cow_roundtrip_podman_built_image() {
 /// their data through the directory's redirect, as kernel overlayfs does.
 #[test]
 fn cow_change_below_renamed_lower_directory() {
-    use common::overlay::{OverlayMount, extract_layers};
+    use common::overlay::{extract_layers, kernel_overlay};
     const SPEC: &str = "L0: dir /a; dir /a/dir; file /a/dir/f 0644 'f'; dir /a/dir/sub; \
                         file /a/dir/sub/g 0644 'g'; file /a/dir/h 0644 'h'";
     fn ops(m: &Path) -> Vec<String> {
@@ -350,19 +350,7 @@ fn cow_change_below_renamed_lower_directory() {
     let def = common::ImageDef::from_spec(SPEC);
     let image = sb.image(SPEC);
     let lowers = extract_layers(&def.layers, &sb.path("lower"));
-    for d in ["k-upper", "k-work"] {
-        fs::create_dir_all(sb.path(d)).unwrap();
-    }
-    let Some(k) = require(
-        OverlayMount::mount(
-            &lowers,
-            Some((&sb.path("k-upper"), &sb.path("k-work"))),
-            "redirect_dir=on,metacopy=on",
-            &sb.path("k-mnt"),
-        )
-        .ok(),
-        "kernel overlayfs cannot be mounted here",
-    ) else {
+    let Some(k) = kernel_overlay(&lowers, sb.dir.path(), "redirect_dir=on,metacopy=on") else {
         return;
     };
     let klog = ops(&k.mnt);

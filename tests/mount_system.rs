@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::harness::{self, is_mounted, mount_entry, poll_until};
-use common::overlay::{OverlayMount, extract_layers};
+use common::overlay::{extract_layers, kernel_overlay};
 use common::spec::Spec;
 use common::*;
 
@@ -352,14 +352,7 @@ fn root_mount_lets_users_in_as_kernel_overlayfs_does() {
     let tars = Spec::parse(&spec).layer_tars();
     let image = sb.image(&spec);
     let lowers = extract_layers(&tars, &sb.path("lower"));
-    let (ku, kw) = (sb.path("k-upper"), sb.path("k-work"));
-    for d in [&ku, &kw] {
-        std::fs::create_dir(d).unwrap();
-    }
-    let Some(k) = require(
-        OverlayMount::mount(&lowers, Some((&ku, &kw)), "", &sb.path("k-mnt")).ok(),
-        "kernel overlayfs cannot be mounted here",
-    ) else {
+    let Some(k) = kernel_overlay(&lowers, sb.dir.path(), "") else {
         return;
     };
     let want = accesses(ids, &k.mnt);

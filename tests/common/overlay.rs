@@ -307,3 +307,15 @@ impl Drop for OverlayMount {
         }
     }
 }
+
+/// Kernel overlayfs over `lowers` (top first) with fresh `k-upper` and `k-work` directories in
+/// `dir`, mounted on `dir/k-mnt` with `extra` options; `None` after reporting why it cannot be
+/// mounted here.
+pub fn kernel_overlay(lowers: &[PathBuf], dir: &Path, extra: &str) -> Option<OverlayMount> {
+    let (upper, work) = (dir.join("k-upper"), dir.join("k-work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mnt = OverlayMount::mount(lowers, Some((&upper, &work)), extra, &dir.join("k-mnt"));
+    super::require(mnt.ok(), "kernel overlayfs cannot be mounted here")
+}
