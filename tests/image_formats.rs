@@ -762,17 +762,20 @@ fn damage_file(p: &Path, how: &str) {
     std::fs::write(p, &data).unwrap();
 }
 
+/// The ways a test damages a cache file (see `damage_file`).
+const DAMAGES: [&str; 6] = [
+    "truncate",
+    "empty",
+    "flip middle",
+    "flip last",
+    "flip first",
+    "append",
+];
+
 #[test]
 fn cache_damaged_index_is_rebuilt() {
     for codec in [Codec::None, Codec::Gzip] {
-        for how in [
-            "truncate",
-            "empty",
-            "flip middle",
-            "flip last",
-            "flip first",
-            "append",
-        ] {
+        for how in DAMAGES {
             let sb = Sandbox::new();
             let p = sb.write(
                 "oci",
@@ -836,14 +839,7 @@ fn cache_warm_open_maps_the_merged_tree_without_reading_indexes() {
 
 #[test]
 fn cache_damaged_merged_tree_is_rebuilt_never_served() {
-    for how in [
-        "truncate",
-        "empty",
-        "flip middle",
-        "flip last",
-        "flip first",
-        "append",
-    ] {
+    for how in DAMAGES {
         let sb = Sandbox::new();
         let p = sb.write(
             "oci",
