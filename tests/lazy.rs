@@ -10,13 +10,12 @@ use std::sync::Arc;
 use common::Sandbox;
 use common::image::{Codec, ImageDef, Shape};
 use common::listing::Listing;
-use common::remote::{FileFetch, LayerBlob, estargz, open_remote, write_layout};
+use common::remote::{FileFetch, estargz_layers, open_remote, write_layout};
 use common::spec::{Spec, generated};
 use rimgfs::cache::{Cache, Policy};
 use rimgfs::stack::Stack;
 use rimgfs::tree::LowerTree;
 use rimgfs::view::{Ino, LowerView};
-use serde_json::json;
 
 /// A layer stack with small and big files, links, devices and xattrs; layer 1 holds files
 /// of several checkpoint spans.
@@ -142,20 +141,7 @@ fn evicted_gzip_blob_is_fetched_again_span_by_span() {
 /// eStargz layers (see `common::remote::estargz`) in a layout with their TOC annotation.
 fn estargz_layout(sb: &Sandbox, chunk: usize) -> std::path::PathBuf {
     let dir = sb.path("esgz");
-    let spec = Spec::parse(SPEC);
-    let layers: Vec<LayerBlob> = spec
-        .layers
-        .iter()
-        .map(|entries| {
-            let (bytes, diff_id, toc) = estargz(entries, chunk);
-            LayerBlob {
-                bytes,
-                diff_id,
-                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                annotations: json!({ "containerd.io/snapshot/stargz/toc.digest": toc }),
-            }
-        })
-        .collect();
+    let layers = estargz_layers(SPEC, chunk);
     std::fs::create_dir_all(&dir).unwrap();
     write_layout(&dir, &layers);
     dir

@@ -15,13 +15,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use common::harness::{as_user, bin, poll_until, run_command, test_user};
 use common::image::{ImageDef, oci_multiplatform};
 use common::proxy::{Fault, Proxy};
 use common::registry::{Format, Registry, age_tag_resolutions, files_below};
-use common::remote::{LayerBlob, estargz, write_layout};
+use common::remote::{estargz_layers, write_layout};
 use common::spec::Spec;
 use common::{Codec, MountGuard, MountOpts, Output, Sandbox, engines, require, run_ok};
 
@@ -230,19 +230,7 @@ fn multi_platform_index_mounts_the_chosen_platform_like_umoci() {
 /// An eStargz image of `spec` (its layers written by `common::remote::estargz` with chunks
 /// of `chunk` bytes) pushed as `name`; its reference.
 fn push_estargz(reg: &Registry, spec: &str, chunk: usize, name: &str) -> String {
-    let layers: Vec<LayerBlob> = Spec::parse(spec)
-        .layers
-        .iter()
-        .map(|entries| {
-            let (bytes, diff_id, toc) = estargz(entries, chunk);
-            LayerBlob {
-                bytes,
-                diff_id,
-                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                annotations: json!({ "containerd.io/snapshot/stargz/toc.digest": toc }),
-            }
-        })
-        .collect();
+    let layers = estargz_layers(spec, chunk);
     let dir = reg
         .dir
         .path()

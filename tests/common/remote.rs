@@ -272,6 +272,23 @@ fn rfc3339(t: i64) -> String {
     rimgfs::commit::rfc3339(t)
 }
 
+/// The layers of `spec` as eStargz blobs (see [`estargz`]), each with its TOC annotation.
+pub fn estargz_layers(spec: &str, chunk: usize) -> Vec<LayerBlob> {
+    super::spec::Spec::parse(spec)
+        .layers
+        .iter()
+        .map(|entries| {
+            let (bytes, diff_id, toc) = estargz(entries, chunk);
+            LayerBlob {
+                bytes,
+                diff_id,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                annotations: json!({ "containerd.io/snapshot/stargz/toc.digest": toc }),
+            }
+        })
+        .collect()
+}
+
 /// An eStargz blob of `entries`, file payloads cut into gzip members of at most `chunk`
 /// bytes. Returns the blob, its diff_id and the TOC digest annotation.
 pub fn estargz(entries: &[Entry], chunk: usize) -> (Vec<u8>, String, String) {
