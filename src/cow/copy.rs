@@ -55,6 +55,24 @@ impl Cow {
         result
     }
 
+    /// Runs `f` (which takes `ns` itself) with the data copy a full copy-up of `ino` needs
+    /// staged ahead, if any, holding `ino`'s copy lock: a namespace change that copies a
+    /// file up whole (a rename, a link) makes the slow copy before taking `ns`, as a write
+    /// does ([`Cow::lock_with_data_up`]).
+    pub(super) fn with_data_staged<T>(
+        &self,
+        ino: Ino,
+        f: impl FnOnce(Option<Prepared<'_>>) -> OpResult<T>,
+    ) -> OpResult<T> {
+        let slot = self.copy_slot(ino)?;
+        let result = (|| {
+            let _copying = lock(&slot)?;
+            f(self.prepare_data(ino)?)
+        })();
+        self.drop_copy_slot(ino, slot);
+        result
+    }
+
     /// The copy lock of `ino`, made on first use.
     fn copy_slot(&self, ino: Ino) -> OpResult<Arc<Mutex<()>>> {
         Ok(lock(&self.copying)?.entry(ino).or_default().clone())
@@ -116,7 +134,7 @@ impl Cow {
 
     /// [`Cow::ensure_upper`], using a data copy staged ahead where it still fits (the inode
     /// still continues that lower node, or is still a metadata-only copy of that data).
-    fn ensure_upper_with(
+    pub(super) fn ensure_upper_with(
         &self,
         ino: Ino,
         mode: CopyMode,

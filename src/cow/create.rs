@@ -6,17 +6,20 @@
 //! layers shows through it.
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use super::copy::Prepared;
 use super::io::Handle;
 use super::{Cow, errno, stat_attr};
 use crate::sys::DirFd;
 use crate::upper::copy_up::CopyMode;
 use crate::upper::format::name_is_free;
-use crate::upper::{Flag, UpperEntry, remove_tree};
+use crate::upper::{Flag, Format, UpperEntry, remove_tree};
 use crate::view::{Attr, Caller, Fh, Ino, OpResult};
 
 /// Where a new entry goes: its parent's upper directory, and whether a lower entry of its
@@ -35,14 +38,23 @@ impl Cow {
         if !name_is_free(name.as_bytes()) {
             return Err(Errno::EINVAL);
         }
-        if self.resolve_child(&p, &ppath, name)?.is_some() {
+        // One descriptor of the parent's upper directory serves the whole creation.
+        let dir = match p.upper {
+            true => Some(self.upper_dir(&ppath)?),
+            false => None,
+        };
+        if self.resolve_child_in(&p, dir.as_ref(), name)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        if !p.upper {
-            self.ensure_upper(parent, CopyMode::Full)?;
-        }
+        let dir = match dir {
+            Some(d) => d,
+            None => {
+                self.ensure_upper(parent, CopyMode::Full)?;
+                self.upper_dir(&ppath)?
+            }
+        };
         Ok(Place {
-            dir: self.upper_dir(&ppath)?,
+            dir,
             hides_lower: self.lower_child(&p, name).is_some(),
         })
     }
@@ -56,7 +68,9 @@ impl Cow {
 
     /// Builds a new entry in the work directory with `make`, owns it, gives it permission
     /// bits `mode` (none for a symlink or a link), and moves it to `dir/name` (over a
-    /// whiteout if there is one).
+    /// whiteout if there is one; `hides_lower`: a lower entry of the name is whited out).
+    /// `make` may hand back the file it made open, which is then returned.
+    #[allow(clippy::too_many_arguments)]
     fn install(
         &self,
         dir: &DirFd,
@@ -64,46 +78,69 @@ impl Cow {
         who: Caller,
         opaque: bool,
         mode: Option<u32>,
-        make: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<()>,
-    ) -> OpResult<()> {
+        hides_lower: bool,
+        make: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
+    ) -> OpResult<Option<File>> {
         let work = self.upper.work();
         let tmp = self.upper.temp_name();
         let (uid, gid, sgid) = self.new_owner(dir, who)?;
         let built = (|| {
-            make(work, &tmp)?;
-            work.chown(&tmp, Some(uid), Some(gid))?;
-            if let Some(mode) = mode {
-                // Exactly the bits asked for: the kernel has applied the caller's umask, and
-                // the daemon's own must not apply again (chown has also dropped set-id bits).
-                let st = work.stat(Some(&tmp))?;
-                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                let inherit = if sgid && is_dir { libc::S_ISGID } else { 0 };
-                work.chmod(&tmp, (mode & 0o7777) | inherit)?;
+            let file = make(work, &tmp)?;
+            if let Some(f) = &file {
+                // Through the open file: no path to resolve again.
+                std::os::unix::fs::fchown(f, Some(uid), Some(gid))?;
+                if let Some(mode) = mode {
+                    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+                }
+            } else {
+                work.chown(&tmp, Some(uid), Some(gid))?;
+                if let Some(mode) = mode {
+                    // Exactly the bits asked for: the kernel has applied the caller's umask,
+                    // and the daemon's own must not apply again (chown has also dropped
+                    // set-id bits).
+                    let st = work.stat(Some(&tmp))?;
+                    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                    let inherit = if sgid && is_dir { libc::S_ISGID } else { 0 };
+                    work.chmod(&tmp, (mode & 0o7777) | inherit)?;
+                }
             }
             if opaque {
                 self.upper.set_flag(work, &tmp, Flag::Opaque, b"y")?;
             }
-            Ok(())
+            Ok(file)
         })();
-        let moved = built.and_then(|()| {
+        let moved = built.and_then(|file| {
+            // A name no lower entry has is usually free in the upper too: try that first.
+            // Kernel-format whiteouts stand at the name itself, so one left there anyway
+            // makes the rename fail and is dealt with below; the fallback format's stand
+            // beside it and are always looked for.
+            if !hides_lower && self.upper.format == Format::Kernel {
+                match work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    r => return r.map(|()| file),
+                }
+            }
             match self.upper.classify(dir, name)? {
                 UpperEntry::Whiteout { beside: false } => {
                     // Exchange with the whiteout, then drop it: the name never shows empty.
                     work.rename(&tmp, dir, name, libc::RENAME_EXCHANGE)?;
-                    work.unlink(&tmp, false)
+                    work.unlink(&tmp, false)?;
                 }
                 UpperEntry::Whiteout { beside: true } => {
                     work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE)?;
-                    self.upper.clear_whiteout(dir, name, true)
+                    self.upper.clear_whiteout(dir, name, true)?;
                 }
-                _ => work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE),
+                _ => work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE)?,
             }
+            Ok(file)
         });
-        if let Err(e) = moved {
-            let _ = remove_tree(work, &tmp);
-            return Err(errno(e));
+        match moved {
+            Ok(file) => Ok(file),
+            Err(e) => {
+                let _ = remove_tree(work, &tmp);
+                Err(errno(e))
+            }
         }
-        Ok(())
     }
 
     /// Registers a new entry and answers its attributes.
@@ -124,15 +161,16 @@ impl Cow {
         who: Caller,
         file_type: u32,
         mode: Option<u32>,
-        build: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<()>,
-    ) -> OpResult<(Attr, DirFd)> {
+        build: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
+    ) -> OpResult<(Attr, Option<File>)> {
         let at = self.prepare_new(parent, name)?;
         let dir = file_type == libc::S_IFDIR;
-        self.install(&at.dir, name, who, dir && at.hides_lower, mode, build)?;
+        let opaque = dir && at.hides_lower;
+        let file = self.install(&at.dir, name, who, opaque, mode, at.hides_lower, build)?;
         if dir {
             self.dirs_changed(parent);
         }
-        Ok((self.created(parent, name, file_type, &at.dir)?, at.dir))
+        Ok((self.created(parent, name, file_type, &at.dir)?, file))
     }
 
     /// Creates and opens a regular file.
@@ -141,25 +179,26 @@ impl Cow {
         parent: Ino,
         name: &[u8],
         mode: u32,
-        flags: i32,
+        _flags: i32,
         who: Caller,
     ) -> OpResult<(Attr, Fh)> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let (attr, dir) = self.make(parent, name, who, libc::S_IFREG, Some(mode), |w, tmp| {
-            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
-            w.open_file(tmp, flags, mode & 0o7777).map(drop)
+        // Made open for reading and writing, so the new file needs no second open: the
+        // kernel keeps to the access mode asked for.
+        let (attr, f) = self.make(parent, name, who, libc::S_IFREG, Some(mode), |w, tmp| {
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
+            w.open_file(tmp, flags, mode & 0o7777).map(Some)
         })?;
-        let keep = flags & (libc::O_ACCMODE | libc::O_TRUNC);
-        let f = dir.open_file(name, keep, 0).map_err(errno)?;
-        Ok((attr, self.new_handle(Handle::File(Arc::new(f)))?))
+        let f = f.ok_or(Errno::EIO)?;
+        Ok((attr, self.new_handle(attr.ino, Handle::File(Arc::new(f)))?))
     }
 
     /// Creates a directory (opaque where it replaces a deleted lower entry).
     pub(super) fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, who: Caller) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let build = |w: &DirFd, tmp: &OsStr| w.mkdir(tmp, mode & 0o7777);
+        let build = |w: &DirFd, tmp: &OsStr| w.mkdir(tmp, mode & 0o7777).map(|()| None);
         Ok(self
             .make(parent, name, who, libc::S_IFDIR, Some(mode), build)?
             .0)
@@ -176,7 +215,7 @@ impl Cow {
     ) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let build = |w: &DirFd, tmp: &OsStr| w.mknod(tmp, mode, rdev);
+        let build = |w: &DirFd, tmp: &OsStr| w.mknod(tmp, mode, rdev).map(|()| None);
         Ok(self
             .make(parent, name, who, mode & libc::S_IFMT, Some(mode), build)?
             .0)
@@ -192,7 +231,8 @@ impl Cow {
     ) -> OpResult<Attr> {
         let name = OsStr::from_bytes(name);
         let _change = self.change_names()?;
-        let build = |w: &DirFd, tmp: &OsStr| w.symlink(OsStr::from_bytes(target), tmp);
+        let build =
+            |w: &DirFd, tmp: &OsStr| w.symlink(OsStr::from_bytes(target), tmp).map(|()| None);
         Ok(self.make(parent, name, who, libc::S_IFLNK, None, build)?.0)
     }
 
@@ -205,19 +245,39 @@ impl Cow {
         who: Caller,
     ) -> OpResult<Attr> {
         let newname = OsStr::from_bytes(newname);
+        // A lower file is copied up whole, its data staged before `ns` is taken.
+        self.with_data_staged(ino, |staged| {
+            self.link_now(ino, newparent, newname, who, staged)
+        })
+    }
+
+    fn link_now(
+        &self,
+        ino: Ino,
+        newparent: Ino,
+        newname: &OsStr,
+        who: Caller,
+        staged: Option<Prepared<'_>>,
+    ) -> OpResult<Attr> {
         let _change = self.change_names()?;
         let i = self.inode(ino)?;
         if i.is_dir() {
             return Err(Errno::EPERM);
         }
-        self.ensure_upper(ino, CopyMode::Full)?;
+        self.ensure_upper_with(ino, CopyMode::Full, staged)?;
         let src_path = self.path_of(ino)?;
         let (sdir, sname) = self.split(&src_path)?;
         let sname = sname.ok_or(Errno::EPERM)?.to_os_string();
         let at = self.prepare_new(newparent, newname)?;
-        self.install(&at.dir, newname, who, false, None, |w, tmp| {
-            w.link(&sdir, &sname, tmp)
-        })?;
+        self.install(
+            &at.dir,
+            newname,
+            who,
+            false,
+            None,
+            at.hides_lower,
+            |w, tmp| w.link(&sdir, &sname, tmp).map(|()| None),
+        )?;
         let ust = at.dir.stat(Some(newname)).map_err(errno)?;
         let key = (newparent, newname.to_os_string());
         self.write_inodes()?.linked(key, ino, ust.st_ino);

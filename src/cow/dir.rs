@@ -122,7 +122,7 @@ impl Cow {
         if i.unlinked {
             return Err(Errno::ENOENT);
         }
-        self.new_handle(Handle::Dir(None))
+        self.new_handle(ino, Handle::Dir(None))
     }
 
     /// Takes a snapshot of a directory's merged listing.

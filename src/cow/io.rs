@@ -30,11 +30,14 @@ pub(super) enum Handle {
 /// A directory's entries: `(name, inode, S_IFMT bits)`.
 pub(super) type Listing = Vec<(OsString, Ino, u32)>;
 
-/// The open handles, numbered from 1 ([`Fh::NONE`] is no handle).
+/// The open handles, numbered from 1 ([`Fh::NONE`] is no handle), each with its inode.
 #[derive(Default)]
 pub(super) struct Handles {
     last: u64,
-    map: HashMap<Fh, Handle>,
+    map: HashMap<Fh, (Ino, Handle)>,
+    /// Open file handles per inode: only an inode with some needs to keep what it was once
+    /// its last name goes (see [`Cow::last_attr`]).
+    files: HashMap<Ino, u32>,
 }
 
 impl Cow {
@@ -76,7 +79,7 @@ impl Cow {
             if flags & libc::O_TRUNC != 0 && who.uid != 0 {
                 kill_privs(&f)?;
             }
-            self.new_handle(Handle::File(Arc::new(f)))
+            self.new_handle(ino, Handle::File(Arc::new(f)))
         })();
         drop(ns);
         if copied {
@@ -97,13 +100,21 @@ impl Cow {
         })
     }
 
-    /// Keeps a new handle.
-    pub(super) fn new_handle(&self, h: Handle) -> OpResult<Fh> {
+    /// Keeps a new handle of `ino`.
+    pub(super) fn new_handle(&self, ino: Ino, h: Handle) -> OpResult<Fh> {
         let mut hs = lock(&self.handles)?;
         hs.last += 1;
         let fh = Fh(hs.last);
-        hs.map.insert(fh, h);
+        if matches!(h, Handle::File(_)) {
+            *hs.files.entry(ino).or_default() += 1;
+        }
+        hs.map.insert(fh, (ino, h));
         Ok(fh)
+    }
+
+    /// Whether `ino` has open file handles.
+    pub(super) fn has_open_files(&self, ino: Ino) -> OpResult<bool> {
+        Ok(lock(&self.handles)?.files.contains_key(&ino))
     }
 
     /// The upper file behind an open handle, if it is one.
@@ -114,8 +125,8 @@ impl Cow {
     /// The upper file behind a handle; `EISDIR` for a directory's.
     pub(super) fn file_handle(&self, fh: Fh) -> OpResult<Option<Arc<File>>> {
         match lock(&self.handles)?.map.get(&fh) {
-            Some(Handle::File(f)) => Ok(Some(f.clone())),
-            Some(Handle::Dir(_)) => Err(Errno::EISDIR),
+            Some((_, Handle::File(f))) => Ok(Some(f.clone())),
+            Some((_, Handle::Dir(_))) => Err(Errno::EISDIR),
             None => Ok(None),
         }
     }
@@ -123,7 +134,7 @@ impl Cow {
     /// The listing behind a directory handle, if taken yet.
     pub(super) fn dir_handle(&self, fh: Fh) -> OpResult<Option<Arc<Listing>>> {
         match lock(&self.handles)?.map.get(&fh) {
-            Some(Handle::Dir(items)) => Ok(items.clone()),
+            Some((_, Handle::Dir(items))) => Ok(items.clone()),
             _ => Err(Errno::EBADF),
         }
     }
@@ -132,8 +143,8 @@ impl Cow {
     /// readdir of the same handle stands.
     pub(super) fn keep_listing(&self, fh: Fh, items: Arc<Listing>) -> OpResult<Arc<Listing>> {
         match lock(&self.handles)?.map.get_mut(&fh) {
-            Some(Handle::Dir(Some(kept))) => Ok(kept.clone()),
-            Some(Handle::Dir(slot)) => Ok(slot.insert(items).clone()),
+            Some((_, Handle::Dir(Some(kept)))) => Ok(kept.clone()),
+            Some((_, Handle::Dir(slot))) => Ok(slot.insert(items).clone()),
             _ => Err(Errno::EBADF),
         }
     }
@@ -141,7 +152,14 @@ impl Cow {
     /// Closes a handle.
     pub(super) fn release(&self, fh: Fh) {
         if let Ok(mut hs) = self.handles.lock() {
-            hs.map.remove(&fh);
+            if let Some((ino, Handle::File(_))) = hs.map.remove(&fh) {
+                if let std::collections::hash_map::Entry::Occupied(mut n) = hs.files.entry(ino) {
+                    *n.get_mut() -= 1;
+                    if *n.get() == 0 {
+                        n.remove();
+                    }
+                }
+            }
         }
     }
 

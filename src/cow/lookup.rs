@@ -92,12 +92,25 @@ impl Cow {
         ppath: &[u8],
         name: &OsStr,
     ) -> OpResult<Option<Child>> {
+        let dir = match parent.upper {
+            true => Some(self.upper_dir(ppath)?),
+            false => None,
+        };
+        self.resolve_child_in(parent, dir.as_ref(), name)
+    }
+
+    /// [`Cow::resolve_child`] with the parent's upper directory already open (`None` when
+    /// the parent has no upper entry).
+    pub(super) fn resolve_child_in(
+        &self,
+        parent: &Inode,
+        dir: Option<&DirFd>,
+        name: &OsStr,
+    ) -> OpResult<Option<Child>> {
         let tree = self.tree();
-        let up = if parent.upper {
-            let d = self.upper_dir(ppath)?;
-            self.upper.classify(&d, name).map_err(errno)?
-        } else {
-            UpperEntry::Absent
+        let up = match dir {
+            Some(d) if parent.upper => self.upper.classify(d, name).map_err(errno)?,
+            _ => UpperEntry::Absent,
         };
         let whiteout = Role::Whiteout;
         let (role, stat) = match &up {

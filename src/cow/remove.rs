@@ -40,7 +40,14 @@ impl Cow {
         let _change = self.change_names()?;
         let p = self.inode(parent)?;
         let ppath = self.path_of(parent)?;
-        let c = self.resolve_child(&p, &ppath, name)?.ok_or(Errno::ENOENT)?;
+        // One descriptor of the parent's upper directory serves the whole removal.
+        let mut dir = match p.upper {
+            true => Some(self.upper_dir(&ppath)?),
+            false => None,
+        };
+        let c = self
+            .resolve_child_in(&p, dir.as_ref(), name)?
+            .ok_or(Errno::ENOENT)?;
         let is_dir = c.file_type == libc::S_IFDIR;
         if want_dir && !is_dir {
             return Err(Errno::ENOTDIR);
@@ -67,12 +74,17 @@ impl Cow {
         }
         // What it answers once unlinked, for open files: taken while its entry is there.
         let last = self.last_attr(ino, &join(&ppath, name));
-        let dir = self.upper_dir(&ppath)?;
+        let dir = match dir.take() {
+            Some(d) => d,
+            None => self.upper_dir(&ppath)?,
+        };
         if self.lower_child(&p, name).is_some() {
             self.upper.whiteout(&dir, name).map_err(errno)?;
-        } else if c.upper {
+        } else if c.upper && is_dir {
             // Only whiteouts can be left in an empty merged directory's upper copy.
             remove_tree(&dir, name).map_err(errno)?;
+        } else if c.upper {
+            dir.unlink(name, false).map_err(errno)?;
         }
         if is_dir {
             self.dirs_changed(parent);
@@ -88,6 +100,12 @@ impl Cow {
     /// answers for itself).
     pub(super) fn last_attr(&self, ino: Ino, path: &[u8]) -> Option<Last> {
         let i = self.inode(ino).ok().filter(|i| i.upper)?;
+        // Only open descriptors reach an unlinked inode. Files are opened holding `ns`, as
+        // every caller here does, so a file without open handles now has none once its name
+        // goes; directories are opened without it, and always keep what they were.
+        if !i.is_dir() && !self.has_open_files(ino).unwrap_or(true) {
+            return None;
+        }
         let attr = self.attr(ino, &i, path).ok()?;
         let file = match self.split(path) {
             Ok((dir, Some(name))) if !i.is_dir() => dir.open_file(name, libc::O_PATH, 0).ok(),

@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 
+use super::copy::Prepared;
 use super::inodes::{Child, Inode};
 use super::{Cow, errno, join};
 use crate::sys::DirFd;
@@ -112,9 +113,51 @@ impl Cow {
             // A name the upper's format reserves, as for a new entry.
             return Err(Errno::EINVAL);
         }
-        let (name, newname) = (OsStr::from_bytes(name), OsStr::from_bytes(newname));
+        let (from, to) = (
+            (parent, OsStr::from_bytes(name)),
+            (newparent, OsStr::from_bytes(newname)),
+        );
+        // A lower file moves copied up whole: its data is staged before `ns` is taken.
+        match self.file_to_stage(from) {
+            Some(ino) => self.with_data_staged(ino, |staged| {
+                self.rename_now(how, from, to, staged.map(|s| (ino, s)))
+            }),
+            None => self.rename_now(how, from, to, None),
+        }
+    }
+
+    /// The inode at `from` if it is a file whose move copies data up (one with a lower
+    /// node: without an upper entry yet, or maybe a metadata-only one), found without `ns`.
+    /// Errors are left for the rename itself to meet and answer.
+    fn file_to_stage(&self, (parent, name): (Ino, &OsStr)) -> Option<Ino> {
+        let c = self
+            .stable(|| {
+                let p = self.inode(parent)?;
+                if !p.is_dir() {
+                    return Ok(None);
+                }
+                self.resolve_child(&p, &self.path_of(parent)?, name)
+            })
+            .ok()
+            .flatten()?;
+        if c.file_type != libc::S_IFREG || c.lower.is_none() {
+            return None;
+        }
+        self.register(parent, name, &c, false).ok()
+    }
+
+    /// The rename, holding `ns`; `staged`: the source's data copy made ahead, for the inode
+    /// it was made for.
+    fn rename_now(
+        &self,
+        how: How,
+        from: (Ino, &OsStr),
+        to: (Ino, &OsStr),
+        staged: Option<(Ino, Prepared<'_>)>,
+    ) -> OpResult<()> {
+        let newname = to.1;
         let _change = self.change_names()?;
-        let Some(r) = self.rename_check(how, (parent, name), (newparent, newname))? else {
+        let Some(r) = self.rename_check(how, from, to)? else {
             return Ok(());
         };
         // What a replaced target answers once unlinked, for open files.
@@ -125,7 +168,9 @@ impl Cow {
             }
             _ => None,
         };
-        self.rename_move(&r)?;
+        // Used only if the name still leads to the inode it was made for.
+        let staged = staged.and_then(|(ino, s)| (ino == r.src.1).then_some(s));
+        self.rename_move(&r, staged)?;
         self.rename_rebind(&r)?;
         if let Some((d, last)) = replaced {
             self.write_inodes()?.remember(d, last);
@@ -176,14 +221,14 @@ impl Cow {
     /// Moves the entries in the upper directory: both parents and the moving entries copied
     /// up, then one rename, then the redirects, opaque flags and whiteouts that keep the
     /// merged view what it was with the names swapped.
-    fn rename_move(&self, r: &Rename<'_>) -> OpResult<()> {
+    fn rename_move(&self, r: &Rename<'_>, staged: Option<Prepared<'_>>) -> OpResult<()> {
         let [(p, ppath), (np, nppath)] = &r.dirs;
         let ((name, newname), (src, sino)) = ((r.from.1, r.to.1), r.src);
         self.ensure_upper(r.from.0, CopyMode::Full)?;
         self.ensure_upper(r.to.0, CopyMode::Full)?;
-        self.prepare_move(sino, &src)?;
+        self.prepare_move(sino, &src, staged)?;
         if let (How::Exchange, Some((dc, d))) = (r.how, &r.dst) {
-            self.prepare_move(*d, dc)?;
+            self.prepare_move(*d, dc, None)?;
         }
         let (sdir, ddir) = (self.upper_dir(ppath)?, self.upper_dir(nppath)?);
         let lower_at_src = self.lower_child(p, name).is_some();
@@ -246,12 +291,12 @@ impl Cow {
         Ok(())
     }
 
-    /// Copies up an entry about to move: files fully (a metadata-only copy's data is found by
+    /// Copies up an entry about to move (with the data copy staged for it, if any): files fully (a metadata-only copy's data is found by
     /// its path, which is about to change), directories alone (their children stay below).
-    fn prepare_move(&self, ino: Ino, c: &Child) -> OpResult<()> {
+    fn prepare_move(&self, ino: Ino, c: &Child, staged: Option<Prepared<'_>>) -> OpResult<()> {
         if c.file_type != libc::S_IFDIR {
             // Whole, and under all its names if it is a lower hard link.
-            return self.ensure_upper(ino, CopyMode::Full);
+            return self.ensure_upper_with(ino, CopyMode::Full, staged);
         }
         if !c.upper {
             self.mark_parents_upper(self.inode(ino)?.parent)?;

@@ -469,3 +469,104 @@ fn cow_racing_copy_ups_of_one_file_make_one_upper_file() {
         "{reads} reads for one copy of {per_copy}"
     );
 }
+
+/// An upper file unlinked while open still answers `fstat` (a getattr without a handle) as
+/// it is now, writes through the open handle included; one unlinked with nothing open keeps
+/// nothing of what it was.
+#[test]
+fn cow_unlinked_file_answers_through_its_open_handles_only() {
+    let t = tempfile::tempdir().unwrap();
+    let cow = view(t.path(), tree_with_data(t.path(), &[("d", None)]), |_| {});
+    let d = cow.lookup(Ino::ROOT, b"d").unwrap().ino;
+    let (open, fh) = cow.create(d, b"open", 0o640, libc::O_RDWR, ROOT).unwrap();
+    let (closed, cfh) = cow.create(d, b"closed", 0o644, libc::O_RDWR, ROOT).unwrap();
+    cow.release(cfh);
+    assert!(cow.has_open_files(open.ino).unwrap());
+    assert!(!cow.has_open_files(closed.ino).unwrap());
+    cow.unlink(d, b"open").unwrap();
+    cow.unlink(d, b"closed").unwrap();
+    cow.write(fh, 0, b"written after", false, false).unwrap();
+    let a = cow.getattr(open.ino, None).unwrap();
+    assert_eq!((a.nlink, a.size, a.mode & 0o7777), (0, 13, 0o640));
+    let kept = |ino| cow.read_inodes().unwrap().get(ino).unwrap().last.is_some();
+    assert!(kept(open.ino) && !kept(closed.ino));
+    cow.release(fh);
+    assert!(!cow.has_open_files(open.ino).unwrap());
+    assert_eq!(names(&cow, d), [".", ".."]);
+}
+
+/// A rename of a lower file copies its data before taking the namespace lock: while the
+/// copy waits at the gate, creates go on; a writer opening the file meanwhile makes no copy
+/// of its own and writes to the file under its new name.
+#[test]
+fn cow_rename_of_a_lower_file_racing_a_writer_makes_one_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let data = vec![b'r'; 200_000];
+    let (cow, gate) = gated_view(t.path(), &[("d", None), ("d/f", Some(&data))]);
+    let d = cow.lookup(Ino::ROOT, b"d").unwrap().ino;
+    let f = cow.lookup(d, b"f").unwrap().ino;
+    let fh = std::thread::scope(|s| {
+        let renamer = s.spawn(|| cow.rename(d, b"f", Ino::ROOT, b"g", 0));
+        gate.wait_reading();
+        let writer = s.spawn(|| cow.open(f, libc::O_RDWR, ROOT));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cow = &cow;
+        s.spawn(move || {
+            let made = cow.create(d, b"new", 0o644, libc::O_WRONLY, ROOT);
+            if let Ok((_, fh)) = &made {
+                cow.release(*fh);
+            }
+            let _ = tx.send(made.map(|_| ()));
+        });
+        // Fails (rather than hangs) if the copy holds the namespace lock.
+        let made = rx.recv_timeout(HUNG);
+        gate.open();
+        assert_eq!(made, Ok(Ok(())));
+        assert_eq!(renamer.join().unwrap(), Ok(()));
+        writer.join().unwrap().unwrap()
+    });
+    cow.write(fh, 0, b"R", false, false).unwrap();
+    cow.release(fh);
+    let up = t.path().join("upper");
+    let mut want = data.clone();
+    want[0] = b'R';
+    assert!(std::fs::read(up.join("g")).unwrap() == want);
+    assert!(up.join("d/new").is_file());
+    assert_eq!(cow.lookup(Ino::ROOT, b"g").unwrap().ino, f);
+    assert_eq!(cow.lookup(d, b"f").map(|a| a.ino), Err(Errno::ENOENT));
+    assert_eq!(std::fs::read_dir(t.path().join("work")).unwrap().count(), 0);
+    let reads = gate.state.lock().unwrap().0;
+    let per_copy = data.len().div_ceil(8192) as u32;
+    assert!(
+        reads <= per_copy + 1,
+        "{reads} reads for one copy of {per_copy}"
+    );
+}
+
+/// A hard link to a lower file copies its data before taking the namespace lock.
+#[test]
+fn cow_link_of_a_lower_file_copies_without_the_namespace_lock() {
+    let t = tempfile::tempdir().unwrap();
+    let data = vec![b'l'; 200_000];
+    let (cow, gate) = gated_view(t.path(), &[("f", Some(&data))]);
+    let f = cow.lookup(Ino::ROOT, b"f").unwrap().ino;
+    std::thread::scope(|s| {
+        let linker = s.spawn(|| cow.link(f, Ino::ROOT, b"h", ROOT));
+        gate.wait_reading();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cow = &cow;
+        s.spawn(move || {
+            let _ = tx.send(cow.mkdir(Ino::ROOT, b"d", 0o755, ROOT).map(|_| ()));
+        });
+        let made = rx.recv_timeout(HUNG);
+        gate.open();
+        assert_eq!(made, Ok(Ok(())));
+        assert_eq!(linker.join().unwrap().map(|a| (a.ino, a.nlink)), Ok((f, 2)));
+    });
+    let up = t.path().join("upper");
+    assert!(std::fs::read(up.join("h")).unwrap() == data);
+    use std::os::unix::fs::MetadataExt;
+    let ino = |n: &str| std::fs::metadata(up.join(n)).unwrap().ino();
+    assert_eq!(ino("f"), ino("h"));
+    assert_eq!(std::fs::read_dir(t.path().join("work")).unwrap().count(), 0);
+}
