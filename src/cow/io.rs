@@ -35,8 +35,8 @@ pub(super) type Listing = Vec<(OsString, Ino, u32)>;
 pub(super) struct Handles {
     last: u64,
     map: HashMap<Fh, (Ino, Handle)>,
-    /// Open file handles per inode: only an inode with some needs to keep what it was once
-    /// its last name goes (see [`Cow::last_attr`]).
+    /// Open file handles per inode: an inode losing its last name keeps one's file instead
+    /// of opening its own (see [`Cow::last_attr`]).
     files: HashMap<Ino, u32>,
 }
 
@@ -112,9 +112,16 @@ impl Cow {
         Ok(fh)
     }
 
-    /// Whether `ino` has open file handles.
-    pub(super) fn has_open_files(&self, ino: Ino) -> OpResult<bool> {
-        Ok(lock(&self.handles)?.files.contains_key(&ino))
+    /// The upper file of one of `ino`'s open file handles, if it has any.
+    pub(super) fn open_file_of(&self, ino: Ino) -> Option<Arc<File>> {
+        let hs = self.handles.lock().ok()?;
+        if !hs.files.contains_key(&ino) {
+            return None;
+        }
+        hs.map.values().find_map(|(i, h)| match h {
+            Handle::File(f) if *i == ino => Some(f.clone()),
+            _ => None,
+        })
     }
 
     /// The upper file behind an open handle, if it is one.

@@ -291,7 +291,7 @@ impl Cow {
 }
 
 /// Attributes of an open file, from its descriptor.
-fn meta_attr(ino: Ino, m: &std::fs::Metadata) -> Attr {
+pub(super) fn meta_attr(ino: Ino, m: &std::fs::Metadata) -> Attr {
     use std::os::unix::fs::MetadataExt;
     Attr {
         ino,

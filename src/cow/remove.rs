@@ -10,7 +10,9 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use super::inodes::Last;
+use super::lookup::meta_attr;
 use super::{Cow, errno, join};
+use crate::sys::DirFd;
 use crate::upper::copy_up::CopyMode;
 use crate::upper::remove_tree;
 use crate::view::{Ino, OpResult};
@@ -72,12 +74,12 @@ impl Cow {
             // index=on keeps reporting the lower count).
             self.ensure_upper(ino, CopyMode::Full)?;
         }
-        // What it answers once unlinked, for open files: taken while its entry is there.
-        let last = self.last_attr(ino, &join(&ppath, name));
         let dir = match dir.take() {
             Some(d) => d,
             None => self.upper_dir(&ppath)?,
         };
+        // What it answers once unlinked, for open files: taken while its entry is there.
+        let last = self.last_attr(ino, Some(&dir), &join(&ppath, name));
         if self.lower_child(&p, name).is_some() {
             self.upper.whiteout(&dir, name).map_err(errno)?;
         } else if c.upper && is_dir {
@@ -95,25 +97,33 @@ impl Cow {
         Ok(())
     }
 
-    /// `ino`'s upper entry at `path` as it is before a change may take its last name: its
-    /// attributes and the file itself (`None` when it has no upper entry: a lower node
-    /// answers for itself).
-    pub(super) fn last_attr(&self, ino: Ino, path: &[u8]) -> Option<Last> {
-        let i = self.inode(ino).ok().filter(|i| i.upper)?;
-        // Only open descriptors reach an unlinked inode. Files are opened holding `ns`, as
-        // every caller here does, so a file without open handles now has none once its name
-        // goes; directories are opened without it, and always keep what they were.
-        if !i.is_dir() && !self.has_open_files(ino).unwrap_or(true) {
-            return None;
+    /// `ino`'s upper entry at `path` (in `dir`, its parent's upper directory, if open) as it
+    /// is before a change may take its last name: its attributes and, for a file, the file
+    /// itself (`None` when it has no upper entry: a lower node answers for itself).
+    pub(super) fn last_attr(&self, ino: Ino, dir: Option<&DirFd>, path: &[u8]) -> Option<Last> {
+        let i = self.inode(ino).ok().filter(|i| i.upper && i.names <= 1)?;
+        if i.is_dir() {
+            // A directory answers as it was, merged link count included.
+            let attr = self.attr(ino, &i, path).ok()?;
+            return Some(Last { attr, file: None });
         }
-        let attr = self.attr(ino, &i, path).ok()?;
-        let file = match self.split(path) {
-            Ok((dir, Some(name))) if !i.is_dir() => dir.open_file(name, libc::O_PATH, 0).ok(),
-            _ => None,
+        // Descriptors the daemon never hears of (`O_PATH` ones) may still reach the file, so
+        // it is kept whether or not it is open; an open handle already holds it.
+        let file = match self.open_file_of(ino) {
+            Some(f) => f,
+            None => {
+                let name = OsStr::from_bytes(path.rsplit(|&b| b == b'/').next()?);
+                let opened = match dir {
+                    Some(d) => d.open_file(name, libc::O_PATH, 0),
+                    None => self.split(path).ok()?.0.open_file(name, libc::O_PATH, 0),
+                };
+                Arc::new(opened.ok()?)
+            }
         };
+        let attr = meta_attr(ino, &file.metadata().ok()?);
         Some(Last {
             attr,
-            file: file.map(Arc::new),
+            file: Some(file),
         })
     }
 }

@@ -164,7 +164,7 @@ impl Cow {
         let replaced = match (&r.dst, r.how) {
             (Some((_, d)), How::Replace) => {
                 let path = join(&r.dirs[1].1, newname);
-                Some((*d, self.last_attr(*d, &path)))
+                Some((*d, self.last_attr(*d, None, &path)))
             }
             _ => None,
         };
