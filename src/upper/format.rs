@@ -217,13 +217,14 @@ impl EntryStat {
     }
 
     /// Whether the entry's private attributes can change its role: only directories,
-    /// regular files and character devices have any that matter, so a reader may skip
-    /// reading the others'.
+    /// regular files and character devices other than 0/0 (a whiteout whatever it
+    /// carries) have any that matter, so a reader may skip reading the others'.
     pub fn reads_xattrs(&self) -> bool {
-        matches!(
-            self.file_type(),
-            libc::S_IFDIR | libc::S_IFREG | libc::S_IFCHR
-        )
+        match self.file_type() {
+            libc::S_IFDIR | libc::S_IFREG => true,
+            libc::S_IFCHR => self.rdev != 0,
+            _ => false,
+        }
     }
 
     /// Whether the entry may be a whiteout at all (a reader listing a directory needs to

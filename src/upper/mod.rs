@@ -417,11 +417,12 @@ impl Upper {
                 Name::Entry => {
                     // Only whether it is a whiteout matters here; most entries cannot be.
                     let facts = entry_stat(&st, false);
+                    let xattrs = match facts.reads_xattrs() {
+                        true => self.private_xattrs(dir, name)?,
+                        false => Vec::new(),
+                    };
                     let wh = facts.may_be_whiteout()
-                        && matches!(
-                            format::classify(&facts, &self.private_xattrs(dir, name)?),
-                            Ok(Role::Whiteout)
-                        );
+                        && matches!(format::classify(&facts, &xattrs), Ok(Role::Whiteout));
                     out.push((name.clone(), wh));
                 }
             }
