@@ -229,9 +229,9 @@ impl View for Cow {
             kills_privs: true,
             // File handles carry the upper files.
             stateless_open: false,
-            // Listings are kept by the number their offsets carry, not by handle: a walk
-            // costs no opendir and releasedir round trips, and the kernel still caches
-            // listings (the changes it does not see itself never touch a listing).
+            // Listing snapshots are found by the number their offsets carry, not by handle
+            // (see `dir`): a walk costs no opendir and releasedir round trips, and the
+            // kernel still caches listings.
             stateless_opendir: true,
             keep_cache: false,
             // Handleless opens read a lower file's data, which never changes; its pages go
