@@ -6,7 +6,6 @@
 //! copied up later. I/O on a handle takes the handle lock only to find the file.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -17,27 +16,20 @@ use super::attr::{CAPABILITY_XATTR, kill_privs};
 use super::{Cow, errno, lock};
 use crate::view::{Caller, Fh, Ino, OpResult};
 
-/// An open file or directory.
+/// An open file (directories need no handle: see [`super::dir`]).
 pub(super) enum Handle {
     /// A file of the upper layer.
     File(Arc<File>),
-    /// A directory listing, taken at the first readdir (so an opendir served from the
-    /// kernel's cached listing costs nothing) and kept, so offsets stay valid while the
-    /// directory changes.
-    Dir(Option<Arc<Listing>>),
 }
-
-/// A directory's entries: `(name, inode, S_IFMT bits)`.
-pub(super) type Listing = Vec<(OsString, Ino, u32)>;
 
 /// The open handles, numbered from 1 ([`Fh::NONE`] is no handle), each with its inode.
 #[derive(Default)]
 pub(super) struct Handles {
     last: u64,
     map: HashMap<Fh, (Ino, Handle)>,
-    /// Open file handles per inode: an inode losing its last name keeps one's file instead
-    /// of opening its own (see [`Cow::last_attr`]).
-    files: HashMap<Ino, u32>,
+    /// Open handles per inode: an inode losing its last name keeps one's file instead of
+    /// opening its own (see [`Cow::last_attr`]).
+    open: HashMap<Ino, u32>,
 }
 
 impl Cow {
@@ -105,23 +97,20 @@ impl Cow {
         let mut hs = lock(&self.handles)?;
         hs.last += 1;
         let fh = Fh(hs.last);
-        if matches!(h, Handle::File(_)) {
-            *hs.files.entry(ino).or_default() += 1;
-        }
+        *hs.open.entry(ino).or_default() += 1;
         hs.map.insert(fh, (ino, h));
         Ok(fh)
     }
 
-    /// The upper file of one of `ino`'s open file handles, if it has any.
+    /// The upper file of one of `ino`'s open handles, if it has any.
     pub(super) fn open_file_of(&self, ino: Ino) -> Option<Arc<File>> {
         let hs = self.handles.lock().ok()?;
-        if !hs.files.contains_key(&ino) {
+        if !hs.open.contains_key(&ino) {
             return None;
         }
-        hs.map.values().find_map(|(i, h)| match h {
-            Handle::File(f) if *i == ino => Some(f.clone()),
-            _ => None,
-        })
+        hs.map
+            .values()
+            .find_map(|(i, Handle::File(f))| (*i == ino).then(|| f.clone()))
     }
 
     /// The upper file behind an open handle, if it is one.
@@ -133,34 +122,15 @@ impl Cow {
     pub(super) fn file_handle(&self, fh: Fh) -> OpResult<Option<Arc<File>>> {
         match lock(&self.handles)?.map.get(&fh) {
             Some((_, Handle::File(f))) => Ok(Some(f.clone())),
-            Some((_, Handle::Dir(_))) => Err(Errno::EISDIR),
             None => Ok(None),
-        }
-    }
-
-    /// The listing behind a directory handle, if taken yet.
-    pub(super) fn dir_handle(&self, fh: Fh) -> OpResult<Option<Arc<Listing>>> {
-        match lock(&self.handles)?.map.get(&fh) {
-            Some((_, Handle::Dir(items))) => Ok(items.clone()),
-            _ => Err(Errno::EBADF),
-        }
-    }
-
-    /// Keeps a listing just taken for a directory handle; one taken meanwhile by another
-    /// readdir of the same handle stands.
-    pub(super) fn keep_listing(&self, fh: Fh, items: Arc<Listing>) -> OpResult<Arc<Listing>> {
-        match lock(&self.handles)?.map.get_mut(&fh) {
-            Some((_, Handle::Dir(Some(kept)))) => Ok(kept.clone()),
-            Some((_, Handle::Dir(slot))) => Ok(slot.insert(items).clone()),
-            _ => Err(Errno::EBADF),
         }
     }
 
     /// Closes a handle.
     pub(super) fn release(&self, fh: Fh) {
         if let Ok(mut hs) = self.handles.lock() {
-            if let Some((ino, Handle::File(_))) = hs.map.remove(&fh) {
-                if let std::collections::hash_map::Entry::Occupied(mut n) = hs.files.entry(ino) {
+            if let Some((ino, _)) = hs.map.remove(&fh) {
+                if let std::collections::hash_map::Entry::Occupied(mut n) = hs.open.entry(ino) {
                     *n.get_mut() -= 1;
                     if *n.get() == 0 {
                         n.remove();
