@@ -9,9 +9,9 @@
 //!
 //! A data copy (the one slow part) is staged in the work directory before `ns` is taken
 //! ([`Cow::lock_with_data_up`] for writes, [`Cow::with_data_staged`] for renames and links),
-//! under the inode's copy lock only, so racing writers make one
-//! copy and the rest of the mount stays usable meanwhile; `ns` is held only to rename the
-//! copy into place and record it.
+//! under the inode's copy lock only, so racing writers make one copy and the rest of the
+//! mount stays usable meanwhile; `ns` is held only to rename the copy into place and record
+//! it.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
