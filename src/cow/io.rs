@@ -3,7 +3,10 @@
 //! Opening to write copies the file up first, and the handle holds the upper file. A
 //! read-only open of a file still in the lower layer (or a metadata-only copy) holds nothing
 //! ([`Fh::NONE`]): reads follow the inode, so the descriptor keeps seeing one file when it is
-//! copied up later. I/O on a handle takes the handle lock only to find the file.
+//! copied up later. A big lower file is read as on a read-only mount, from a copy of its data
+//! in the cache once one is made ([`crate::view::LowerView`]); while such opens are passed
+//! through, the file's data waits for them to close (`ETXTBSY`, see `fuse::backing`). I/O on
+//! a handle takes the handle lock only to find the file.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -15,7 +18,7 @@ use nix::errno::Errno;
 
 use super::attr::{CAPABILITY_XATTR, kill_privs};
 use super::{Cow, errno, lock};
-use crate::view::{Caller, Fh, Ino, OpResult};
+use crate::view::{Caller, Fh, Ino, OpResult, View};
 
 /// An open file or directory.
 pub(super) enum Handle {
@@ -83,6 +86,20 @@ impl Cow {
             self.invalidate(ino);
         }
         opened
+    }
+
+    /// For a handleless open (data still lower): the lower view's file of that data for
+    /// passthrough, if it has one yet (see [`crate::view::LowerView`]: made in the background
+    /// once a big file has been read through the daemon).
+    pub(super) fn lower_backing(&self, ino: Ino) -> Option<OpResult<Arc<File>>> {
+        let id = self
+            .stable(|| {
+                let i = self.inode(ino)?;
+                let lower = !i.upper || self.is_metacopy(ino)?;
+                Ok(i.lower.filter(|_| lower && i.file_type == libc::S_IFREG))
+            })
+            .ok()??;
+        View::backing_file(&self.lower, Ino::of(id), Fh::NONE)
     }
 
     /// Whether an open handle may be given to the kernel (passthrough): not for set-id or
@@ -164,10 +181,11 @@ impl Cow {
         })?;
         match upper {
             Ok(f) => pread(&f, offset, size),
-            Err(i) => {
-                let data = self.lower_data(&i)?;
-                self.lower.read_data(&data, offset, size)
-            }
+            // Counted by the lower view towards a passthrough copy of a big file.
+            Err(i) => match i.lower {
+                Some(id) => self.lower.read(Ino::of(id), offset, size),
+                None => Err(Errno::EIO),
+            },
         }
     }
 

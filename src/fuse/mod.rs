@@ -188,6 +188,9 @@ impl Filesystem for Fuse {
             size,
             times: (atime.is_some() || mtime.is_some()).then(|| [timespec(atime), timespec(mtime)]),
         };
+        if size.is_some() && self.backing.busy(ino(i)) {
+            return reply.error(FErrno::ETXTBSY);
+        }
         let fh = fh.map(|h| Fh(h.0));
         reply_attr(self.view.setattr(ino(i), &set, fh, caller(req)), reply);
     }
@@ -305,6 +308,10 @@ impl Filesystem for Fuse {
 
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={}, flags={:#o})", i.0, flags.0);
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if writing && self.backing.busy(ino(i)) {
+            return reply.error(FErrno::ETXTBSY);
+        }
         let fh = match self.view.open(ino(i), flags.0, caller(req)) {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(e)),
@@ -312,9 +319,13 @@ impl Filesystem for Fuse {
         if self.no_open.load(Ordering::Relaxed) {
             return reply.error(FErrno::ENOSYS);
         }
-        let modes = self
+        let opened = self
             .backing
-            .open(&*self.view, ino(i), fh, |f| reply.open_backing(f));
+            .open(&*self.view, ino(i), fh, writing, |f| reply.open_backing(f));
+        let Some(modes) = opened else {
+            self.view.release(fh);
+            return reply.error(FErrno::ETXTBSY);
+        };
         match modes.id(ino(i)) {
             Some(id) => reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), id),
             None => reply.opened(FileHandle(fh.0), self.cached_open(fh)),
@@ -350,9 +361,13 @@ impl Filesystem for Fuse {
                 return reply.error(errno(e));
             }
         };
-        let modes = self
+        let opened = self
             .backing
-            .open(&*self.view, a.ino, fh, |f| reply.open_backing(f));
+            .open(&*self.view, a.ino, fh, true, |f| reply.open_backing(f));
+        let Some(modes) = opened else {
+            self.view.release(fh);
+            return reply.error(FErrno::ETXTBSY);
+        };
         let (h, g) = (FileHandle(fh.0), Generation(0));
         match modes.id(a.ino) {
             Some(id) => reply.created_passthrough(&TTL, &attr, g, h, FopenFlags::empty(), id),
