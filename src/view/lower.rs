@@ -64,7 +64,13 @@ pub struct LowerView {
     /// added to as copies are made, so an open of a file without one looks nothing up in
     /// the cache (a cold open would wait on the disk for it).
     present: Arc<Mutex<HashSet<(u16, u64)>>>,
+    /// Whether any entry of the image carries an SELinux label (see [`LowerView::getxattr`]),
+    /// found on the first request for one.
+    labelled: OnceLock<bool>,
 }
+
+/// The SELinux label's attribute.
+pub const SELINUX_XATTR: &[u8] = b"security.selinux";
 
 /// What the copying thread is asked to do.
 enum Job {
@@ -123,7 +129,19 @@ impl LowerView {
             read_through: Mutex::new(HashMap::new()),
             copier: OnceLock::new(),
             present: Arc::default(),
+            labelled: OnceLock::new(),
         }
+    }
+
+    /// Whether any entry of the image has an SELinux label: one pass over the nodes, once.
+    fn labelled(&self) -> bool {
+        *self.labelled.get_or_init(|| {
+            let t = &self.tree;
+            (0..t.len() as u32).any(|i| {
+                let id = NodeId(i);
+                t.rec(id).is_some_and(NodeRec::has_xattrs) && t.xattr(id, SELINUX_XATTR).is_some()
+            })
+        })
     }
 
     /// Enables backing files for passthrough reads of big files, noting the copies the cache
@@ -378,9 +396,10 @@ impl View for LowerView {
             keep_cache: true,
             keep_handleless_cache: true,
             cache_dirs: true,
-            // Access is checked by the view itself (no `default_permissions`), which
-            // `FUSE_POSIX_ACL` would turn on.
-            posix_acl: false,
+            // The kernel then caches the image's ACLs, which never change, and checks them
+            // with `default_permissions` (without it, the kernel leaves access to the view,
+            // as before).
+            posix_acl: true,
         }
     }
 
@@ -488,7 +507,10 @@ impl View for LowerView {
         self.getattr(l.ino, None)
     }
 
-    /// `user.rimgfs.layer` answers the provenance.
+    /// `user.rimgfs.layer` answers the provenance. An image without any SELinux label answers
+    /// `security.selinux` as a filesystem without labels does (`EOPNOTSUPP`, not `ENODATA`),
+    /// which tells `ls -l` and the like to stop asking it of every other entry; an image with
+    /// labels answers `ENODATA` for its unlabelled entries.
     fn getxattr(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
         let (id, n) = self.node(ino)?;
         if name == PROVENANCE_XATTR {
@@ -498,13 +520,15 @@ impl View for LowerView {
                 .ok_or(Errno::ENODATA)?;
             return Ok(label.as_bytes().to_vec());
         }
-        if !n.has_xattrs() {
-            return Err(Errno::ENODATA);
+        let found = match n.has_xattrs() {
+            true => self.tree.xattr(id, name),
+            false => None,
+        };
+        match found {
+            Some(v) => Ok(v.to_vec()),
+            None if name == SELINUX_XATTR && !self.labelled() => Err(Errno::EOPNOTSUPP),
+            None => Err(Errno::ENODATA),
         }
-        self.tree
-            .xattr(id, name)
-            .map(<[u8]>::to_vec)
-            .ok_or(Errno::ENODATA)
     }
 
     /// The image's own attribute names (the provenance one is not listed, so copies and
