@@ -1,8 +1,7 @@
 //! What the kernel keeps of a writable mount stays right: POSIX ACLs, which the kernel caches
 //! and enforces, behave as on kernel overlayfs over the same layers (and outlive the mount);
 //! a lower file's cached pages give way to its data once it is written; cached listings
-//! follow every change made through the mount; a big lower file read from its passthrough
-//! copy keeps its data while read so, and is written as any other once its readers close.
+//! follow every change made through the mount.
 #![allow(missing_docs)]
 
 mod common;
@@ -232,88 +231,4 @@ fn cow_cache_listings_follow_changes_through_the_mount() {
     std::fs::remove_file(e.join("c2")).unwrap();
     assert!(names(&e).is_empty());
     m.unmount();
-}
-
-/// The passthrough copy of a lower file in the cache, once it is in place (not while it is
-/// made under a temporary dot name).
-fn passthrough_copy(cache: &Path, size: u64) -> Option<std::path::PathBuf> {
-    let dir = cache.join("passthrough");
-    std::fs::read_dir(dir).ok()?.flatten().find_map(|layer| {
-        std::fs::read_dir(layer.path())
-            .ok()?
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| e.path())
-            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == size))
-    })
-}
-
-/// Whether the kernel has FUSE passthrough (6.9 on) and the daemon may use it (root).
-fn passthrough_possible() -> bool {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
-        return false;
-    };
-    let mut v = release
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
-    nix::unistd::geteuid().is_root() && (major, minor) >= (6, 9)
-}
-
-#[test]
-fn cow_cache_big_lower_file_is_read_from_its_copy_and_written_once_its_readers_close() {
-    const SIZE: usize = 3 << 20;
-    let sb = Sandbox::new();
-    let image = sb.image(&format!("L0: dir /d; file /d/big 0644 gen={SIZE}\n"));
-    let cache = sb.cache();
-    let Some(m) = common::harness::mount_with_upper(&image, &cache, &sb.path("p-upper")) else {
-        return;
-    };
-    let big = m.at("/d/big");
-    // Read through the daemon in earnest: the copy for passthrough is made in the background.
-    let lower = std::fs::read(&big).unwrap();
-    assert_eq!(lower.len(), SIZE);
-    let made = common::harness::poll_until(std::time::Duration::from_secs(60), || {
-        passthrough_copy(&cache, SIZE as u64).is_some()
-    });
-    assert!(made, "no passthrough copy of the big file in the cache");
-    let copy = passthrough_copy(&cache, SIZE as u64).unwrap();
-    // Opens now read the copy; while one is open the data may not change under it.
-    let mut reader = std::fs::File::open(&big).unwrap();
-    let append = || std::fs::OpenOptions::new().append(true).open(&big);
-    let busy = append();
-    let mut again = Vec::new();
-    reader.read_to_end(&mut again).unwrap();
-    assert!(again == lower, "a reader of the copy read other bytes");
-    if passthrough_possible() {
-        let e = busy.as_ref().err().and_then(std::io::Error::raw_os_error);
-        assert_eq!(
-            e,
-            Some(libc::ETXTBSY),
-            "a write open beside a passed-through reader"
-        );
-        let cut = nix::unistd::truncate(&big, 1);
-        assert_eq!(cut, Err(nix::errno::Errno::ETXTBSY), "a truncate beside it");
-    }
-    drop(busy);
-    drop(reader);
-    // With the readers gone, the file is copied up and written as any other.
-    append().unwrap().write_all(b"+tail").unwrap();
-    let now = std::fs::read(&big).unwrap();
-    assert_eq!((now.len(), &now[SIZE..]), (SIZE + 5, &b"+tail"[..]));
-    assert!(
-        now[..SIZE] == lower[..],
-        "the copied-up data differs from the lower data"
-    );
-    m.unmount();
-    let upper = std::fs::read(sb.path("p-upper/d/big")).unwrap();
-    assert!(
-        upper == now,
-        "the upper file differs from what the mount showed"
-    );
-    // The cache's copy is still the lower data.
-    assert!(
-        std::fs::read(copy).unwrap() == lower,
-        "the passthrough copy was written"
-    );
 }

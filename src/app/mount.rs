@@ -2,8 +2,8 @@
 //!
 //! In order, so that a bad argument fails before any layer is read: the image selection and
 //! the mount options are validated, the mount point checked; then the layers are prepared
-//! and merged, and the view built: read-only, or writable over an upper layer, `--upper DIR`
-//! or an ephemeral one; either with kernel passthrough for big lower files when allowed.
+//! and merged, and the view built: read-only (with kernel passthrough for big files when
+//! allowed), or writable over an upper layer, `--upper DIR` or an ephemeral one.
 //! Dependencies: cli, stack, view, upper, cow, fuse, mount, error.
 
 use std::path::PathBuf;
@@ -50,12 +50,11 @@ pub fn run(a: MountCommand, verbose: u8) -> Result<()> {
     };
     let mut ov = view::LowerView::new(tree, stack.layer_labels());
     drop(stack);
-    // Passthrough needs CAP_SYS_ADMIN; without it, no-open mode serves a read-only mount
-    // better. A writable mount passes lower files through as the read-only one does.
-    if opts.passthrough && nix::unistd::geteuid().is_root() {
-        ov = ov.with_passthrough(store);
-    }
     if opts.read_only {
+        // Passthrough needs CAP_SYS_ADMIN; without it, no-open mode serves better.
+        if opts.passthrough && nix::unistd::geteuid().is_root() {
+            ov = ov.with_passthrough(store);
+        }
         return mount::mount(fuse::Fuse::new(ov), &mnt, &opts, verbose > 0, None);
     }
     let (upper, scratch) = open_upper(&opts, &img.cache)?;

@@ -3,10 +3,7 @@
 //! Opening to write copies the file up first, and the handle holds the upper file. A
 //! read-only open of a file still in the lower layer (or a metadata-only copy) holds nothing
 //! ([`Fh::NONE`]): reads follow the inode, so the descriptor keeps seeing one file when it is
-//! copied up later. A big lower file is read as on a read-only mount, from a copy of its data
-//! in the cache once one is made ([`crate::view::LowerView`]); while such opens are passed
-//! through, the file's data waits for them to close (`ETXTBSY`, see `fuse::backing`). I/O on
-//! a handle takes the handle lock only to find the file.
+//! copied up later. I/O on a handle takes the handle lock only to find the file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,7 +14,7 @@ use nix::errno::Errno;
 
 use super::attr::{CAPABILITY_XATTR, kill_privs};
 use super::{Cow, errno, lock};
-use crate::view::{Caller, Fh, Ino, OpResult, View};
+use crate::view::{Caller, Fh, Ino, OpResult};
 
 /// An open file (directories need no handle: see [`super::dir`]).
 pub(super) enum Handle {
@@ -80,20 +77,6 @@ impl Cow {
         opened
     }
 
-    /// For a handleless open (data still lower): the lower view's file of that data for
-    /// passthrough, if it has one yet (see [`crate::view::LowerView`]: made in the background
-    /// once a big file has been read through the daemon).
-    pub(super) fn lower_backing(&self, ino: Ino) -> Option<OpResult<Arc<File>>> {
-        let id = self
-            .stable(|| {
-                let i = self.inode(ino)?;
-                let lower = !i.upper || self.is_metacopy(ino)?;
-                Ok(i.lower.filter(|_| lower && i.file_type == libc::S_IFREG))
-            })
-            .ok()??;
-        View::backing_file(&self.lower, Ino::of(id), Fh::NONE)
-    }
-
     /// Whether an open handle may be given to the kernel (passthrough): not for set-id or
     /// capability-carrying files, whose privileges a write by a user must drop, which the
     /// kernel's passthrough write (done with the daemon's rights) would not do.
@@ -154,11 +137,10 @@ impl Cow {
         })?;
         match upper {
             Ok(f) => pread(&f, offset, size),
-            // Counted by the lower view towards a passthrough copy of a big file.
-            Err(i) => match i.lower {
-                Some(id) => self.lower.read(Ino::of(id), offset, size),
-                None => Err(Errno::EIO),
-            },
+            Err(i) => {
+                let data = self.lower_data(&i)?;
+                self.lower.read_data(&data, offset, size)
+            }
         }
     }
 

@@ -277,11 +277,8 @@ impl View for Cow {
         Cow::release(self, fh);
     }
 
-    fn backing_file(&self, ino: Ino, fh: Fh) -> Option<OpResult<Arc<File>>> {
-        if fh == Fh::NONE {
-            return self.lower_backing(ino);
-        }
-        let passable = self.may_pass_through(fh);
+    fn backing_file(&self, _ino: Ino, fh: Fh) -> Option<OpResult<Arc<File>>> {
+        let passable = fh != Fh::NONE && self.may_pass_through(fh);
         passable.then(|| self.handle_file(fh)).flatten().map(Ok)
     }
 

@@ -6,12 +6,6 @@
 //! The view names the host file ([`View::backing_file`]); this module decides, keeps the
 //! backing ids and counts the opens. Registering a backing file needs CAP_SYS_ADMIN: the first
 //! refusal turns passthrough off for the rest of the mount.
-//!
-//! A handleless open ([`Fh::NONE`]) reads data that never changes (a lower file's), so its
-//! backing file is a copy of that data. While such opens are in passthrough, the inode cannot
-//! change data: the kernel keeps their backing file, so a write or truncate would go unseen by
-//! them (or, through the same backing file, into the copy). [`Backing::busy`] says so, and
-//! such a change answers `ETXTBSY` until they are closed, as writing a running program does.
 //! Dependencies: view, fuser.
 
 use std::collections::HashMap;
@@ -29,34 +23,18 @@ pub struct Backing {
     /// Whether passthrough may be tried: the kernel offered it and no backing open has been
     /// refused.
     enabled: AtomicBool,
-    /// Each open inode's mode and open count.
-    open: Mutex<HashMap<Ino, Mode>>,
-}
-
-/// How an open inode's I/O is done.
-struct Mode {
-    /// A backing id for passthrough, `None` through the daemon.
-    id: Option<BackingId>,
-    /// Opens counted.
-    opens: u32,
-    /// The mode was picked by a handleless open: the backing file holds unchanging data.
-    handleless: bool,
-}
-
-impl Mode {
-    /// Whether data changes must wait (see the module header).
-    fn busy(&self) -> bool {
-        self.handleless && self.id.is_some()
-    }
+    /// Each open inode's mode (a backing id for passthrough, `None` through the daemon) and
+    /// its open count.
+    open: Mutex<HashMap<Ino, (Option<BackingId>, u32)>>,
 }
 
 /// The open inodes, locked while a reply borrows a backing id.
-pub struct Modes<'a>(MutexGuard<'a, HashMap<Ino, Mode>>);
+pub struct Modes<'a>(MutexGuard<'a, HashMap<Ino, (Option<BackingId>, u32)>>);
 
 impl Modes<'_> {
     /// The backing id to reply with for an open of `ino`, if it is in passthrough mode.
     pub fn id(&self, ino: Ino) -> Option<&BackingId> {
-        self.0.get(&ino).and_then(|m| m.id.as_ref())
+        self.0.get(&ino).and_then(|(id, _)| id.as_ref())
     }
 }
 
@@ -66,41 +44,24 @@ impl Backing {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
-    /// Whether `ino` is open by handleless opens in passthrough, so its data may not change
-    /// now.
-    pub fn busy(&self, ino: Ino) -> bool {
-        let map = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ino).is_some_and(Mode::busy)
-    }
-
-    /// Counts an open of `ino` (handle `fh`; `writing`: it may change the data). The first
-    /// open of an inode picks its mode: the view's backing file registered with `register` if
-    /// it has one, else through the daemon. Later opens take the mode already picked, except
-    /// that a writing open is refused (`None`, nothing counted) while [`Backing::busy`]. A
-    /// reading one may join: nothing can have changed the data since. The view is asked for
-    /// its file without the table locked, so other opens never wait on its I/O.
+    /// Counts an open of `ino` (handle `fh`). The first open of an inode picks its mode: the
+    /// view's backing file registered with `register` if it has one, else through the daemon.
+    /// Later opens take the mode already picked. The view is asked for its file without the
+    /// table locked, so other opens never wait on its I/O.
     pub fn open(
         &self,
         view: &dyn View,
         ino: Ino,
         fh: Fh,
-        writing: bool,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> Option<Modes<'_>> {
+    ) -> Modes<'_> {
         // A poisoned map is still consistent: every update is one insert or counter change.
         let lock = || self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let join = |map: &mut HashMap<Ino, Mode>| match map.get_mut(&ino) {
-            Some(m) if writing && m.busy() => Some(false),
-            Some(m) => {
-                m.opens += 1;
-                Some(true)
-            }
-            None => None,
-        };
         {
             let mut map = lock();
-            if let Some(joined) = join(&mut map) {
-                return joined.then_some(Modes(map));
+            if let Some((_, n)) = map.get_mut(&ino) {
+                *n += 1;
+                return Modes(map);
             }
         }
         let file = match self.enabled.load(Ordering::Relaxed) {
@@ -109,8 +70,9 @@ impl Backing {
         };
         let mut map = lock();
         // Another open of the inode may have picked its mode meanwhile: that one stands.
-        if let Some(joined) = join(&mut map) {
-            return joined.then_some(Modes(map));
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n += 1;
+            return Modes(map);
         }
         let id = match file {
             None => None,
@@ -127,24 +89,16 @@ impl Backing {
                 }
             },
         };
-        let handleless = fh == Fh::NONE;
-        map.insert(
-            ino,
-            Mode {
-                id,
-                opens: 1,
-                handleless,
-            },
-        );
-        Some(Modes(map))
+        map.insert(ino, (id, 1));
+        Modes(map)
     }
 
     /// Counts a close of `ino`; the last one drops its backing id.
     pub fn release(&self, ino: Ino) {
         let mut map = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = map.get_mut(&ino) {
-            m.opens -= 1;
-            if m.opens == 0 {
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
                 map.remove(&ino);
             }
         }

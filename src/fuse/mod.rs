@@ -188,9 +188,6 @@ impl Filesystem for Fuse {
             size,
             times: (atime.is_some() || mtime.is_some()).then(|| [timespec(atime), timespec(mtime)]),
         };
-        if size.is_some() && self.backing.busy(ino(i)) {
-            return reply.error(FErrno::ETXTBSY);
-        }
         let fh = fh.map(|h| Fh(h.0));
         reply_attr(self.view.setattr(ino(i), &set, fh, caller(req)), reply);
     }
@@ -308,10 +305,6 @@ impl Filesystem for Fuse {
 
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!("open(ino={}, flags={:#o})", i.0, flags.0);
-        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        if writing && self.backing.busy(ino(i)) {
-            return reply.error(FErrno::ETXTBSY);
-        }
         let fh = match self.view.open(ino(i), flags.0, caller(req)) {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(e)),
@@ -319,13 +312,9 @@ impl Filesystem for Fuse {
         if self.no_open.load(Ordering::Relaxed) {
             return reply.error(FErrno::ENOSYS);
         }
-        let opened = self
+        let modes = self
             .backing
-            .open(&*self.view, ino(i), fh, writing, |f| reply.open_backing(f));
-        let Some(modes) = opened else {
-            self.view.release(fh);
-            return reply.error(FErrno::ETXTBSY);
-        };
+            .open(&*self.view, ino(i), fh, |f| reply.open_backing(f));
         match modes.id(ino(i)) {
             Some(id) => reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), id),
             None => {
@@ -366,13 +355,9 @@ impl Filesystem for Fuse {
                 return reply.error(errno(e));
             }
         };
-        let opened = self
+        let modes = self
             .backing
-            .open(&*self.view, a.ino, fh, true, |f| reply.open_backing(f));
-        let Some(modes) = opened else {
-            self.view.release(fh);
-            return reply.error(FErrno::ETXTBSY);
-        };
+            .open(&*self.view, a.ino, fh, |f| reply.open_backing(f));
         let (h, g) = (FileHandle(fh.0), Generation(0));
         match modes.id(a.ino) {
             Some(id) => reply.created_passthrough(&TTL, &attr, g, h, FopenFlags::empty(), id),
