@@ -11,14 +11,17 @@
 //! sees one number stand for two files.
 //! Dependencies: view (Ino, OpResult), tree (NodeId), nix (Errno).
 
-use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
+use std::num::NonZeroU8;
+use std::ops::Deref;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use nix::errno::Errno;
 
 use crate::tree::node::NodeId;
@@ -27,60 +30,98 @@ use crate::view::{Attr, Ino, OpResult};
 /// A name: the directory inode and the name in it.
 pub(super) type Key = (Ino, OsString);
 
-/// A name as the table keeps it: the name shared with the inode it leads to, so that a walk
-/// stores each name once.
-#[derive(Clone, Debug)]
-struct NameKey(Ino, Arc<OsStr>);
-
-/// A name looked up, owned or borrowed ([`NameKey`] or `(Ino, &OsStr)`).
-trait NameView {
-    fn parts(&self) -> (Ino, &OsStr);
+/// A name as the table keeps it, in 16 bytes: up to [`Name::INLINE`] bytes in place (nearly
+/// every name of an image), longer ones shared on the heap. A walk of a big image keeps one
+/// per inode and one per binding, so no allocation for the common case.
+#[derive(Clone)]
+pub(super) enum Name {
+    /// The bytes, and their count plus one (which leaves a niche for the other variant).
+    Short {
+        bytes: [u8; Name::INLINE],
+        len: NonZeroU8,
+    },
+    Long(Arc<Box<OsStr>>),
 }
 
-impl NameView for NameKey {
-    fn parts(&self) -> (Ino, &OsStr) {
-        (self.0, &self.1)
+impl Name {
+    /// The longest name kept in place.
+    pub const INLINE: usize = 15;
+
+    pub fn new(name: &OsStr) -> Name {
+        let b = name.as_bytes();
+        // The length is checked before it is narrowed: names run to 255 bytes and more.
+        let short = (b.len() <= Self::INLINE).then(|| NonZeroU8::new(b.len() as u8 + 1));
+        match short.flatten() {
+            Some(len) => {
+                let mut bytes = [0; Self::INLINE];
+                bytes[..b.len()].copy_from_slice(b);
+                Name::Short { bytes, len }
+            }
+            _ => Name::Long(Arc::new(name.into())),
+        }
     }
 }
 
-impl NameView for (Ino, &OsStr) {
-    fn parts(&self) -> (Ino, &OsStr) {
-        (self.0, self.1)
+impl Deref for Name {
+    type Target = OsStr;
+    fn deref(&self) -> &OsStr {
+        match self {
+            Name::Short { bytes, len } => {
+                OsStr::from_bytes(&bytes[..usize::from(len.get() - 1).min(Self::INLINE)])
+            }
+            Name::Long(n) => n,
+        }
     }
 }
 
-impl Hash for dyn NameView + '_ {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.parts().hash(h);
-    }
-}
-
-impl PartialEq for dyn NameView + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn NameView + '_ {}
-
-// Hash and equality as the borrowed form's, as `Borrow` requires.
-impl Hash for NameKey {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        (self as &dyn NameView).hash(h);
-    }
-}
-
-impl PartialEq for NameKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for NameKey {}
-
-impl<'a> Borrow<dyn NameView + 'a> for NameKey {
-    fn borrow(&self) -> &(dyn NameView + 'a) {
+impl AsRef<OsStr> for Name {
+    fn as_ref(&self) -> &OsStr {
         self
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// One binding of the name table: `(parent, name)` leads to `ino`.
+#[derive(Debug)]
+struct Binding {
+    parent: Ino,
+    name: Name,
+    ino: Ino,
+}
+
+/// The table's hashes: a folded multiply, keyed per table (names come from users too), far
+/// cheaper than SipHash for the integer and short-name keys of every lookup.
+#[derive(Debug)]
+struct Hash(u64);
+
+impl Hash {
+    fn new() -> Hash {
+        Hash(RandomState::new().hash_one(0x9E37_79B9_7F4A_7C15u64) | 1)
+    }
+
+    fn mix(h: u64, v: u64) -> u64 {
+        let m = u128::from(h ^ v) * u128::from(0x9E37_79B9_7F4A_7C15u64);
+        (m as u64) ^ ((m >> 64) as u64)
+    }
+
+    fn ino(&self, ino: Ino) -> u64 {
+        Self::mix(self.0, ino.0)
+    }
+
+    fn name(&self, parent: Ino, name: &OsStr) -> u64 {
+        let b = name.as_bytes();
+        let mut h = Self::mix(self.0, parent.0);
+        for c in b.chunks(8) {
+            let mut w = [0; 8];
+            w[..c.len()].copy_from_slice(c);
+            h = Self::mix(h.rotate_left(23), u64::from_le_bytes(w));
+        }
+        Self::mix(h, b.len() as u64)
     }
 }
 
@@ -89,7 +130,7 @@ impl<'a> Borrow<dyn NameView + 'a> for NameKey {
 pub(super) struct Inode {
     /// Where it is: parent inode and name (the root is its own parent, with an empty name).
     pub parent: Ino,
-    pub name: Arc<OsStr>,
+    pub name: Name,
     /// The lower node it continues: its data and attributes until copied up; for a directory,
     /// the lower directory merged under it (`None` when opaque or born in the upper).
     pub lower: Option<NodeId>,
@@ -124,7 +165,7 @@ impl Inode {
     pub fn at(parent: Ino, name: &OsStr, c: &Child) -> Inode {
         Inode {
             parent,
-            name: Arc::from(name),
+            name: Name::new(name),
             lower: c.lower,
             upper: c.upper,
             file_type: c.file_type,
@@ -155,10 +196,21 @@ pub(super) struct Child {
 }
 
 /// The table.
+///
+/// Inodes sit in slots (reused after a forget) indexed by number, rather than in a map of
+/// whole inodes: a hash table keeps up to twice the room its entries need, which on a walk of
+/// a big image is most of the daemon's memory, and an index of slot numbers keeps that room
+/// small.
 #[derive(Debug)]
 pub(super) struct Inodes {
-    map: HashMap<Ino, Inode>,
-    at: HashMap<NameKey, Ino>,
+    slots: Vec<(Ino, Inode)>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
+    /// Inode number → slot.
+    by_ino: HashTable<u32>,
+    /// Names: `(parent, name)` → inode.
+    at: HashTable<Binding>,
+    hash: Hash,
     /// Host inode number of a hard-linked upper file → its inode here, so every name of it
     /// answers one inode, across mounts too.
     by_upper: HashMap<u64, Ino>,
@@ -172,7 +224,7 @@ impl Inodes {
     pub fn new(first_free: u64, root_lower: Option<NodeId>) -> Inodes {
         let root = Inode {
             parent: Ino::ROOT,
-            name: Arc::from(OsStr::new("")),
+            name: Name::new(OsStr::new("")),
             lower: root_lower,
             upper: true,
             file_type: libc::S_IFDIR,
@@ -181,17 +233,83 @@ impl Inodes {
             unlinked: false,
             last: None,
         };
-        Inodes {
-            map: HashMap::from([(Ino::ROOT, root)]),
-            at: HashMap::new(),
+        let mut t = Inodes {
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_ino: HashTable::new(),
+            at: HashTable::new(),
+            hash: Hash::new(),
             by_upper: HashMap::new(),
             next: first_free,
+        };
+        t.insert(Ino::ROOT, root);
+        t
+    }
+
+    /// The slot of `ino`.
+    fn slot(&self, ino: Ino) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_ino
+            .find(self.hash.ino(ino), |&s| slots[s as usize].0 == ino)
+            .copied()
+    }
+
+    fn get_mut(&mut self, ino: Ino) -> Option<&mut Inode> {
+        let s = self.slot(ino)?;
+        Some(&mut self.slots[s as usize].1)
+    }
+
+    fn contains(&self, ino: Ino) -> bool {
+        self.slot(ino).is_some()
+    }
+
+    /// Number of inodes.
+    fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    /// Puts `inode` at `ino`, replacing what was there.
+    fn insert(&mut self, ino: Ino, inode: Inode) -> &mut Inode {
+        if let Some(s) = self.slot(ino) {
+            let i = &mut self.slots[s as usize].1;
+            *i = inode;
+            return i;
+        }
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = (ino, inode);
+                s
+            }
+            None => {
+                // Slot numbers are u32: the kernel cannot hold 4 Gi inodes of one mount.
+                self.slots.push((ino, inode));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let (slots, hash) = (&self.slots, &self.hash);
+        self.by_ino
+            .insert_unique(hash.ino(ino), s, |&s| hash.ino(slots[s as usize].0));
+        &mut self.slots[s as usize].1
+    }
+
+    /// Forgets `ino`, freeing its slot.
+    fn remove(&mut self, ino: Ino) {
+        let h = self.hash.ino(ino);
+        let slots = &self.slots;
+        if let Ok(e) = self.by_ino.find_entry(h, |&s| slots[s as usize].0 == ino) {
+            let (s, _) = e.remove();
+            // Drops what the inode held on the heap now, not when the slot is reused.
+            let i = &mut self.slots[s as usize].1;
+            i.name = Name::new(OsStr::new(""));
+            i.last = None;
+            self.free.push(s);
         }
     }
 
     /// An inode.
     pub fn get(&self, ino: Ino) -> Option<&Inode> {
-        self.map.get(&ino)
+        let s = self.slot(ino)?;
+        Some(&self.slots[s as usize].1)
     }
 
     /// The inode a name leads to, if known.
@@ -202,23 +320,44 @@ impl Inodes {
 
     /// The inode the name `(parent, name)` leads to.
     fn at_get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        self.at.get(&(parent, name) as &dyn NameView).copied()
+        self.at
+            .find(self.hash.name(parent, name), |b| {
+                b.parent == parent && *b.name == *name
+            })
+            .map(|b| b.ino)
     }
 
     /// Forgets where the name `(parent, name)` leads.
     fn at_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        self.at.remove(&(parent, name) as &dyn NameView)
+        let h = self.hash.name(parent, name);
+        let e = self
+            .at
+            .find_entry(h, |b| b.parent == parent && *b.name == *name)
+            .ok()?;
+        Some(e.remove().0.ino)
     }
 
-    /// Makes the name `(parent, name)` lead to `ino`, sharing the inode's copy of the name
-    /// when it is that inode's own; returns where it led before.
+    /// Makes the name `(parent, name)` lead to `ino`; returns where it led before.
     fn at_insert(&mut self, parent: Ino, name: &OsStr, ino: Ino) -> Option<Ino> {
-        let shared = self
-            .map
-            .get(&ino)
-            .filter(|i| i.parent == parent && *i.name == *name)
-            .map_or_else(|| Arc::from(name), |i| i.name.clone());
-        self.at.insert(NameKey(parent, shared), ino)
+        let hash = &self.hash;
+        let h = hash.name(parent, name);
+        match self.at.entry(
+            h,
+            |b| b.parent == parent && *b.name == *name,
+            |b| hash.name(b.parent, &b.name),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(&mut e.get_mut().ino, ino))
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(Binding {
+                    parent,
+                    name: Name::new(name),
+                    ino,
+                });
+                None
+            }
+        }
     }
 
     fn fresh_number(&mut self) -> Ino {
@@ -233,12 +372,12 @@ impl Inodes {
             Some(old) => self.lose_name(old, &key),
             None => {}
         }
-        if let Some(i) = self.map.get_mut(&ino) {
+        if let Some(i) = self.get_mut(ino) {
             i.names += 1;
             if i.unlinked {
                 i.unlinked = false;
                 i.last = None;
-                (i.parent, i.name) = (key.0, Arc::from(key.1.as_os_str()));
+                (i.parent, i.name) = (key.0, Name::new(&key.1));
             }
         }
     }
@@ -246,7 +385,7 @@ impl Inodes {
     /// Keeps `attr` (taken before its entry went) as what `ino` answers if it is now
     /// unlinked.
     pub fn remember(&mut self, ino: Ino, last: Option<Last>) {
-        if let Some(i) = self.map.get_mut(&ino).filter(|i| i.unlinked) {
+        if let Some(i) = self.get_mut(ino).filter(|i| i.unlinked) {
             i.last = last.map(|l| {
                 Box::new(Last {
                     attr: Attr { nlink: 0, ..l.attr },
@@ -265,7 +404,7 @@ impl Inodes {
     }
 
     fn lose_name(&mut self, ino: Ino, key: &Key) {
-        let Some(i) = self.map.get_mut(&ino) else {
+        let Some(i) = self.get_mut(ino) else {
             return;
         };
         i.names = i.names.saturating_sub(1);
@@ -280,9 +419,9 @@ impl Inodes {
         let other = self
             .at
             .iter()
-            .find(|(_, v)| **v == ino)
-            .map(|(k, _)| k.clone());
-        if let (Some(NameKey(p, n)), Some(i)) = (other, self.map.get_mut(&ino)) {
+            .find(|b| b.ino == ino)
+            .map(|b| (b.parent, b.name.clone()));
+        if let (Some((p, n)), Some(i)) = (other, self.get_mut(ino)) {
             i.parent = p;
             i.name = n;
         }
@@ -301,12 +440,11 @@ impl Inodes {
             None => {
                 let by_upper = linked
                     .and_then(|u| self.by_upper.get(&u).copied())
-                    .filter(|i| self.map.contains_key(i));
-                let by_lower = c.lower.map(Ino::of).filter(|i| !self.map.contains_key(i));
+                    .filter(|&i| self.contains(i));
+                let by_lower = c.lower.map(Ino::of).filter(|&i| !self.contains(i));
                 // A lower hard link seen under a second name shares the inode.
                 let shared = c.lower.map(Ino::of).filter(|i| {
-                    c.file_type != libc::S_IFDIR
-                        && self.map.get(i).is_some_and(|n| n.lower == c.lower)
+                    c.file_type != libc::S_IFDIR && self.get(*i).is_some_and(|n| n.lower == c.lower)
                 });
                 match by_upper.or(by_lower).or(shared) {
                     Some(i) => i,
@@ -314,10 +452,10 @@ impl Inodes {
                 }
             }
         };
-        let entry = self
-            .map
-            .entry(ino)
-            .or_insert_with(|| Inode::at(parent, name, c));
+        let entry = match self.slot(ino) {
+            Some(s) => &mut self.slots[s as usize].1,
+            None => self.insert(ino, Inode::at(parent, name, c)),
+        };
         entry.upper = c.upper;
         entry.lower = c.lower;
         entry.file_type = c.file_type;
@@ -349,7 +487,7 @@ impl Inodes {
             lookups: 1,
             ..Inode::at(parent, name, &c)
         };
-        self.map.insert(ino, inode);
+        self.insert(ino, inode);
         self.bind(key, ino);
         ino
     }
@@ -358,7 +496,7 @@ impl Inodes {
     pub fn linked(&mut self, key: Key, ino: Ino, upper_ino: u64) {
         self.bind(key, ino);
         self.by_upper.insert(upper_ino, ino);
-        if let Some(n) = self.map.get_mut(&ino) {
+        if let Some(n) = self.get_mut(ino) {
             n.lookups += 1;
         }
     }
@@ -368,20 +506,20 @@ impl Inodes {
     /// otherwise whatever `to` led to loses it (unlinked unless it has other names).
     pub fn moved(&mut self, from: Key, to: Key, moving: Ino, exchanged: Option<Ino>) {
         self.at_remove(from.0, &from.1);
-        if let Some(n) = self.map.get_mut(&moving) {
+        if let Some(n) = self.get_mut(moving) {
             n.names = n.names.saturating_sub(1);
-            (n.parent, n.name) = (to.0, Arc::from(to.1.as_os_str()));
+            (n.parent, n.name) = (to.0, Name::new(&to.1));
             n.upper = true;
         }
         match exchanged {
             Some(other) => {
-                if let Some(n) = self.map.get_mut(&other) {
-                    (n.parent, n.name) = (from.0, Arc::from(from.1.as_os_str()));
+                if let Some(n) = self.get_mut(other) {
+                    (n.parent, n.name) = (from.0, Name::new(&from.1));
                     n.upper = true;
                 }
                 self.at_insert(to.0, &to.1, moving);
                 self.at_insert(from.0, &from.1, other);
-                if let Some(n) = self.map.get_mut(&moving) {
+                if let Some(n) = self.get_mut(moving) {
                     n.names += 1;
                 }
             }
@@ -394,7 +532,7 @@ impl Inodes {
         if ino == Ino::ROOT {
             return;
         }
-        let Some(i) = self.map.get_mut(&ino) else {
+        let Some(i) = self.get_mut(ino) else {
             return;
         };
         i.lookups = i.lookups.saturating_sub(n);
@@ -403,13 +541,13 @@ impl Inodes {
         }
         let (parent, name) = (i.parent, i.name.clone());
         if self.at_get(parent, &name) != Some(ino) {
-            self.map.remove(&ino);
+            self.remove(ino);
         }
     }
 
     /// Marks the inode upper (just copied up).
     pub fn set_upper(&mut self, ino: Ino) {
-        if let Some(i) = self.map.get_mut(&ino) {
+        if let Some(i) = self.get_mut(ino) {
             i.upper = true;
         }
     }
@@ -421,7 +559,7 @@ impl Inodes {
             let Some(next) = self.at_get(cur, OsStr::from_bytes(comp)) else {
                 break;
             };
-            if let Some(n) = self.map.get_mut(&next) {
+            if let Some(n) = self.get_mut(next) {
                 n.upper = true;
             }
             cur = next;
@@ -434,14 +572,14 @@ impl Inodes {
         let mut names: Vec<&OsStr> = Vec::new();
         let mut cur = ino;
         while cur != Ino::ROOT {
-            let i = self.map.get(&cur).ok_or(Errno::ESTALE)?;
+            let i = self.get(cur).ok_or(Errno::ESTALE)?;
             if i.unlinked {
                 return Err(Errno::ESTALE);
             }
             names.push(&i.name);
             cur = i.parent;
             // Any depth the tree holds; only a loop (a bug) is longer than the table.
-            if names.len() > self.map.len() {
+            if names.len() > self.len() {
                 log::error!("inode {ino}: its parents form a loop");
                 return Err(Errno::EIO);
             }
@@ -458,14 +596,14 @@ impl Inodes {
 
     /// Whether `anc` is `ino` or a directory above it.
     pub fn is_ancestor(&self, anc: Ino, mut ino: Ino) -> bool {
-        for _ in 0..=self.map.len() {
+        for _ in 0..=self.len() {
             if ino == anc {
                 return true;
             }
             if ino == Ino::ROOT {
                 return false;
             }
-            ino = self.map.get(&ino).map_or(Ino::ROOT, |i| i.parent);
+            ino = self.get(ino).map_or(Ino::ROOT, |i| i.parent);
         }
         false
     }
@@ -525,22 +663,72 @@ mod tests {
     }
 
     #[test]
-    fn inodes_keep_each_name_once() {
+    fn inodes_names_kept_in_place_or_shared() {
+        for n in [
+            "",
+            "f",
+            "fifteen-bytes-x",
+            "sixteen-bytes-xy",
+            &"long".repeat(64),
+        ] {
+            let name = Name::new(OsStr::new(n));
+            assert_eq!(&*name, OsStr::new(n));
+            assert_eq!(
+                matches!(name, Name::Short { .. }),
+                n.len() <= Name::INLINE,
+                "{n}"
+            );
+            assert_eq!(&*name.clone(), OsStr::new(n));
+        }
+        // Any bytes, not only UTF-8.
+        let raw = OsStr::from_bytes(b"\xff\x00a");
+        assert_eq!(&*Name::new(raw), raw);
+    }
+
+    #[test]
+    fn inodes_moves_rebind_names() {
         let mut t = table();
-        let shared = |t: &Inodes, ino: Ino| {
-            let i = t.get(ino).unwrap();
-            let (k, _) =
-                t.at.get_key_value(&(i.parent, &*i.name) as &dyn NameView)
-                    .unwrap();
-            Arc::ptr_eq(&k.1, &i.name)
-        };
         let f = t.register(Ino::ROOT, OsStr::new("f"), &lower(5, libc::S_IFREG), true);
-        let g = t.created(Ino::ROOT, OsStr::new("g"), libc::S_IFREG);
-        assert!(shared(&t, f) && shared(&t, g));
-        t.moved(key(Ino::ROOT, "g"), key(Ino::ROOT, "h"), g, None);
-        assert!(shared(&t, g));
+        let long = "a-name-longer-than-fifteen-bytes";
+        let g = t.created(Ino::ROOT, OsStr::new(long), libc::S_IFREG);
+        t.moved(key(Ino::ROOT, long), key(Ino::ROOT, "h"), g, None);
         assert_eq!(t.named(Ino::ROOT, OsStr::new("h")), Some(g));
-        assert_eq!(t.named(Ino::ROOT, OsStr::new("g")), None);
+        assert_eq!(t.named(Ino::ROOT, OsStr::new(long)), None);
+        assert_eq!(t.path_of(g).unwrap(), b"h");
+        t.moved(key(Ino::ROOT, "f"), key(Ino::ROOT, long), f, None);
+        assert_eq!(t.named(Ino::ROOT, OsStr::new(long)), Some(f));
+        assert_eq!(t.path_of(f).unwrap(), long.as_bytes());
+    }
+
+    #[test]
+    fn inodes_slots_are_reused_and_numbers_stay_apart() {
+        let mut t = table();
+        let mut seen = Vec::new();
+        for round in 0..3 {
+            for k in 0..100u32 {
+                let name = format!("f{k}");
+                let id = 1000 * round + k + 1;
+                let i = t.register(
+                    Ino::ROOT,
+                    OsStr::new(&name),
+                    &lower(id, libc::S_IFREG),
+                    true,
+                );
+                assert_eq!(i, Ino::of(NodeId(id)));
+                seen.push(i);
+            }
+            for k in 0..100u32 {
+                let name = format!("f{k}");
+                let i = t.named(Ino::ROOT, OsStr::new(&name)).unwrap();
+                t.unbind(&key(Ino::ROOT, &name));
+                t.forget(i, 1);
+                assert!(t.get(i).is_none());
+            }
+        }
+        // Freed slots were taken again, not added.
+        assert!(t.slots.len() <= 101, "{} slots", t.slots.len());
+        assert_eq!(t.len(), 1);
+        assert!(t.get(Ino::ROOT).is_some());
     }
 
     #[test]
