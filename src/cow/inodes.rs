@@ -148,6 +148,9 @@ pub(super) struct Inode {
     /// for it as long as open files still reach it. Boxed: rare, and every inode of a walk
     /// carries the field.
     pub last: Option<Box<Last>>,
+    /// Its own name (`parent`, `name`) leads here, filed in the table's `at` index under
+    /// this inode's slot.
+    bound: bool,
 }
 
 /// An upper entry that lost its last name, as it was then.
@@ -173,6 +176,7 @@ impl Inode {
             names: 0,
             unlinked: false,
             last: None,
+            bound: false,
         }
     }
 
@@ -208,8 +212,11 @@ pub(super) struct Inodes {
     free: Vec<u32>,
     /// Inode number → slot.
     by_ino: HashTable<u32>,
-    /// Names: `(parent, name)` → inode.
-    at: HashTable<Binding>,
+    /// Names: `(parent, name)` → inode. A name that is its inode's own is filed by slot
+    /// number, 4 bytes, with the name read from the slot: that is every name of a walk.
+    at: HashTable<u32>,
+    /// The other names (hard links, a name left bound while its inode moved on).
+    extra: HashTable<Binding>,
     hash: Hash,
     /// Host inode number of a hard-linked upper file → its inode here, so every name of it
     /// answers one inode, across mounts too.
@@ -232,12 +239,14 @@ impl Inodes {
             names: 0,
             unlinked: false,
             last: None,
+            bound: false,
         };
         let mut t = Inodes {
             slots: Vec::new(),
             free: Vec::new(),
             by_ino: HashTable::new(),
             at: HashTable::new(),
+            extra: HashTable::new(),
             hash: Hash::new(),
             by_upper: HashMap::new(),
             next: first_free,
@@ -271,9 +280,13 @@ impl Inodes {
     /// Puts `inode` at `ino`, replacing what was there.
     fn insert(&mut self, ino: Ino, inode: Inode) -> &mut Inode {
         if let Some(s) = self.slot(ino) {
-            let i = &mut self.slots[s as usize].1;
-            *i = inode;
-            return i;
+            self.unfile(s);
+            self.slots[s as usize].1 = Inode {
+                bound: false,
+                ..inode
+            };
+            self.refile(s);
+            return &mut self.slots[s as usize].1;
         }
         let s = match self.free.pop() {
             Some(s) => {
@@ -298,6 +311,7 @@ impl Inodes {
         let slots = &self.slots;
         if let Ok(e) = self.by_ino.find_entry(h, |&s| slots[s as usize].0 == ino) {
             let (s, _) = e.remove();
+            self.unfile(s);
             // Drops what the inode held on the heap now, not when the slot is reused.
             let i = &mut self.slots[s as usize].1;
             i.name = Name::new(OsStr::new(""));
@@ -312,52 +326,175 @@ impl Inodes {
         Some(&self.slots[s as usize].1)
     }
 
+    /// Checks that every name is filed once: by its inode's slot in `at` exactly when it is
+    /// that inode's own name and the slot says so, else in `extra`.
+    #[cfg(test)]
+    fn check(&self) {
+        let mut filed = 0;
+        for &s in self.at.iter() {
+            let (ino, i) = &self.slots[s as usize];
+            assert!(i.bound, "slot {s} filed but not bound");
+            assert_eq!(self.slot(*ino), Some(s));
+            assert!(
+                self.extra_get(i.parent, &i.name).is_none(),
+                "{:?} twice",
+                i.name
+            );
+            filed += 1;
+        }
+        let bound = self
+            .by_ino
+            .iter()
+            .filter(|&&s| self.slots[s as usize].1.bound)
+            .count();
+        assert_eq!(filed, bound);
+        for b in self.extra.iter() {
+            assert!(
+                self.at_find(b.parent, &b.name).is_none(),
+                "{:?} twice",
+                b.name
+            );
+        }
+    }
+
     /// The inode a name leads to, if known.
     #[cfg(test)]
     pub fn named(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
         self.at_get(parent, name)
     }
 
+    /// The slot whose own name `(parent, name)` is filed in `at`.
+    fn at_find(&self, parent: Ino, name: &OsStr) -> Option<u32> {
+        let slots = &self.slots;
+        self.at
+            .find(self.hash.name(parent, name), |&s| {
+                let i = &slots[s as usize].1;
+                i.parent == parent && *i.name == *name
+            })
+            .copied()
+    }
+
+    /// Files slot `s` in `at` under its inode's own name, which leads nowhere yet.
+    fn file(&mut self, s: u32) {
+        let (slots, hash) = (&self.slots, &self.hash);
+        let i = &slots[s as usize].1;
+        self.at
+            .insert_unique(hash.name(i.parent, &i.name), s, |&x| {
+                let i = &slots[x as usize].1;
+                hash.name(i.parent, &i.name)
+            });
+        self.slots[s as usize].1.bound = true;
+    }
+
+    /// Takes slot `s` out of `at` before its inode's own name changes or the slot goes: the
+    /// name keeps leading to the inode, among the other names.
+    fn unfile(&mut self, s: u32) {
+        let i = &self.slots[s as usize].1;
+        if !i.bound {
+            return;
+        }
+        let (h, b) = (
+            self.hash.name(i.parent, &i.name),
+            Binding {
+                parent: i.parent,
+                name: i.name.clone(),
+                ino: self.slots[s as usize].0,
+            },
+        );
+        if let Ok(e) = self.at.find_entry(h, |&x| x == s) {
+            e.remove();
+        }
+        self.slots[s as usize].1.bound = false;
+        self.extra_insert(b);
+    }
+
+    /// Files slot `s` by its inode's own name if that name, among the other names, leads to
+    /// it.
+    fn refile(&mut self, s: u32) {
+        let (ino, i) = &self.slots[s as usize];
+        let (ino, parent, name) = (*ino, i.parent, i.name.clone());
+        if self.extra_get(parent, &name) == Some(ino) {
+            self.extra_remove(parent, &name);
+            self.file(s);
+        }
+    }
+
+    /// Moves the inode's own name to `(parent, name)`.
+    fn set_place(&mut self, ino: Ino, parent: Ino, name: &OsStr) {
+        let Some(s) = self.slot(ino) else {
+            return;
+        };
+        self.unfile(s);
+        let i = &mut self.slots[s as usize].1;
+        (i.parent, i.name) = (parent, Name::new(name));
+        self.refile(s);
+    }
+
     /// The inode the name `(parent, name)` leads to.
     fn at_get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        self.at
+        match self.at_find(parent, name) {
+            Some(s) => Some(self.slots[s as usize].0),
+            None => self.extra_get(parent, name),
+        }
+    }
+
+    /// Forgets where the name `(parent, name)` leads.
+    fn at_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        match self.at_find(parent, name) {
+            Some(s) => {
+                let h = self.hash.name(parent, name);
+                if let Ok(e) = self.at.find_entry(h, |&x| x == s) {
+                    e.remove();
+                }
+                self.slots[s as usize].1.bound = false;
+                Some(self.slots[s as usize].0)
+            }
+            None => self.extra_remove(parent, name),
+        }
+    }
+
+    /// Makes the name `(parent, name)` lead to `ino`; returns where it led before.
+    fn at_insert(&mut self, parent: Ino, name: &OsStr, ino: Ino) -> Option<Ino> {
+        let old = self.at_remove(parent, name);
+        let own = self.slot(ino).filter(|&s| {
+            let i = &self.slots[s as usize].1;
+            !i.bound && i.parent == parent && *i.name == *name
+        });
+        match own {
+            Some(s) => self.file(s),
+            None => self.extra_insert(Binding {
+                parent,
+                name: Name::new(name),
+                ino,
+            }),
+        }
+        old
+    }
+
+    fn extra_get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.extra
             .find(self.hash.name(parent, name), |b| {
                 b.parent == parent && *b.name == *name
             })
             .map(|b| b.ino)
     }
 
-    /// Forgets where the name `(parent, name)` leads.
-    fn at_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+    fn extra_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
         let h = self.hash.name(parent, name);
         let e = self
-            .at
+            .extra
             .find_entry(h, |b| b.parent == parent && *b.name == *name)
             .ok()?;
         Some(e.remove().0.ino)
     }
 
-    /// Makes the name `(parent, name)` lead to `ino`; returns where it led before.
-    fn at_insert(&mut self, parent: Ino, name: &OsStr, ino: Ino) -> Option<Ino> {
+    /// Adds a binding for a name that leads nowhere yet.
+    fn extra_insert(&mut self, b: Binding) {
         let hash = &self.hash;
-        let h = hash.name(parent, name);
-        match self.at.entry(
-            h,
-            |b| b.parent == parent && *b.name == *name,
-            |b| hash.name(b.parent, &b.name),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(mut e) => {
-                Some(std::mem::replace(&mut e.get_mut().ino, ino))
-            }
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert(Binding {
-                    parent,
-                    name: Name::new(name),
-                    ino,
-                });
-                None
-            }
-        }
+        self.extra
+            .insert_unique(hash.name(b.parent, &b.name), b, |b| {
+                hash.name(b.parent, &b.name)
+            });
     }
 
     fn fresh_number(&mut self) -> Ino {
@@ -372,13 +509,17 @@ impl Inodes {
             Some(old) => self.lose_name(old, &key),
             None => {}
         }
-        if let Some(i) = self.get_mut(ino) {
+        let relinked = self.get_mut(ino).is_some_and(|i| {
             i.names += 1;
-            if i.unlinked {
+            let was = i.unlinked;
+            if was {
                 i.unlinked = false;
                 i.last = None;
-                (i.parent, i.name) = (key.0, Name::new(&key.1));
             }
+            was
+        });
+        if relinked {
+            self.set_place(ino, key.0, &key.1);
         }
     }
 
@@ -416,14 +557,14 @@ impl Inodes {
             return;
         }
         // A hard link with other names: rare, so a scan is fine.
+        // Its own name has just gone from `at`, so the others are all in `extra`.
         let other = self
-            .at
+            .extra
             .iter()
             .find(|b| b.ino == ino)
             .map(|b| (b.parent, b.name.clone()));
-        if let (Some((p, n)), Some(i)) = (other, self.get_mut(ino)) {
-            i.parent = p;
-            i.name = n;
+        if let Some((p, n)) = other {
+            self.set_place(ino, p, &n);
         }
     }
 
@@ -508,15 +649,15 @@ impl Inodes {
         self.at_remove(from.0, &from.1);
         if let Some(n) = self.get_mut(moving) {
             n.names = n.names.saturating_sub(1);
-            (n.parent, n.name) = (to.0, Name::new(&to.1));
             n.upper = true;
         }
+        self.set_place(moving, to.0, &to.1);
         match exchanged {
             Some(other) => {
                 if let Some(n) = self.get_mut(other) {
-                    (n.parent, n.name) = (from.0, Name::new(&from.1));
                     n.upper = true;
                 }
+                self.set_place(other, from.0, &from.1);
                 self.at_insert(to.0, &to.1, moving);
                 self.at_insert(from.0, &from.1, other);
                 if let Some(n) = self.get_mut(moving) {
@@ -880,5 +1021,43 @@ mod tests {
         let b = t.register(a, OsStr::new("b"), &lower(3, libc::S_IFDIR), true);
         t.mark_path_upper(b"a/b/unknown/c");
         assert!(t.get(a).unwrap().upper && t.get(b).unwrap().upper);
+    }
+
+    #[test]
+    fn inodes_names_filed_once_through_links_moves_and_exchanges() {
+        let mut t = table();
+        let a = t.register(Ino::ROOT, OsStr::new("a"), &lower(7, libc::S_IFREG), true);
+        let b = t.register(Ino::ROOT, OsStr::new("b"), &lower(7, libc::S_IFREG), true);
+        assert_eq!(a, b);
+        t.check();
+        // The first name goes: the inode's own name becomes "b", filed by slot.
+        t.unbind(&key(Ino::ROOT, "a"));
+        t.check();
+        assert_eq!(t.path_of(a).unwrap(), b"b");
+        assert!(t.at_find(Ino::ROOT, OsStr::new("b")).is_some());
+        // A link and a move of the inode's own name: the link stays where it was.
+        t.linked(key(Ino::ROOT, "c"), a, 40);
+        t.moved(key(Ino::ROOT, "b"), key(Ino::ROOT, "d"), a, None);
+        t.check();
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("c")), Some(a));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("d")), Some(a));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("b")), None);
+        // An exchange with another inode.
+        let e = t.register(Ino::ROOT, OsStr::new("e"), &lower(8, libc::S_IFREG), true);
+        t.moved(key(Ino::ROOT, "d"), key(Ino::ROOT, "e"), a, Some(e));
+        t.check();
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("e")), Some(a));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("d")), Some(e));
+        assert_eq!(t.path_of(e).unwrap(), b"d");
+        // Every name gone, the inode forgotten: nothing of it is left filed.
+        for n in ["c", "e"] {
+            t.unbind(&key(Ino::ROOT, n));
+            t.check();
+        }
+        assert!(t.get(a).unwrap().unlinked);
+        t.forget(a, 3);
+        t.check();
+        assert!(t.get(a).is_none());
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("d")), Some(e));
     }
 }
