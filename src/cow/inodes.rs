@@ -504,9 +504,14 @@ impl Inodes {
 
     /// Makes `key` lead to `ino`; an inode it led to before loses that name.
     pub fn bind(&mut self, key: Key, ino: Ino) {
-        match self.at_insert(key.0, &key.1, ino) {
+        self.bind_name(key.0, &key.1, ino);
+    }
+
+    /// [`Inodes::bind`] of a borrowed name: a walk binds a name per lookup.
+    fn bind_name(&mut self, parent: Ino, name: &OsStr, ino: Ino) {
+        match self.at_insert(parent, name, ino) {
             Some(old) if old == ino => return,
-            Some(old) => self.lose_name(old, &key),
+            Some(old) => self.lose_name(old, parent, name),
             None => {}
         }
         let relinked = self.get_mut(ino).is_some_and(|i| {
@@ -519,7 +524,7 @@ impl Inodes {
             was
         });
         if relinked {
-            self.set_place(ino, key.0, &key.1);
+            self.set_place(ino, parent, name);
         }
     }
 
@@ -540,16 +545,16 @@ impl Inodes {
     /// unlinked when it has none left.
     pub fn unbind(&mut self, key: &Key) {
         if let Some(ino) = self.at_remove(key.0, &key.1) {
-            self.lose_name(ino, key);
+            self.lose_name(ino, key.0, &key.1);
         }
     }
 
-    fn lose_name(&mut self, ino: Ino, key: &Key) {
+    fn lose_name(&mut self, ino: Ino, parent: Ino, name: &OsStr) {
         let Some(i) = self.get_mut(ino) else {
             return;
         };
         i.names = i.names.saturating_sub(1);
-        if (i.parent, &*i.name) != (key.0, key.1.as_os_str()) {
+        if (i.parent, &*i.name) != (parent, name) {
             return;
         }
         if i.names == 0 {
@@ -604,7 +609,7 @@ impl Inodes {
             entry.lookups += 1;
         }
         if known.is_none() {
-            self.bind((parent, name.to_os_string()), ino);
+            self.bind_name(parent, name, ino);
         }
         if let Some(u) = linked {
             self.by_upper.insert(u, ino);
