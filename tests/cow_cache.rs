@@ -222,5 +222,13 @@ fn cow_cache_listings_follow_changes_through_the_mount() {
     std::fs::write(d.join("s/new"), "").unwrap();
     list(&["c", "s", "z"], "after a directory replaced");
     assert_eq!(names(&d.join("s")), ["new"]);
+    std::os::unix::fs::symlink("c", d.join("l")).unwrap();
+    list(&["c", "l", "s", "z"], "after a symlink");
+    std::fs::hard_link(d.join("c"), e.join("c2")).unwrap();
+    assert_eq!(names(&e), ["c2"]);
+    std::fs::rename(d.join("c"), d.join("z")).unwrap();
+    list(&["l", "s", "z"], "after a rename over another name");
+    std::fs::remove_file(e.join("c2")).unwrap();
+    assert!(names(&e).is_empty());
     m.unmount();
 }

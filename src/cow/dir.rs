@@ -1,8 +1,15 @@
-//! Directory listings of the writable view: the merged listing, the snapshot an opendir
-//! takes, readdir over it, and merged directories' link counts.
+//! Directory listings of the writable view: the merged listing, the snapshot a listing from
+//! its start takes, readdir over it, and merged directories' link counts.
 //!
 //! A listing is the lower directory's names and the upper directory's, sorted, without the
 //! names the upper whites out; an upper entry stands for its name whatever is below.
+//!
+//! Directories need no handle (the kernel skips opendir and releasedir): a readdir from
+//! offset 0 takes a snapshot and numbers it, and every offset it hands out carries that
+//! number above its position, so a listing read in several requests goes on in its own
+//! snapshot while the directory changes, as it would with a handle. The snapshot goes when
+//! its end is read (the request past the last entry); a few are kept for listings left
+//! unfinished, and an offset whose snapshot is gone resumes at its position in a new one.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -12,10 +19,28 @@ use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
 
-use super::io::{Handle, Listing};
 use super::{Cow, errno, lock};
 use crate::tree::node::NodeId;
 use crate::view::{Attr, DirListing, Fh, Ino, OpResult};
+
+/// A directory's entries: `(name, inode, S_IFMT bits)`.
+type Listing = Vec<(OsString, Ino, u32)>;
+
+/// Snapshots kept for listings not read to their end: past this, the oldest goes.
+const KEPT_LISTINGS: usize = 256;
+
+/// The snapshots of listings being read, by number (see the module header).
+#[derive(Default)]
+pub(super) struct Listings {
+    last: u32,
+    pub(super) map: BTreeMap<u32, (Ino, Arc<Listing>)>,
+}
+
+/// A readdir offset: the snapshot's number above, the position (`.` 0→1, `..` 1→2, entry
+/// `k` at `k + 3`) below.
+fn dir_offset(snapshot: u32, pos: u64) -> u64 {
+    (u64::from(snapshot) << 32) | pos
+}
 
 impl Cow {
     /// Visits the merged entries of a directory, sorted by name: `f(name, lower, upper)`
@@ -113,7 +138,7 @@ impl Cow {
         err.map_or(Ok(n), Err)
     }
 
-    /// Opens a directory; its listing is taken at the first readdir.
+    /// Opens a directory (when the kernel asks: it is told no handle is needed).
     pub(super) fn opendir(&self, ino: Ino) -> OpResult<Fh> {
         let i = self.inode(ino)?;
         if !i.is_dir() {
@@ -122,7 +147,7 @@ impl Cow {
         if i.unlinked {
             return Err(Errno::ENOENT);
         }
-        self.new_handle(Handle::Dir(None))
+        Ok(Fh::NONE)
     }
 
     /// Takes a snapshot of a directory's merged listing.
@@ -153,36 +178,46 @@ impl Cow {
         }
     }
 
-    /// Lists an opened directory from `offset` (`.` 0→1, `..` 1→2, entries after).
+    /// Lists a directory from `offset` (see [`dir_offset`]).
     pub(super) fn readdir(
         &self,
         ino: Ino,
-        fh: Fh,
+        _fh: Fh,
         offset: u64,
         add: &mut dyn FnMut(DirListing<'_>) -> bool,
     ) -> OpResult<()> {
-        let items = match self.dir_handle(fh)? {
-            Some(items) => items,
-            None => self.keep_listing(fh, Arc::new(self.take_listing(ino)?))?,
+        let (snapshot, pos) = ((offset >> 32) as u32, offset & u64::from(u32::MAX));
+        let kept = match pos {
+            0 => None,
+            _ => self.kept_listing(snapshot, ino)?,
+        };
+        let (snapshot, items) = match kept {
+            Some(items) => (snapshot, items),
+            None => self.keep_listing(ino, Arc::new(self.take_listing(ino)?))?,
         };
         let parent = self.inode(ino)?.parent;
-        let dot = |name: &'static [u8], ino, next| DirListing {
+        let mut any = false;
+        let mut add = |l: DirListing<'_>| {
+            any = true;
+            add(l)
+        };
+        let dot = |name: &'static [u8], ino, pos| DirListing {
             ino,
-            next,
+            next: dir_offset(snapshot, pos),
             file_type: libc::S_IFDIR,
             name,
         };
-        if offset == 0 && add(dot(b".", ino, 1)) {
+        if pos == 0 && add(dot(b".", ino, 1)) {
             return Ok(());
         }
-        if offset <= 1 && add(dot(b"..", parent, 2)) {
+        if pos <= 1 && add(dot(b"..", parent, 2)) {
             return Ok(());
         }
-        let skip = offset.saturating_sub(2) as usize;
+        let skip = pos.saturating_sub(2) as usize;
         for (k, (name, cino, ft)) in items.iter().enumerate().skip(skip) {
             let full = add(DirListing {
                 ino: *cino,
-                next: k as u64 + 3,
+                next: dir_offset(snapshot, k as u64 + 3),
                 file_type: *ft,
                 name: name.as_bytes(),
             });
@@ -190,7 +225,34 @@ impl Cow {
                 break;
             }
         }
+        if !any {
+            // The end, read: this listing is done with its snapshot.
+            lock(&self.listings)?.map.remove(&snapshot);
+        }
         Ok(())
+    }
+
+    /// The snapshot numbered `snapshot`, if kept and of directory `ino`.
+    fn kept_listing(&self, snapshot: u32, ino: Ino) -> OpResult<Option<Arc<Listing>>> {
+        let kept = lock(&self.listings)?;
+        Ok(kept
+            .map
+            .get(&snapshot)
+            .filter(|(dir, _)| *dir == ino)
+            .map(|(_, items)| items.clone()))
+    }
+
+    /// Numbers and keeps a snapshot just taken of directory `ino`.
+    fn keep_listing(&self, ino: Ino, items: Arc<Listing>) -> OpResult<(u32, Arc<Listing>)> {
+        let mut kept = lock(&self.listings)?;
+        if kept.map.len() >= KEPT_LISTINGS {
+            kept.map.pop_first();
+        }
+        // Never 0, so an offset of 1 or 2 from no snapshot (a seek) is no snapshot's.
+        kept.last = kept.last.checked_add(1).unwrap_or(1);
+        let n = kept.last;
+        kept.map.insert(n, (ino, items.clone()));
+        Ok((n, items))
     }
 
     /// For readdirplus: counts a lookup of a listed entry and returns its attributes.

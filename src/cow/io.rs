@@ -6,7 +6,6 @@
 //! copied up later. I/O on a handle takes the handle lock only to find the file.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -17,18 +16,11 @@ use super::attr::{CAPABILITY_XATTR, kill_privs};
 use super::{Cow, errno, lock};
 use crate::view::{Caller, Fh, Ino, OpResult};
 
-/// An open file or directory.
+/// An open file (directories need no handle: see [`super::dir`]).
 pub(super) enum Handle {
     /// A file of the upper layer.
     File(Arc<File>),
-    /// A directory listing, taken at the first readdir (so an opendir served from the
-    /// kernel's cached listing costs nothing) and kept, so offsets stay valid while the
-    /// directory changes.
-    Dir(Option<Arc<Listing>>),
 }
-
-/// A directory's entries: `(name, inode, S_IFMT bits)`.
-pub(super) type Listing = Vec<(OsString, Ino, u32)>;
 
 /// The open handles, numbered from 1 ([`Fh::NONE`] is no handle).
 #[derive(Default)]
@@ -115,26 +107,7 @@ impl Cow {
     pub(super) fn file_handle(&self, fh: Fh) -> OpResult<Option<Arc<File>>> {
         match lock(&self.handles)?.map.get(&fh) {
             Some(Handle::File(f)) => Ok(Some(f.clone())),
-            Some(Handle::Dir(_)) => Err(Errno::EISDIR),
             None => Ok(None),
-        }
-    }
-
-    /// The listing behind a directory handle, if taken yet.
-    pub(super) fn dir_handle(&self, fh: Fh) -> OpResult<Option<Arc<Listing>>> {
-        match lock(&self.handles)?.map.get(&fh) {
-            Some(Handle::Dir(items)) => Ok(items.clone()),
-            _ => Err(Errno::EBADF),
-        }
-    }
-
-    /// Keeps a listing just taken for a directory handle; one taken meanwhile by another
-    /// readdir of the same handle stands.
-    pub(super) fn keep_listing(&self, fh: Fh, items: Arc<Listing>) -> OpResult<Arc<Listing>> {
-        match lock(&self.handles)?.map.get_mut(&fh) {
-            Some(Handle::Dir(Some(kept))) => Ok(kept.clone()),
-            Some(Handle::Dir(slot)) => Ok(slot.insert(items).clone()),
-            _ => Err(Errno::EBADF),
         }
     }
 

@@ -71,6 +71,8 @@ pub struct Cow {
     names: AtomicU64,
     inodes: RwLock<Inodes>,
     handles: Mutex<Handles>,
+    /// Directory listings being read, by the number their offsets carry.
+    listings: Mutex<dir::Listings>,
     /// Link counts of merged directories, computed once (a full listing) and dropped when a
     /// subdirectory comes or goes; creating files leaves them valid.
     dir_nlink: Mutex<HashMap<Ino, u32>>,
@@ -101,6 +103,7 @@ impl Cow {
             names: AtomicU64::new(0),
             inodes: RwLock::new(inodes),
             handles: Mutex::new(Handles::default()),
+            listings: Mutex::new(dir::Listings::default()),
             dir_nlink: Mutex::new(HashMap::new()),
             copying: Mutex::new(HashMap::new()),
             kernel: OnceLock::new(),
@@ -224,9 +227,12 @@ impl View for Cow {
             // The daemon drops set-id bits itself (it is told when, per write): without this
             // the kernel asks for security.capability before every single write.
             kills_privs: true,
-            // Directory handles carry listing snapshots and file handles the upper files.
+            // File handles carry the upper files.
             stateless_open: false,
-            stateless_opendir: false,
+            // Listing snapshots are found by the number their offsets carry, not by handle
+            // (see `dir`): a walk costs no opendir and releasedir round trips, and the
+            // kernel still caches listings.
+            stateless_opendir: true,
             keep_cache: false,
             // Handleless opens read a lower file's data, which never changes; its pages go
             // when it is copied up.

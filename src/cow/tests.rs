@@ -469,3 +469,50 @@ fn cow_racing_copy_ups_of_one_file_make_one_upper_file() {
         "{reads} reads for one copy of {per_copy}"
     );
 }
+
+/// Reads one entry of `dir` at `offset`: its name and the offset to go on from.
+fn one_entry(cow: &Cow, dir: Ino, offset: u64) -> Option<(String, u64)> {
+    let mut got = None;
+    cow.readdir(dir, crate::view::Fh::NONE, offset, &mut |l| {
+        got = Some((String::from_utf8_lossy(l.name).into_owned(), l.next));
+        true
+    })
+    .unwrap();
+    got
+}
+
+#[test]
+fn cow_listings_read_in_pieces_go_on_in_their_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = tree_with_data(
+        t.path(),
+        &[("d", None), ("d/b", Some(b"b")), ("d/c", Some(b"c"))],
+    );
+    let cow = view(t.path(), tree, |_| {});
+    let d = cow.lookup(Ino::ROOT, b"d").unwrap().ino;
+    // Two listings from the start, one entry per request; the directory changes between.
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    for _ in 0..3 {
+        let (name, next) = one_entry(&cow, d, at).unwrap();
+        first.push(name);
+        at = next;
+    }
+    let (_, fh) = cow.create(d, b"a", 0o644, libc::O_WRONLY, ROOT).unwrap();
+    cow.release(fh);
+    cow.unlink(d, b"c").unwrap();
+    let mut again = 0;
+    while let Some((name, next)) = one_entry(&cow, d, again) {
+        second.push(name);
+        again = next;
+    }
+    while let Some((name, next)) = one_entry(&cow, d, at) {
+        first.push(name);
+        at = next;
+    }
+    assert_eq!(first, [".", "..", "b", "c"]);
+    assert_eq!(second, [".", "..", "a", "b"]);
+    // Both were read to their end, so neither snapshot is kept.
+    assert!(cow.listings.lock().unwrap().map.is_empty());
+    assert_eq!(names(&cow, d), [".", "..", "a", "b"]);
+}

@@ -6,7 +6,7 @@
 //! implement [`LayerBytes`] their own way; the views above only ever see [`LayerData`], so a
 //! new source changes nothing there. Reads take no lock: a host file is opened once and read
 //! with `pread`.
-//! Dependencies: image::container (BlobLoc).
+//! Dependencies: image::container (BlobLoc), sys (copy_file_range).
 
 use std::fmt;
 use std::fs::File;
@@ -95,24 +95,80 @@ impl LayerData {
         }
     }
 
-    /// Copies the `len` bytes at `offset` into `out` (at its current position).
+    /// Copies the `len` bytes at `offset` into `out` (at its current position, which it
+    /// leaves after them). The kernel moves the bytes where the source is a host file
+    /// (`copy_file_range`: a reflink where the filesystem can, else an in-kernel copy), else
+    /// they go through a buffer. Writeback of each step starts as the next one is copied, so
+    /// a flush after it (every caller makes one) finds little left to write, and the copy
+    /// and the disk work at once instead of one after the other.
     pub fn copy_to(&self, offset: u64, len: u64, out: &mut File) -> io::Result<()> {
-        let n = match self.host_range() {
-            Some(loc) => {
-                use std::io::{Seek, SeekFrom};
-                let mut src = File::open(&loc.file)?;
-                src.seek(SeekFrom::Start(loc.offset + offset))?;
-                let inside = len.min(loc.len.saturating_sub(offset));
-                // std::io::copy uses copy_file_range between two files.
-                io::copy(&mut src.take(inside), out)?
-            }
-            None => io::copy(&mut self.reader(offset, len), out)?,
+        use std::io::{Seek, SeekFrom};
+        let pos = out.stream_position()?;
+        let host = match self.host_range() {
+            Some(loc) => Some((File::open(&loc.file)?, loc.offset + offset)),
+            None => None,
         };
-        if n != len {
+        // Past the host range is another member of the archive: never copied.
+        let len_in = match self.host_range() {
+            Some(loc) => len.min(loc.len.saturating_sub(offset)),
+            None => len,
+        };
+        let mut kernel = host.is_some();
+        let mut buf = Vec::new();
+        let mut done = 0u64;
+        while done < len_in {
+            let step = (len_in - done).min(COPY_STEP) as usize;
+            let n = match &host {
+                Some((src, base)) if kernel => {
+                    match crate::sys::copy_file_range(src, base + done, out, pos + done, step) {
+                        Ok(n) => n,
+                        // Not between these two files (another filesystem type, say): the
+                        // buffer does it.
+                        Err(e) if done == 0 && no_kernel_copy(&e) => {
+                            kernel = false;
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => {
+                    buf.resize(step, 0);
+                    let k = match self.0.read_at(&mut buf[..step], offset + done) {
+                        Ok(k) => k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    out.write_all_at(&buf[..k], pos + done)?;
+                    k
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            // Only a head start for the flush: a refusal changes nothing but speed.
+            let _ = crate::sys::start_writeback(out, pos + done, n as u64);
+            done += n as u64;
+        }
+        out.seek(SeekFrom::Start(pos + done))?;
+        if done != len {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         }
         Ok(())
     }
+}
+
+/// Bytes per step of [`LayerData::copy_to`]: big enough that the calls cost nothing next to
+/// the bytes, small enough that writeback starts early.
+const COPY_STEP: u64 = 8 << 20;
+
+/// Whether `copy_file_range` refused this pair of files (rather than failing to read or
+/// write), so a copy through a buffer may do it.
+fn no_kernel_copy(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
 }
 
 /// Reads a range of a layer's bytes in order.
@@ -199,5 +255,49 @@ mod tests {
         d.copy_to(6, 5, &mut out).unwrap();
         assert_eq!(out.metadata().unwrap().len(), 5);
         assert!(d.copy_to(6, 6, &mut tempfile::tempfile().unwrap()).is_err());
+    }
+
+    /// A source with no host file, read through a buffer.
+    #[derive(Debug)]
+    struct Mem(Vec<u8>);
+
+    impl LayerBytes for Mem {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let rest = self.0.get(offset as usize..).unwrap_or_default();
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn copy_to_writes_at_the_position_in_steps() {
+        use std::io::{Seek, Write};
+        let bytes: Vec<u8> = (0..COPY_STEP + 5000).map(|i| (i % 251) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, &bytes).unwrap();
+        let host = LayerData::host(BlobLoc {
+            file: p,
+            offset: 0,
+            len: bytes.len() as u64,
+        });
+        let mem = LayerData::new(Mem(bytes.clone()));
+        for d in [host, mem] {
+            let mut out = tempfile::tempfile().unwrap();
+            out.write_all(b"head").unwrap();
+            let len = bytes.len() as u64 - 7;
+            d.copy_to(7, len, &mut out).unwrap();
+            assert_eq!(out.stream_position().unwrap(), 4 + len);
+            let mut got = Vec::new();
+            out.rewind().unwrap();
+            out.read_to_end(&mut got).unwrap();
+            assert_eq!(&got[..4], b"head");
+            assert!(got[4..] == bytes[7..], "{d:?}: wrong bytes");
+            // Asking past the source's end copies what there is, then fails.
+            let mut short = tempfile::tempfile().unwrap();
+            let e = d.copy_to(7, len + 1, &mut short).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        }
     }
 }

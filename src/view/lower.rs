@@ -6,7 +6,10 @@
 //! the cache. That copy is never made in an open: opens are served by reads through the
 //! daemon until the file has been read for [`PASSTHROUGH_MIN_SIZE`] bytes, then one
 //! background thread copies it, and opens after it is in place (with no handle of the inode
-//! left open, as the kernel wants one I/O mode per inode) go to the kernel. A file only
+//! left open, as the kernel wants one I/O mode per inode) go to the kernel. Which copies are
+//! in place is known in memory (listed at mount, added to as they are made), so opens look
+//! nothing up in the cache; another mount's new copy is found when this one would make it,
+//! or at the next mount. A file only
 //! peeked at (`head`, `file`) costs no copy; disk cost: one copy per big file read in
 //! earnest (none where `copy_file_range` reflinks), evictable with the rest of the cache.
 //!
@@ -17,7 +20,7 @@
 //! Never panics: an impossible state answers `EIO` and logs at error.
 //! Dependencies: view (shared types), tree, layer (data), nix (Errno).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -57,7 +60,17 @@ pub struct LowerView {
     /// Big files' bytes read through the daemon, until their copy is queued (`u64::MAX`).
     read_through: Mutex<HashMap<NodeId, u64>>,
     copier: OnceLock<Option<mpsc::Sender<Job>>>,
+    /// The copies in place, by layer and offset: listed once when passthrough is enabled and
+    /// added to as copies are made, so an open of a file without one looks nothing up in
+    /// the cache (a cold open would wait on the disk for it).
+    present: Arc<Mutex<HashSet<(u16, u64)>>>,
+    /// Whether any entry of the image carries an SELinux label (see [`LowerView::getxattr`]),
+    /// found on the first request for one.
+    labelled: OnceLock<bool>,
 }
+
+/// The SELinux label's attribute.
+pub const SELINUX_XATTR: &[u8] = b"security.selinux";
 
 /// What the copying thread is asked to do.
 enum Job {
@@ -72,6 +85,7 @@ struct CopyJob {
     d: DataRef,
     dir: PathBuf,
     path: PathBuf,
+    present: Arc<Mutex<HashSet<(u16, u64)>>>,
 }
 
 impl CopyJob {
@@ -92,9 +106,15 @@ impl CopyJob {
             out.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
-        if let Err(e) = copy() {
-            let _ = std::fs::remove_file(&tmp);
-            log::warn!("{}: passthrough copy failed: {e}", self.path.display());
+        match copy() {
+            Ok(()) => {
+                let mut p = self.present.lock().unwrap_or_else(|p| p.into_inner());
+                p.insert((self.d.layer, self.d.offset));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                log::warn!("{}: passthrough copy failed: {e}", self.path.display());
+            }
         }
     }
 }
@@ -108,11 +128,48 @@ impl LowerView {
             passthrough: None,
             read_through: Mutex::new(HashMap::new()),
             copier: OnceLock::new(),
+            present: Arc::default(),
+            labelled: OnceLock::new(),
         }
     }
 
-    /// Enables backing files for passthrough reads of big files.
+    /// Whether any entry of the image has an SELinux label: one pass over the nodes, once.
+    fn labelled(&self) -> bool {
+        *self.labelled.get_or_init(|| {
+            let t = &self.tree;
+            (0..t.len() as u32).any(|i| {
+                let id = NodeId(i);
+                t.rec(id).is_some_and(NodeRec::has_xattrs) && t.xattr(id, SELINUX_XATTR).is_some()
+            })
+        })
+    }
+
+    /// Enables backing files for passthrough reads of big files, noting the copies the cache
+    /// already holds for the image's layers (one directory read when there are none).
     pub fn with_passthrough(mut self, store: PassthroughStore) -> LowerView {
+        let mut present = HashSet::new();
+        let made: HashSet<_> = std::fs::read_dir(&store.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        for (layer, key) in store.layer_keys.iter().enumerate() {
+            let Ok(layer) = u16::try_from(layer) else {
+                break;
+            };
+            if !made.contains(std::ffi::OsStr::new(key)) {
+                continue;
+            }
+            let names = std::fs::read_dir(store.dir.join(key)).into_iter().flatten();
+            for e in names.flatten() {
+                // Temporary copies are dot names, which parse as no offset.
+                if let Some(off) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    present.insert((layer, off));
+                }
+            }
+        }
+        self.present = Arc::new(Mutex::new(present));
         self.passthrough = Some(store);
         self
     }
@@ -147,10 +204,18 @@ impl LowerView {
         if let Some(own) = data.own_file(d.offset, d.size) {
             return Some(own.map_err(|e| io_errno(&e, "open layer file")));
         }
+        let known = {
+            let p = self.present.lock().unwrap_or_else(|p| p.into_inner());
+            p.contains(&(d.layer, d.offset))
+        };
+        if !known {
+            return None;
+        }
         let (_, path) = match self.copy_path(&d) {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         };
+        // Gone if the cache was trimmed meanwhile: then through the daemon again.
         let f = File::open(&path).ok()?;
         f.metadata()
             .is_ok_and(|m| m.len() == d.size)
@@ -187,6 +252,7 @@ impl LowerView {
             d: *d,
             dir,
             path,
+            present: self.present.clone(),
         };
         self.send(Job::Copy(job));
     }
@@ -330,9 +396,10 @@ impl View for LowerView {
             keep_cache: true,
             keep_handleless_cache: true,
             cache_dirs: true,
-            // Access is checked by the view itself (no `default_permissions`), which
-            // `FUSE_POSIX_ACL` would turn on.
-            posix_acl: false,
+            // The kernel then caches the image's ACLs, which never change, and checks them
+            // with `default_permissions` (without it, the kernel leaves access to the view,
+            // as before).
+            posix_acl: true,
         }
     }
 
@@ -440,7 +507,10 @@ impl View for LowerView {
         self.getattr(l.ino, None)
     }
 
-    /// `user.rimgfs.layer` answers the provenance.
+    /// `user.rimgfs.layer` answers the provenance. An image without any SELinux label answers
+    /// `security.selinux` as a filesystem without labels does (`EOPNOTSUPP`, not `ENODATA`),
+    /// which tells `ls -l` and the like to stop asking it of every other entry; an image with
+    /// labels answers `ENODATA` for its unlabelled entries.
     fn getxattr(&self, ino: Ino, name: &[u8]) -> OpResult<Vec<u8>> {
         let (id, n) = self.node(ino)?;
         if name == PROVENANCE_XATTR {
@@ -450,13 +520,15 @@ impl View for LowerView {
                 .ok_or(Errno::ENODATA)?;
             return Ok(label.as_bytes().to_vec());
         }
-        if !n.has_xattrs() {
-            return Err(Errno::ENODATA);
+        let found = match n.has_xattrs() {
+            true => self.tree.xattr(id, name),
+            false => None,
+        };
+        match found {
+            Some(v) => Ok(v.to_vec()),
+            None if name == SELINUX_XATTR && !self.labelled() => Err(Errno::EOPNOTSUPP),
+            None => Err(Errno::ENODATA),
         }
-        self.tree
-            .xattr(id, name)
-            .map(<[u8]>::to_vec)
-            .ok_or(Errno::ENODATA)
     }
 
     /// The image's own attribute names (the provenance one is not listed, so copies and
@@ -596,10 +668,12 @@ mod tests {
     fn a_new_view_uses_a_copy_already_made() {
         let dir = tempfile::tempdir().unwrap();
         let (v, big) = view(dir.path());
-        let b = ino(&v, b"big");
         let copy = dir.path().join("passthrough/layer/4096");
         std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
         std::fs::write(&copy, &big).unwrap();
-        assert!(v.backing_file(b, Fh::NONE).unwrap().is_ok());
+        // The view made before knows of no copy, and never looks for one in an open.
+        assert!(v.backing_file(ino(&v, b"big"), Fh::NONE).is_none());
+        let (v, _) = view(dir.path());
+        assert!(v.backing_file(ino(&v, b"big"), Fh::NONE).unwrap().is_ok());
     }
 }
