@@ -11,14 +11,17 @@
 //! sees one number stand for two files.
 //! Dependencies: view (Ino, OpResult), tree (NodeId), nix (Errno).
 
-use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
+use std::num::NonZeroU8;
+use std::ops::Deref;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use nix::errno::Errno;
 
 use crate::tree::node::NodeId;
@@ -27,60 +30,98 @@ use crate::view::{Attr, Ino, OpResult};
 /// A name: the directory inode and the name in it.
 pub(super) type Key = (Ino, OsString);
 
-/// A name as the table keeps it: the name shared with the inode it leads to, so that a walk
-/// stores each name once.
-#[derive(Clone, Debug)]
-struct NameKey(Ino, Arc<OsStr>);
-
-/// A name looked up, owned or borrowed ([`NameKey`] or `(Ino, &OsStr)`).
-trait NameView {
-    fn parts(&self) -> (Ino, &OsStr);
+/// A name as the table keeps it, in 16 bytes: up to [`Name::INLINE`] bytes in place (nearly
+/// every name of an image), longer ones shared on the heap. A walk of a big image keeps one
+/// per inode and one per binding, so no allocation for the common case.
+#[derive(Clone)]
+pub(super) enum Name {
+    /// The bytes, and their count plus one (which leaves a niche for the other variant).
+    Short {
+        bytes: [u8; Name::INLINE],
+        len: NonZeroU8,
+    },
+    Long(Arc<Box<OsStr>>),
 }
 
-impl NameView for NameKey {
-    fn parts(&self) -> (Ino, &OsStr) {
-        (self.0, &self.1)
+impl Name {
+    /// The longest name kept in place.
+    pub const INLINE: usize = 15;
+
+    pub fn new(name: &OsStr) -> Name {
+        let b = name.as_bytes();
+        // The length is checked before it is narrowed: names run to 255 bytes and more.
+        let short = (b.len() <= Self::INLINE).then(|| NonZeroU8::new(b.len() as u8 + 1));
+        match short.flatten() {
+            Some(len) => {
+                let mut bytes = [0; Self::INLINE];
+                bytes[..b.len()].copy_from_slice(b);
+                Name::Short { bytes, len }
+            }
+            _ => Name::Long(Arc::new(name.into())),
+        }
     }
 }
 
-impl NameView for (Ino, &OsStr) {
-    fn parts(&self) -> (Ino, &OsStr) {
-        (self.0, self.1)
+impl Deref for Name {
+    type Target = OsStr;
+    fn deref(&self) -> &OsStr {
+        match self {
+            Name::Short { bytes, len } => {
+                OsStr::from_bytes(&bytes[..usize::from(len.get() - 1).min(Self::INLINE)])
+            }
+            Name::Long(n) => n,
+        }
     }
 }
 
-impl Hash for dyn NameView + '_ {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.parts().hash(h);
-    }
-}
-
-impl PartialEq for dyn NameView + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn NameView + '_ {}
-
-// Hash and equality as the borrowed form's, as `Borrow` requires.
-impl Hash for NameKey {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        (self as &dyn NameView).hash(h);
-    }
-}
-
-impl PartialEq for NameKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for NameKey {}
-
-impl<'a> Borrow<dyn NameView + 'a> for NameKey {
-    fn borrow(&self) -> &(dyn NameView + 'a) {
+impl AsRef<OsStr> for Name {
+    fn as_ref(&self) -> &OsStr {
         self
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// One binding of the name table: `(parent, name)` leads to `ino`.
+#[derive(Debug)]
+struct Binding {
+    parent: Ino,
+    name: Name,
+    ino: Ino,
+}
+
+/// The table's hashes: a folded multiply, keyed per table (names come from users too), far
+/// cheaper than SipHash for the integer and short-name keys of every lookup.
+#[derive(Debug)]
+struct Hash(u64);
+
+impl Hash {
+    fn new() -> Hash {
+        Hash(RandomState::new().hash_one(0x9E37_79B9_7F4A_7C15u64) | 1)
+    }
+
+    fn mix(h: u64, v: u64) -> u64 {
+        let m = u128::from(h ^ v) * u128::from(0x9E37_79B9_7F4A_7C15u64);
+        (m as u64) ^ ((m >> 64) as u64)
+    }
+
+    fn ino(&self, ino: Ino) -> u64 {
+        Self::mix(self.0, ino.0)
+    }
+
+    fn name(&self, parent: Ino, name: &OsStr) -> u64 {
+        let b = name.as_bytes();
+        let mut h = Self::mix(self.0, parent.0);
+        for c in b.chunks(8) {
+            let mut w = [0; 8];
+            w[..c.len()].copy_from_slice(c);
+            h = Self::mix(h.rotate_left(23), u64::from_le_bytes(w));
+        }
+        Self::mix(h, b.len() as u64)
     }
 }
 
@@ -89,7 +130,7 @@ impl<'a> Borrow<dyn NameView + 'a> for NameKey {
 pub(super) struct Inode {
     /// Where it is: parent inode and name (the root is its own parent, with an empty name).
     pub parent: Ino,
-    pub name: Arc<OsStr>,
+    pub name: Name,
     /// The lower node it continues: its data and attributes until copied up; for a directory,
     /// the lower directory merged under it (`None` when opaque or born in the upper).
     pub lower: Option<NodeId>,
@@ -107,6 +148,9 @@ pub(super) struct Inode {
     /// for it as long as open files still reach it. Boxed: rare, and every inode of a walk
     /// carries the field.
     pub last: Option<Box<Last>>,
+    /// Its own name (`parent`, `name`) leads here, filed in the table's `at` index under
+    /// this inode's slot.
+    bound: bool,
 }
 
 /// An upper entry that lost its last name, as it was then.
@@ -124,7 +168,7 @@ impl Inode {
     pub fn at(parent: Ino, name: &OsStr, c: &Child) -> Inode {
         Inode {
             parent,
-            name: Arc::from(name),
+            name: Name::new(name),
             lower: c.lower,
             upper: c.upper,
             file_type: c.file_type,
@@ -132,6 +176,7 @@ impl Inode {
             names: 0,
             unlinked: false,
             last: None,
+            bound: false,
         }
     }
 
@@ -155,10 +200,24 @@ pub(super) struct Child {
 }
 
 /// The table.
+///
+/// Inodes sit in slots (reused after a forget) indexed by number, rather than in a map of
+/// whole inodes: a hash table keeps up to twice the room its entries need, which on a walk of
+/// a big image is most of the daemon's memory, and an index of slot numbers keeps that room
+/// small.
 #[derive(Debug)]
 pub(super) struct Inodes {
-    map: HashMap<Ino, Inode>,
-    at: HashMap<NameKey, Ino>,
+    slots: Vec<(Ino, Inode)>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
+    /// Inode number → slot.
+    by_ino: HashTable<u32>,
+    /// Names: `(parent, name)` → inode. A name that is its inode's own is filed by slot
+    /// number, 4 bytes, with the name read from the slot: that is every name of a walk.
+    at: HashTable<u32>,
+    /// The other names (hard links, a name left bound while its inode moved on).
+    extra: HashTable<Binding>,
+    hash: Hash,
     /// Host inode number of a hard-linked upper file → its inode here, so every name of it
     /// answers one inode, across mounts too.
     by_upper: HashMap<u64, Ino>,
@@ -172,7 +231,7 @@ impl Inodes {
     pub fn new(first_free: u64, root_lower: Option<NodeId>) -> Inodes {
         let root = Inode {
             parent: Ino::ROOT,
-            name: Arc::from(OsStr::new("")),
+            name: Name::new(OsStr::new("")),
             lower: root_lower,
             upper: true,
             file_type: libc::S_IFDIR,
@@ -180,18 +239,122 @@ impl Inodes {
             names: 0,
             unlinked: false,
             last: None,
+            bound: false,
         };
-        Inodes {
-            map: HashMap::from([(Ino::ROOT, root)]),
-            at: HashMap::new(),
+        let mut t = Inodes {
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_ino: HashTable::new(),
+            at: HashTable::new(),
+            extra: HashTable::new(),
+            hash: Hash::new(),
             by_upper: HashMap::new(),
             next: first_free,
+        };
+        t.insert(Ino::ROOT, root);
+        t
+    }
+
+    /// The slot of `ino`.
+    fn slot(&self, ino: Ino) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_ino
+            .find(self.hash.ino(ino), |&s| slots[s as usize].0 == ino)
+            .copied()
+    }
+
+    fn get_mut(&mut self, ino: Ino) -> Option<&mut Inode> {
+        let s = self.slot(ino)?;
+        Some(&mut self.slots[s as usize].1)
+    }
+
+    fn contains(&self, ino: Ino) -> bool {
+        self.slot(ino).is_some()
+    }
+
+    /// Number of inodes.
+    fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    /// Puts `inode` at `ino`, replacing what was there.
+    fn insert(&mut self, ino: Ino, inode: Inode) -> &mut Inode {
+        if let Some(s) = self.slot(ino) {
+            self.unfile(s);
+            self.slots[s as usize].1 = Inode {
+                bound: false,
+                ..inode
+            };
+            self.refile(s);
+            return &mut self.slots[s as usize].1;
+        }
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = (ino, inode);
+                s
+            }
+            None => {
+                // Slot numbers are u32: the kernel cannot hold 4 Gi inodes of one mount.
+                self.slots.push((ino, inode));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let (slots, hash) = (&self.slots, &self.hash);
+        self.by_ino
+            .insert_unique(hash.ino(ino), s, |&s| hash.ino(slots[s as usize].0));
+        &mut self.slots[s as usize].1
+    }
+
+    /// Forgets `ino`, freeing its slot.
+    fn remove(&mut self, ino: Ino) {
+        let h = self.hash.ino(ino);
+        let slots = &self.slots;
+        if let Ok(e) = self.by_ino.find_entry(h, |&s| slots[s as usize].0 == ino) {
+            let (s, _) = e.remove();
+            self.unfile(s);
+            // Drops what the inode held on the heap now, not when the slot is reused.
+            let i = &mut self.slots[s as usize].1;
+            i.name = Name::new(OsStr::new(""));
+            i.last = None;
+            self.free.push(s);
         }
     }
 
     /// An inode.
     pub fn get(&self, ino: Ino) -> Option<&Inode> {
-        self.map.get(&ino)
+        let s = self.slot(ino)?;
+        Some(&self.slots[s as usize].1)
+    }
+
+    /// Checks that every name is filed once: by its inode's slot in `at` exactly when it is
+    /// that inode's own name and the slot says so, else in `extra`.
+    #[cfg(test)]
+    fn check(&self) {
+        let mut filed = 0;
+        for &s in self.at.iter() {
+            let (ino, i) = &self.slots[s as usize];
+            assert!(i.bound, "slot {s} filed but not bound");
+            assert_eq!(self.slot(*ino), Some(s));
+            assert!(
+                self.extra_get(i.parent, &i.name).is_none(),
+                "{:?} twice",
+                i.name
+            );
+            filed += 1;
+        }
+        let bound = self
+            .by_ino
+            .iter()
+            .filter(|&&s| self.slots[s as usize].1.bound)
+            .count();
+        assert_eq!(filed, bound);
+        for b in self.extra.iter() {
+            assert!(
+                self.at_find(b.parent, &b.name).is_none(),
+                "{:?} twice",
+                b.name
+            );
+        }
     }
 
     /// The inode a name leads to, if known.
@@ -200,25 +363,138 @@ impl Inodes {
         self.at_get(parent, name)
     }
 
+    /// The slot whose own name `(parent, name)` is filed in `at`.
+    fn at_find(&self, parent: Ino, name: &OsStr) -> Option<u32> {
+        let slots = &self.slots;
+        self.at
+            .find(self.hash.name(parent, name), |&s| {
+                let i = &slots[s as usize].1;
+                i.parent == parent && *i.name == *name
+            })
+            .copied()
+    }
+
+    /// Files slot `s` in `at` under its inode's own name, which leads nowhere yet.
+    fn file(&mut self, s: u32) {
+        let (slots, hash) = (&self.slots, &self.hash);
+        let i = &slots[s as usize].1;
+        self.at
+            .insert_unique(hash.name(i.parent, &i.name), s, |&x| {
+                let i = &slots[x as usize].1;
+                hash.name(i.parent, &i.name)
+            });
+        self.slots[s as usize].1.bound = true;
+    }
+
+    /// Takes slot `s` out of `at` before its inode's own name changes or the slot goes: the
+    /// name keeps leading to the inode, among the other names.
+    fn unfile(&mut self, s: u32) {
+        let i = &self.slots[s as usize].1;
+        if !i.bound {
+            return;
+        }
+        let (h, b) = (
+            self.hash.name(i.parent, &i.name),
+            Binding {
+                parent: i.parent,
+                name: i.name.clone(),
+                ino: self.slots[s as usize].0,
+            },
+        );
+        if let Ok(e) = self.at.find_entry(h, |&x| x == s) {
+            e.remove();
+        }
+        self.slots[s as usize].1.bound = false;
+        self.extra_insert(b);
+    }
+
+    /// Files slot `s` by its inode's own name if that name, among the other names, leads to
+    /// it.
+    fn refile(&mut self, s: u32) {
+        let (ino, i) = &self.slots[s as usize];
+        let (ino, parent, name) = (*ino, i.parent, i.name.clone());
+        if self.extra_get(parent, &name) == Some(ino) {
+            self.extra_remove(parent, &name);
+            self.file(s);
+        }
+    }
+
+    /// Moves the inode's own name to `(parent, name)`.
+    fn set_place(&mut self, ino: Ino, parent: Ino, name: &OsStr) {
+        let Some(s) = self.slot(ino) else {
+            return;
+        };
+        self.unfile(s);
+        let i = &mut self.slots[s as usize].1;
+        (i.parent, i.name) = (parent, Name::new(name));
+        self.refile(s);
+    }
+
     /// The inode the name `(parent, name)` leads to.
     fn at_get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        self.at.get(&(parent, name) as &dyn NameView).copied()
+        match self.at_find(parent, name) {
+            Some(s) => Some(self.slots[s as usize].0),
+            None => self.extra_get(parent, name),
+        }
     }
 
     /// Forgets where the name `(parent, name)` leads.
     fn at_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        self.at.remove(&(parent, name) as &dyn NameView)
+        match self.at_find(parent, name) {
+            Some(s) => {
+                let h = self.hash.name(parent, name);
+                if let Ok(e) = self.at.find_entry(h, |&x| x == s) {
+                    e.remove();
+                }
+                self.slots[s as usize].1.bound = false;
+                Some(self.slots[s as usize].0)
+            }
+            None => self.extra_remove(parent, name),
+        }
     }
 
-    /// Makes the name `(parent, name)` lead to `ino`, sharing the inode's copy of the name
-    /// when it is that inode's own; returns where it led before.
+    /// Makes the name `(parent, name)` lead to `ino`; returns where it led before.
     fn at_insert(&mut self, parent: Ino, name: &OsStr, ino: Ino) -> Option<Ino> {
-        let shared = self
-            .map
-            .get(&ino)
-            .filter(|i| i.parent == parent && *i.name == *name)
-            .map_or_else(|| Arc::from(name), |i| i.name.clone());
-        self.at.insert(NameKey(parent, shared), ino)
+        let old = self.at_remove(parent, name);
+        let own = self.slot(ino).filter(|&s| {
+            let i = &self.slots[s as usize].1;
+            !i.bound && i.parent == parent && *i.name == *name
+        });
+        match own {
+            Some(s) => self.file(s),
+            None => self.extra_insert(Binding {
+                parent,
+                name: Name::new(name),
+                ino,
+            }),
+        }
+        old
+    }
+
+    fn extra_get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.extra
+            .find(self.hash.name(parent, name), |b| {
+                b.parent == parent && *b.name == *name
+            })
+            .map(|b| b.ino)
+    }
+
+    fn extra_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        let h = self.hash.name(parent, name);
+        let e = self
+            .extra
+            .find_entry(h, |b| b.parent == parent && *b.name == *name)
+            .ok()?;
+        Some(e.remove().0.ino)
+    }
+
+    /// Adds a binding for a name that leads nowhere yet.
+    fn extra_insert(&mut self, b: Binding) {
+        let hash = &self.hash;
+        self.extra
+            .insert_unique(hash.name(b.parent, &b.name), b, |b| {
+                hash.name(b.parent, &b.name)
+            });
     }
 
     fn fresh_number(&mut self) -> Ino {
@@ -228,25 +504,34 @@ impl Inodes {
 
     /// Makes `key` lead to `ino`; an inode it led to before loses that name.
     pub fn bind(&mut self, key: Key, ino: Ino) {
-        match self.at_insert(key.0, &key.1, ino) {
+        self.bind_name(key.0, &key.1, ino);
+    }
+
+    /// [`Inodes::bind`] of a borrowed name: a walk binds a name per lookup.
+    fn bind_name(&mut self, parent: Ino, name: &OsStr, ino: Ino) {
+        match self.at_insert(parent, name, ino) {
             Some(old) if old == ino => return,
-            Some(old) => self.lose_name(old, &key),
+            Some(old) => self.lose_name(old, parent, name),
             None => {}
         }
-        if let Some(i) = self.map.get_mut(&ino) {
+        let relinked = self.get_mut(ino).is_some_and(|i| {
             i.names += 1;
-            if i.unlinked {
+            let was = i.unlinked;
+            if was {
                 i.unlinked = false;
                 i.last = None;
-                (i.parent, i.name) = (key.0, Arc::from(key.1.as_os_str()));
             }
+            was
+        });
+        if relinked {
+            self.set_place(ino, parent, name);
         }
     }
 
     /// Keeps `attr` (taken before its entry went) as what `ino` answers if it is now
     /// unlinked.
     pub fn remember(&mut self, ino: Ino, last: Option<Last>) {
-        if let Some(i) = self.map.get_mut(&ino).filter(|i| i.unlinked) {
+        if let Some(i) = self.get_mut(ino).filter(|i| i.unlinked) {
             i.last = last.map(|l| {
                 Box::new(Last {
                     attr: Attr { nlink: 0, ..l.attr },
@@ -260,16 +545,16 @@ impl Inodes {
     /// unlinked when it has none left.
     pub fn unbind(&mut self, key: &Key) {
         if let Some(ino) = self.at_remove(key.0, &key.1) {
-            self.lose_name(ino, key);
+            self.lose_name(ino, key.0, &key.1);
         }
     }
 
-    fn lose_name(&mut self, ino: Ino, key: &Key) {
-        let Some(i) = self.map.get_mut(&ino) else {
+    fn lose_name(&mut self, ino: Ino, parent: Ino, name: &OsStr) {
+        let Some(i) = self.get_mut(ino) else {
             return;
         };
         i.names = i.names.saturating_sub(1);
-        if (i.parent, &*i.name) != (key.0, key.1.as_os_str()) {
+        if (i.parent, &*i.name) != (parent, name) {
             return;
         }
         if i.names == 0 {
@@ -277,14 +562,14 @@ impl Inodes {
             return;
         }
         // A hard link with other names: rare, so a scan is fine.
+        // Its own name has just gone from `at`, so the others are all in `extra`.
         let other = self
-            .at
+            .extra
             .iter()
-            .find(|(_, v)| **v == ino)
-            .map(|(k, _)| k.clone());
-        if let (Some(NameKey(p, n)), Some(i)) = (other, self.map.get_mut(&ino)) {
-            i.parent = p;
-            i.name = n;
+            .find(|b| b.ino == ino)
+            .map(|b| (b.parent, b.name.clone()));
+        if let Some((p, n)) = other {
+            self.set_place(ino, p, &n);
         }
     }
 
@@ -301,12 +586,11 @@ impl Inodes {
             None => {
                 let by_upper = linked
                     .and_then(|u| self.by_upper.get(&u).copied())
-                    .filter(|i| self.map.contains_key(i));
-                let by_lower = c.lower.map(Ino::of).filter(|i| !self.map.contains_key(i));
+                    .filter(|&i| self.contains(i));
+                let by_lower = c.lower.map(Ino::of).filter(|&i| !self.contains(i));
                 // A lower hard link seen under a second name shares the inode.
                 let shared = c.lower.map(Ino::of).filter(|i| {
-                    c.file_type != libc::S_IFDIR
-                        && self.map.get(i).is_some_and(|n| n.lower == c.lower)
+                    c.file_type != libc::S_IFDIR && self.get(*i).is_some_and(|n| n.lower == c.lower)
                 });
                 match by_upper.or(by_lower).or(shared) {
                     Some(i) => i,
@@ -314,10 +598,10 @@ impl Inodes {
                 }
             }
         };
-        let entry = self
-            .map
-            .entry(ino)
-            .or_insert_with(|| Inode::at(parent, name, c));
+        let entry = match self.slot(ino) {
+            Some(s) => &mut self.slots[s as usize].1,
+            None => self.insert(ino, Inode::at(parent, name, c)),
+        };
         entry.upper = c.upper;
         entry.lower = c.lower;
         entry.file_type = c.file_type;
@@ -325,7 +609,7 @@ impl Inodes {
             entry.lookups += 1;
         }
         if known.is_none() {
-            self.bind((parent, name.to_os_string()), ino);
+            self.bind_name(parent, name, ino);
         }
         if let Some(u) = linked {
             self.by_upper.insert(u, ino);
@@ -349,7 +633,7 @@ impl Inodes {
             lookups: 1,
             ..Inode::at(parent, name, &c)
         };
-        self.map.insert(ino, inode);
+        self.insert(ino, inode);
         self.bind(key, ino);
         ino
     }
@@ -358,7 +642,7 @@ impl Inodes {
     pub fn linked(&mut self, key: Key, ino: Ino, upper_ino: u64) {
         self.bind(key, ino);
         self.by_upper.insert(upper_ino, ino);
-        if let Some(n) = self.map.get_mut(&ino) {
+        if let Some(n) = self.get_mut(ino) {
             n.lookups += 1;
         }
     }
@@ -368,20 +652,20 @@ impl Inodes {
     /// otherwise whatever `to` led to loses it (unlinked unless it has other names).
     pub fn moved(&mut self, from: Key, to: Key, moving: Ino, exchanged: Option<Ino>) {
         self.at_remove(from.0, &from.1);
-        if let Some(n) = self.map.get_mut(&moving) {
+        if let Some(n) = self.get_mut(moving) {
             n.names = n.names.saturating_sub(1);
-            (n.parent, n.name) = (to.0, Arc::from(to.1.as_os_str()));
             n.upper = true;
         }
+        self.set_place(moving, to.0, &to.1);
         match exchanged {
             Some(other) => {
-                if let Some(n) = self.map.get_mut(&other) {
-                    (n.parent, n.name) = (from.0, Arc::from(from.1.as_os_str()));
+                if let Some(n) = self.get_mut(other) {
                     n.upper = true;
                 }
+                self.set_place(other, from.0, &from.1);
                 self.at_insert(to.0, &to.1, moving);
                 self.at_insert(from.0, &from.1, other);
-                if let Some(n) = self.map.get_mut(&moving) {
+                if let Some(n) = self.get_mut(moving) {
                     n.names += 1;
                 }
             }
@@ -394,7 +678,7 @@ impl Inodes {
         if ino == Ino::ROOT {
             return;
         }
-        let Some(i) = self.map.get_mut(&ino) else {
+        let Some(i) = self.get_mut(ino) else {
             return;
         };
         i.lookups = i.lookups.saturating_sub(n);
@@ -403,13 +687,13 @@ impl Inodes {
         }
         let (parent, name) = (i.parent, i.name.clone());
         if self.at_get(parent, &name) != Some(ino) {
-            self.map.remove(&ino);
+            self.remove(ino);
         }
     }
 
     /// Marks the inode upper (just copied up).
     pub fn set_upper(&mut self, ino: Ino) {
-        if let Some(i) = self.map.get_mut(&ino) {
+        if let Some(i) = self.get_mut(ino) {
             i.upper = true;
         }
     }
@@ -421,7 +705,7 @@ impl Inodes {
             let Some(next) = self.at_get(cur, OsStr::from_bytes(comp)) else {
                 break;
             };
-            if let Some(n) = self.map.get_mut(&next) {
+            if let Some(n) = self.get_mut(next) {
                 n.upper = true;
             }
             cur = next;
@@ -434,14 +718,14 @@ impl Inodes {
         let mut names: Vec<&OsStr> = Vec::new();
         let mut cur = ino;
         while cur != Ino::ROOT {
-            let i = self.map.get(&cur).ok_or(Errno::ESTALE)?;
+            let i = self.get(cur).ok_or(Errno::ESTALE)?;
             if i.unlinked {
                 return Err(Errno::ESTALE);
             }
             names.push(&i.name);
             cur = i.parent;
             // Any depth the tree holds; only a loop (a bug) is longer than the table.
-            if names.len() > self.map.len() {
+            if names.len() > self.len() {
                 log::error!("inode {ino}: its parents form a loop");
                 return Err(Errno::EIO);
             }
@@ -458,14 +742,14 @@ impl Inodes {
 
     /// Whether `anc` is `ino` or a directory above it.
     pub fn is_ancestor(&self, anc: Ino, mut ino: Ino) -> bool {
-        for _ in 0..=self.map.len() {
+        for _ in 0..=self.len() {
             if ino == anc {
                 return true;
             }
             if ino == Ino::ROOT {
                 return false;
             }
-            ino = self.map.get(&ino).map_or(Ino::ROOT, |i| i.parent);
+            ino = self.get(ino).map_or(Ino::ROOT, |i| i.parent);
         }
         false
     }
@@ -525,22 +809,72 @@ mod tests {
     }
 
     #[test]
-    fn inodes_keep_each_name_once() {
+    fn inodes_names_kept_in_place_or_shared() {
+        for n in [
+            "",
+            "f",
+            "fifteen-bytes-x",
+            "sixteen-bytes-xy",
+            &"long".repeat(64),
+        ] {
+            let name = Name::new(OsStr::new(n));
+            assert_eq!(&*name, OsStr::new(n));
+            assert_eq!(
+                matches!(name, Name::Short { .. }),
+                n.len() <= Name::INLINE,
+                "{n}"
+            );
+            assert_eq!(&*name.clone(), OsStr::new(n));
+        }
+        // Any bytes, not only UTF-8.
+        let raw = OsStr::from_bytes(b"\xff\x00a");
+        assert_eq!(&*Name::new(raw), raw);
+    }
+
+    #[test]
+    fn inodes_moves_rebind_names() {
         let mut t = table();
-        let shared = |t: &Inodes, ino: Ino| {
-            let i = t.get(ino).unwrap();
-            let (k, _) =
-                t.at.get_key_value(&(i.parent, &*i.name) as &dyn NameView)
-                    .unwrap();
-            Arc::ptr_eq(&k.1, &i.name)
-        };
         let f = t.register(Ino::ROOT, OsStr::new("f"), &lower(5, libc::S_IFREG), true);
-        let g = t.created(Ino::ROOT, OsStr::new("g"), libc::S_IFREG);
-        assert!(shared(&t, f) && shared(&t, g));
-        t.moved(key(Ino::ROOT, "g"), key(Ino::ROOT, "h"), g, None);
-        assert!(shared(&t, g));
+        let long = "a-name-longer-than-fifteen-bytes";
+        let g = t.created(Ino::ROOT, OsStr::new(long), libc::S_IFREG);
+        t.moved(key(Ino::ROOT, long), key(Ino::ROOT, "h"), g, None);
         assert_eq!(t.named(Ino::ROOT, OsStr::new("h")), Some(g));
-        assert_eq!(t.named(Ino::ROOT, OsStr::new("g")), None);
+        assert_eq!(t.named(Ino::ROOT, OsStr::new(long)), None);
+        assert_eq!(t.path_of(g).unwrap(), b"h");
+        t.moved(key(Ino::ROOT, "f"), key(Ino::ROOT, long), f, None);
+        assert_eq!(t.named(Ino::ROOT, OsStr::new(long)), Some(f));
+        assert_eq!(t.path_of(f).unwrap(), long.as_bytes());
+    }
+
+    #[test]
+    fn inodes_slots_are_reused_and_numbers_stay_apart() {
+        let mut t = table();
+        let mut seen = Vec::new();
+        for round in 0..3 {
+            for k in 0..100u32 {
+                let name = format!("f{k}");
+                let id = 1000 * round + k + 1;
+                let i = t.register(
+                    Ino::ROOT,
+                    OsStr::new(&name),
+                    &lower(id, libc::S_IFREG),
+                    true,
+                );
+                assert_eq!(i, Ino::of(NodeId(id)));
+                seen.push(i);
+            }
+            for k in 0..100u32 {
+                let name = format!("f{k}");
+                let i = t.named(Ino::ROOT, OsStr::new(&name)).unwrap();
+                t.unbind(&key(Ino::ROOT, &name));
+                t.forget(i, 1);
+                assert!(t.get(i).is_none());
+            }
+        }
+        // Freed slots were taken again, not added.
+        assert!(t.slots.len() <= 101, "{} slots", t.slots.len());
+        assert_eq!(t.len(), 1);
+        assert!(t.get(Ino::ROOT).is_some());
     }
 
     #[test]
@@ -692,5 +1026,43 @@ mod tests {
         let b = t.register(a, OsStr::new("b"), &lower(3, libc::S_IFDIR), true);
         t.mark_path_upper(b"a/b/unknown/c");
         assert!(t.get(a).unwrap().upper && t.get(b).unwrap().upper);
+    }
+
+    #[test]
+    fn inodes_names_filed_once_through_links_moves_and_exchanges() {
+        let mut t = table();
+        let a = t.register(Ino::ROOT, OsStr::new("a"), &lower(7, libc::S_IFREG), true);
+        let b = t.register(Ino::ROOT, OsStr::new("b"), &lower(7, libc::S_IFREG), true);
+        assert_eq!(a, b);
+        t.check();
+        // The first name goes: the inode's own name becomes "b", filed by slot.
+        t.unbind(&key(Ino::ROOT, "a"));
+        t.check();
+        assert_eq!(t.path_of(a).unwrap(), b"b");
+        assert!(t.at_find(Ino::ROOT, OsStr::new("b")).is_some());
+        // A link and a move of the inode's own name: the link stays where it was.
+        t.linked(key(Ino::ROOT, "c"), a, 40);
+        t.moved(key(Ino::ROOT, "b"), key(Ino::ROOT, "d"), a, None);
+        t.check();
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("c")), Some(a));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("d")), Some(a));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("b")), None);
+        // An exchange with another inode.
+        let e = t.register(Ino::ROOT, OsStr::new("e"), &lower(8, libc::S_IFREG), true);
+        t.moved(key(Ino::ROOT, "d"), key(Ino::ROOT, "e"), a, Some(e));
+        t.check();
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("e")), Some(a));
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("d")), Some(e));
+        assert_eq!(t.path_of(e).unwrap(), b"d");
+        // Every name gone, the inode forgotten: nothing of it is left filed.
+        for n in ["c", "e"] {
+            t.unbind(&key(Ino::ROOT, n));
+            t.check();
+        }
+        assert!(t.get(a).unwrap().unlinked);
+        t.forget(a, 3);
+        t.check();
+        assert!(t.get(a).is_none());
+        assert_eq!(t.named(Ino::ROOT, OsStr::new("d")), Some(e));
     }
 }

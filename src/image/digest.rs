@@ -6,6 +6,8 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
 
 use sha2::{Digest as _, Sha256, Sha512};
 
@@ -137,6 +139,14 @@ impl Hasher {
         }
     }
 
+    /// The algorithm's name in a digest.
+    fn name(&self) -> &'static str {
+        match self {
+            Hasher::Sha256(_) => "sha256",
+            Hasher::Sha512(_) => "sha512",
+        }
+    }
+
     /// The digest of everything fed so far.
     pub fn finish(self) -> Digest {
         let (alg, bytes): (&str, Vec<u8>) = match self {
@@ -153,10 +163,98 @@ impl Hasher {
     }
 }
 
-/// A reader that hashes and counts what passes through it.
+/// A stream past this many bytes is hashed on a thread of its own from then on, so that
+/// reading or decompressing it and hashing it share two cores; a shorter one is not worth a
+/// thread (an image may have hundreds of small layers).
+const BACKGROUND_AFTER: u64 = 8 << 20;
+/// Bytes handed to the hashing thread at a time.
+const CHUNK: usize = 1 << 20;
+/// Chunks that may wait for the hashing thread before the reader waits for it.
+const QUEUE: usize = 4;
+
+/// A hasher on a thread of its own, fed in chunks (see [`BACKGROUND_AFTER`]).
+struct Background {
+    alg: &'static str,
+    tx: mpsc::SyncSender<Vec<u8>>,
+    /// Chunks the thread is done with, to be filled again.
+    spare: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    thread: thread::JoinHandle<Hasher>,
+}
+
+impl Background {
+    /// Carries on from `h` on a new thread, if one can be made.
+    fn start(h: &Hasher) -> Option<Background> {
+        let alg = h.name();
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
+        let (back, spare) = mpsc::channel();
+        // A copy goes to the thread: the state is a few words, and the original stays with
+        // the caller should no thread start.
+        let mut moved = h.clone();
+        let started = thread::Builder::new().name("hash".into()).spawn(move || {
+            for chunk in rx {
+                moved.update(&chunk);
+                let _ = back.send(chunk);
+            }
+            moved
+        });
+        match started {
+            Ok(thread) => Some(Background {
+                alg,
+                tx,
+                spare,
+                buf: Vec::with_capacity(CHUNK),
+                thread,
+            }),
+            Err(e) => {
+                log::debug!("hashing in the reading thread: {e}");
+                None
+            }
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        self.buf.clear();
+        // A thread that is gone shows at `finish`.
+        let _ = self.tx.send(full);
+    }
+
+    fn finish(mut self) -> Digest {
+        if !self.buf.is_empty() {
+            self.send();
+        }
+        drop(self.tx);
+        match self.thread.join() {
+            Ok(h) => h.finish(),
+            // Matches no digest: the content is refused as unverified.
+            Err(_) => Digest(format!("{}:hashing-failed", self.alg)),
+        }
+    }
+}
+
+/// A hasher in this thread or on one of its own.
+enum Hashing {
+    Here(Hasher),
+    Background(Background),
+}
+
+/// A reader that hashes and counts what passes through it; a long stream is hashed on a
+/// thread of its own (see [`BACKGROUND_AFTER`]).
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Option<Hasher>,
+    hasher: Option<Hashing>,
     count: u64,
 }
 
@@ -165,7 +263,7 @@ impl<R: Read> HashingReader<R> {
     pub fn new(inner: R, alg: Option<Algorithm>) -> Self {
         HashingReader {
             inner,
-            hasher: alg.map(Hasher::new),
+            hasher: alg.map(|a| Hashing::Here(Hasher::new(a))),
             count: 0,
         }
     }
@@ -183,22 +281,41 @@ impl<R: Read> HashingReader<R> {
 
     /// The digest (if hashing), the byte count and the inner reader.
     pub fn into_parts(self) -> (Option<Digest>, u64, R) {
-        (self.hasher.map(Hasher::finish), self.count, self.inner)
+        (self.hasher.map(Hashing::finish), self.count, self.inner)
     }
 
     /// The digest (if hashing) and the byte count.
     pub fn finish(self) -> (Option<Digest>, u64) {
-        (self.hasher.map(Hasher::finish), self.count)
+        (self.hasher.map(Hashing::finish), self.count)
+    }
+}
+
+impl Hashing {
+    fn finish(self) -> Digest {
+        match self {
+            Hashing::Here(h) => h.finish(),
+            Hashing::Background(b) => b.finish(),
+        }
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
+        match &mut self.hasher {
+            Some(Hashing::Here(h)) => h.update(&buf[..n]),
+            Some(Hashing::Background(b)) => b.update(&buf[..n]),
+            None => {}
         }
         self.count += n as u64;
+        if self.count >= BACKGROUND_AFTER && matches!(self.hasher, Some(Hashing::Here(_))) {
+            if let Some(Hashing::Here(h)) = self.hasher.take() {
+                self.hasher = Some(match Background::start(&h) {
+                    Some(b) => Hashing::Background(b),
+                    None => Hashing::Here(h),
+                });
+            }
+        }
         Ok(n)
     }
 }
@@ -259,5 +376,28 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(d.blob_path(), format!("blobs/sha256/{}", d.hex()));
+    }
+
+    #[test]
+    fn digest_of_a_long_stream_is_the_same_hashed_on_its_own_thread() {
+        // Past the threshold, in odd-sized reads, chunks not a multiple of the read size.
+        let len = BACKGROUND_AFTER as usize + 3 * CHUNK + 12_345;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let mut r = HashingReader::new(&data[..], Some(alg));
+            let mut buf = vec![0; 100_003];
+            while r.read(&mut buf).unwrap() > 0 {}
+            assert!(matches!(r.hasher, Some(Hashing::Background(_))));
+            let (d, n) = r.finish();
+            assert_eq!((d, n), (Some(Digest::of_bytes(alg, &data)), len as u64));
+        }
+        // Short streams stay in the reading thread.
+        let mut r = HashingReader::new(&data[..1000], Some(Algorithm::Sha256));
+        r.drain().unwrap();
+        assert!(matches!(r.hasher, Some(Hashing::Here(_))));
+        assert_eq!(
+            r.finish().0,
+            Some(Digest::of_bytes(Algorithm::Sha256, &data[..1000]))
+        );
     }
 }
