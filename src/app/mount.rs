@@ -58,7 +58,12 @@ pub fn run(a: MountCommand, verbose: u8) -> Result<()> {
         return mount::mount(fuse::Fuse::new(ov), &mnt, &opts, verbose > 0, None);
     }
     let (upper, scratch) = open_upper(&opts, &img.cache)?;
-    let fs = fuse::Fuse::new(cow::Cow::new(ov, upper));
+    let mut cow = cow::Cow::new(ov, upper);
+    // As on a read-only mount, but from copies of the mount's own (see `cow`).
+    if opts.passthrough && nix::unistd::geteuid().is_root() {
+        cow = cow.with_passthrough_copies();
+    }
+    let fs = fuse::Fuse::new(cow);
     mount::mount(fs, &mnt, &opts, verbose > 0, scratch)
 }
 

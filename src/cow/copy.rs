@@ -22,9 +22,9 @@ use nix::errno::Errno;
 use super::inodes::Inode;
 use super::{Cow, errno, lock};
 use crate::sys::DirFd;
-use crate::tree::node::{DataRef, NodeId};
+use crate::tree::node::{DataRef, Node, NodeId, NodeKind};
 use crate::upper::copy_up::{
-    CopyMode, Staged, complete_data, copy_node, copy_up, stage_data, stage_node,
+    CopyMode, Staged, complete_data, copy_node, copy_up, stage_data, stage_node, stage_node_on,
 };
 use crate::view::{Ino, OpResult};
 
@@ -117,15 +117,32 @@ impl Cow {
         Ok(match plan {
             Some((Some(id), _)) => {
                 let node = tree.node(id).ok_or(Errno::EIO)?;
-                let staged = stage_node(&self.upper, tree, &node, CopyMode::Full).map_err(errno)?;
-                Some(Prepared::Node(id, staged))
+                let staged = match self.private_node(&node) {
+                    Some(s) => s,
+                    None => stage_node(&self.upper, tree, &node, CopyMode::Full),
+                };
+                Some(Prepared::Node(id, staged.map_err(errno)?))
             }
             Some((None, Some(data))) => {
-                let staged = stage_data(&self.upper, tree, &data).map_err(errno)?;
+                let staged = match self.private.take(&data) {
+                    Some(tmp) => Staged::adopt(&self.upper, tmp),
+                    None => stage_data(&self.upper, tree, &data).map_err(errno)?,
+                };
                 Some(Prepared::Data(data, staged))
             }
             _ => None,
         })
+    }
+
+    /// A full copy of lower file `node` staged around its passthrough copy, if that is
+    /// finished (see [`super::private`]): no data moves, and readers passed through to it see
+    /// the upper file's writes.
+    fn private_node(&self, node: &Node) -> Option<std::io::Result<Staged<'_>>> {
+        let NodeKind::File(d) = &node.kind else {
+            return None;
+        };
+        let tmp = self.private.take(d)?;
+        Some(stage_node_on(&self.upper, node, tmp))
     }
 
     /// Copies an inode up (data too unless `mode` is `MetaOnly`) and marks it upper.
@@ -158,9 +175,15 @@ impl Cow {
             // write through one name shows through the others (a later data copy would
             // replace the inode of one name only).
             let mode = if linked { CopyMode::Full } else { mode };
-            match node_copy.take() {
-                Some(staged) if mode == CopyMode::Full => self.place_inode(ino, staged)?,
-                _ => self.copy_inode(ino, mode)?,
+            let node = i.lower.and_then(|id| self.tree().node(id));
+            let own = match (mode, node_copy.take(), node) {
+                (CopyMode::Full, Some(staged), _) => Some(Ok(staged)),
+                (CopyMode::Full, None, Some(n)) => self.private_node(&n),
+                _ => None,
+            };
+            match own {
+                Some(staged) => self.place_inode(ino, staged.map_err(errno)?)?,
+                None => self.copy_inode(ino, mode)?,
             }
             if let (true, Some(id)) = (linked, i.lower) {
                 self.link_other_names(id, &path)?;
@@ -176,8 +199,9 @@ impl Cow {
                 .is_metacopy()
             {
                 let data = self.lower_data(&i)?;
-                match data_copy.take() {
-                    Some((d, staged)) if d == data => staged.complete(&dir, name),
+                match (data_copy.take(), self.private.take(&data)) {
+                    (Some((d, staged)), _) if d == data => staged.complete(&dir, name),
+                    (_, Some(tmp)) => Staged::adopt(&self.upper, tmp).complete(&dir, name),
                     _ => complete_data(&self.upper, self.tree(), &dir, name, &data),
                 }
                 .map_err(errno)?;

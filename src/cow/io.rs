@@ -3,7 +3,9 @@
 //! Opening to write copies the file up first, and the handle holds the upper file. A
 //! read-only open of a file still in the lower layer (or a metadata-only copy) holds nothing
 //! ([`Fh::NONE`]): reads follow the inode, so the descriptor keeps seeing one file when it is
-//! copied up later. I/O on a handle takes the handle lock only to find the file.
+//! copied up later; once a big file has its passthrough copy ([`super::private`]), such opens
+//! go to the kernel, which reads that copy. I/O on a handle takes the handle lock only to
+//! find the file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -78,6 +80,30 @@ impl Cow {
             self.invalidate(ino);
         }
         opened
+    }
+
+    /// For a handleless open (data still lower): the file's passthrough copy, once made. Not
+    /// for set-id or capability-carrying files: a writer would join the same backing file
+    /// after a copy-up (see [`Cow::may_pass_through`]).
+    pub(super) fn lower_backing(&self, ino: Ino) -> Option<OpResult<Arc<File>>> {
+        if !self.private.on() {
+            return None;
+        }
+        let data = self
+            .stable(|| {
+                let i = self.inode(ino)?;
+                if i.file_type != libc::S_IFREG || i.unlinked {
+                    return Ok(None);
+                }
+                let lower = !i.upper || self.is_metacopy(ino)?;
+                lower.then(|| self.lower_data(&i)).transpose()
+            })
+            .ok()??;
+        let f = self.private.ready(&data)?;
+        let attr = self.getattr(ino, None).ok()?;
+        let privileged = attr.mode & (libc::S_ISUID | libc::S_ISGID) != 0
+            || self.getxattr(ino, CAPABILITY_XATTR).is_ok();
+        (!privileged).then_some(Ok(f))
     }
 
     /// Whether an open handle may be given to the kernel (passthrough): not for set-id or
@@ -161,7 +187,11 @@ impl Cow {
             Ok(f) => pread(&f, offset, size),
             Err(i) => {
                 let data = self.lower_data(&i)?;
-                self.lower.read_data(&data, offset, size)
+                let out = self.lower.read_data(&data, offset, size)?;
+                let layer = self.tree().data_files.get(usize::from(data.layer));
+                self.private
+                    .count(&data, out.len() as u64, layer, || self.upper.temp_name());
+                Ok(out)
             }
         }
     }

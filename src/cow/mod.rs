@@ -37,6 +37,7 @@ mod dir;
 mod inodes;
 mod io;
 mod lookup;
+mod private;
 mod remove;
 mod rename;
 #[cfg(test)]
@@ -80,6 +81,8 @@ pub struct Cow {
     copying: Mutex<HashMap<Ino, Arc<Mutex<()>>>>,
     /// Tells the kernel to drop what it caches of an inode, once the mount runs.
     kernel: OnceLock<Arc<dyn Invalidate>>,
+    /// Big lower files' passthrough copies, this mount's own (see [`private`]).
+    private: private::PrivateCopies,
 }
 
 impl Cow {
@@ -107,7 +110,18 @@ impl Cow {
             dir_nlink: Mutex::new(HashMap::new()),
             copying: Mutex::new(HashMap::new()),
             kernel: OnceLock::new(),
+            private: private::PrivateCopies::off(),
         }
+    }
+
+    /// Passes big lower files through to the kernel from copies of this mount's own, made in
+    /// the background once they have been read through the daemon (see [`private`]).
+    pub fn with_passthrough_copies(mut self) -> Cow {
+        match self.upper.work().try_clone() {
+            Ok(work) => self.private = private::PrivateCopies::new(work),
+            Err(e) => log::warn!("no passthrough for lower files: {e}"),
+        }
+        self
     }
 
     /// Drops the kernel's cached pages and attributes of `ino`, whose data just moved to
@@ -277,8 +291,11 @@ impl View for Cow {
         Cow::release(self, fh);
     }
 
-    fn backing_file(&self, _ino: Ino, fh: Fh) -> Option<OpResult<Arc<File>>> {
-        let passable = fh != Fh::NONE && self.may_pass_through(fh);
+    fn backing_file(&self, ino: Ino, fh: Fh) -> Option<OpResult<Arc<File>>> {
+        if fh == Fh::NONE {
+            return self.lower_backing(ino);
+        }
+        let passable = self.may_pass_through(fh);
         passable.then(|| self.handle_file(fh)).flatten().map(Ok)
     }
 

@@ -72,6 +72,11 @@ impl DirFd {
         Ok(DirFd(f.into()))
     }
 
+    /// A second descriptor of the same directory, for a thread of its own.
+    pub fn try_clone(&self) -> io::Result<DirFd> {
+        Ok(DirFd(self.0.try_clone()?))
+    }
+
     /// Opens the directory at `rel` (components separated by `/`) beneath this one, refusing
     /// symlinks and `..` anywhere on the way. A path of any length: one longer than the kernel
     /// takes at once is opened a piece at a time, each piece beneath the directory the one

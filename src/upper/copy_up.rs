@@ -122,6 +122,16 @@ impl<'u> Staged<'u> {
         }
     }
 
+    /// A file of lower data already built in `upper`'s work directory under `tmp` (one of
+    /// [`Upper::temp_name`]'s names), flushed to disk: it is taken as a copy-up's data, for
+    /// [`stage_node_on`] or [`Staged::complete`], and removed if dropped unplaced.
+    pub fn adopt(upper: &'u Upper, tmp: std::ffi::OsString) -> Staged<'u> {
+        Staged {
+            upper,
+            tmp: Some(tmp),
+        }
+    }
+
     /// Renames the entry into place as `dir/name`, unless something is there already (another
     /// request copied it up meanwhile: theirs stands, this one is dropped). Copy-up must not
     /// show as a change of the parent: its times are put back after the rename, as the
@@ -225,12 +235,30 @@ pub fn stage_node<'u>(
             work.mknod(tmp, node.mode(), node.kind.rdev())?
         }
     }
+    set_node_meta(upper, tmp, node)?;
+    Ok(staged)
+}
+
+/// A full copy of lower file `node` whose data is already staged (see [`Staged::adopt`]):
+/// what [`stage_node`] would build, without copying the data again.
+pub fn stage_node_on<'u>(
+    upper: &'u Upper,
+    node: &Node,
+    data: std::ffi::OsString,
+) -> io::Result<Staged<'u>> {
+    let staged = Staged::adopt(upper, data);
+    set_node_meta(upper, staged.tmp.as_deref().unwrap_or_default(), node)?;
+    Ok(staged)
+}
+
+/// Gives the work directory's `tmp` lower node `node`'s attributes, owner, mode and times.
+fn set_node_meta(upper: &Upper, tmp: &OsStr, node: &Node) -> io::Result<()> {
+    let work = upper.work();
     // The image's own attributes, overlay-namespaced ones escaped (never bookkeeping).
     for (k, v) in node.xattrs.iter().filter(|(k, _)| **k != *OVERRIDE_STAT) {
         work.set_xattr(tmp, &escape_xattr(k), v, 0)?;
     }
-    set_meta(upper, work, tmp, &node.meta, node.mode())?;
-    Ok(staged)
+    set_meta(upper, work, tmp, &node.meta, node.mode())
 }
 
 /// Copies a metadata-only copy's lower data into the work directory, flushed to disk, for

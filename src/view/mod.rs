@@ -16,7 +16,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use crate::tree::node::NodeId;
-pub use lower::{LowerView, PassthroughStore};
+pub use lower::{LowerView, PASSTHROUGH_MIN_SIZE, PassthroughStore};
 
 /// Result of a request-path operation.
 pub type OpResult<T> = Result<T, Errno>;

@@ -1,0 +1,241 @@
+//! Passthrough copies of big lower files on a writable mount: this mount's own, in the work
+//! directory, never the cache's shared ones.
+//!
+//! A big lower file is read through the daemon until [`PASSTHROUGH_MIN_SIZE`] bytes of it have
+//! been; then one background thread copies its data into the work directory under one of the
+//! upper's temporary names (a crash leaves nothing the next mount keeps), flushed to disk as a
+//! copy-up's data is, and read-only opens after that pass through to it. A copy-up of the file
+//! takes that copy as the upper file's data ([`crate::upper::copy_up::Staged::adopt`]): the
+//! readers passed through to it keep the same host inode, so they see every later write, as
+//! on kernel overlayfs. A copy-up finding the copy unfinished copies as before and the copy
+//! under way is dropped when done. Copies not taken are removed at unmount. Disk cost: one
+//! copy per big lower file read on a writable mount, while it is mounted.
+//!
+//! Locking: one mutex over the copies' states, held for a lookup or an update, never across
+//! I/O (the copy itself holds nothing).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
+
+use crate::layer::data::LayerData;
+use crate::sys::DirFd;
+use crate::tree::node::DataRef;
+use crate::view::PASSTHROUGH_MIN_SIZE;
+
+/// Added to a copy's name once it is finished: a copy-up may then take it.
+const READY: &str = ".ready";
+
+/// A lower file's data: its layer and offset.
+type Key = (u16, u64);
+
+/// Where a big lower file's copy stands.
+enum State {
+    /// Bytes read through the daemon so far.
+    Read(u64),
+    /// Being copied, under this name in the work directory.
+    Copying(OsString),
+    /// Finished, under this name (the first one with [`READY`] added).
+    Ready(OsString, Arc<File>),
+    /// Taken by a copy-up, dropped, or failed: never copied again by this mount.
+    Done,
+}
+
+/// The copies of one writable mount.
+pub(super) struct PrivateCopies {
+    shared: Option<Arc<Shared>>,
+    copier: OnceLock<Option<mpsc::Sender<Job>>>,
+}
+
+/// What the copying thread shares.
+struct Shared {
+    work: DirFd,
+    /// The states; `None` once the mount has ended.
+    states: Mutex<Option<HashMap<Key, State>>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Option<HashMap<Key, State>>> {
+        // Every update is one insert: a poisoned map is still consistent.
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One copy to make.
+struct Job {
+    shared: Arc<Shared>,
+    data: LayerData,
+    d: DataRef,
+    name: OsString,
+}
+
+impl Job {
+    fn run(self) {
+        let made = (|| -> std::io::Result<File> {
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
+            let mut f = self.shared.work.open_file(&self.name, flags, 0o600)?;
+            self.data.copy_to(self.d.offset, self.d.size, &mut f)?;
+            // Durable before it may become an upper file's data, as a copy-up's.
+            f.sync_data()?;
+            Ok(f)
+        })();
+        let mut states = self.shared.lock();
+        let key = (self.d.layer, self.d.offset);
+        let wanted = states
+            .as_ref()
+            .is_some_and(|m| matches!(m.get(&key), Some(State::Copying(_))));
+        let mut done = self.name.clone();
+        done.push(READY);
+        let work = &self.shared.work;
+        // Renamed holding the lock, so that the name says what the state does.
+        let placed = match made {
+            Ok(f) if wanted => work
+                .rename(&self.name, work, &done, libc::RENAME_NOREPLACE)
+                .map(|()| f),
+            other => other,
+        };
+        match placed {
+            Ok(f) if wanted => {
+                if let Some(m) = states.as_mut() {
+                    m.insert(key, State::Ready(done, Arc::new(f)));
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("passthrough copy of a lower file failed: {e}"),
+        }
+        if let Some(m) = states.as_mut() {
+            m.insert(key, State::Done);
+        }
+        let _ = self.shared.work.unlink(&self.name, false);
+    }
+}
+
+impl PrivateCopies {
+    /// No copies: reads stay with the daemon.
+    pub(super) fn off() -> PrivateCopies {
+        PrivateCopies {
+            shared: None,
+            copier: OnceLock::new(),
+        }
+    }
+
+    /// Copies made in `work` (the upper's work directory).
+    pub(super) fn new(work: DirFd) -> PrivateCopies {
+        PrivateCopies {
+            shared: Some(Arc::new(Shared {
+                work,
+                states: Mutex::new(Some(HashMap::new())),
+            })),
+            copier: OnceLock::new(),
+        }
+    }
+
+    /// Whether copies are made at all.
+    pub(super) fn on(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Counts `len` bytes of lower data `d` read through the daemon; past the threshold,
+    /// queues its copy from `data` under a fresh work name from `name` (once).
+    pub(super) fn count(
+        &self,
+        d: &DataRef,
+        len: u64,
+        data: Option<&LayerData>,
+        name: impl FnOnce() -> OsString,
+    ) {
+        let (Some(shared), Some(data)) = (&self.shared, data) else {
+            return;
+        };
+        if d.size < PASSTHROUGH_MIN_SIZE {
+            return;
+        }
+        let name = {
+            let mut states = shared.lock();
+            let Some(m) = states.as_mut() else {
+                return;
+            };
+            let s = m.entry((d.layer, d.offset)).or_insert(State::Read(0));
+            let State::Read(seen) = s else {
+                return;
+            };
+            *seen = seen.saturating_add(len);
+            if *seen < PASSTHROUGH_MIN_SIZE {
+                return;
+            }
+            let name = name();
+            *s = State::Copying(name.clone());
+            name
+        };
+        self.send(Job {
+            shared: shared.clone(),
+            data: data.clone(),
+            d: *d,
+            name,
+        });
+    }
+
+    fn send(&self, job: Job) {
+        let copier = self.copier.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            // One copy at a time: they compete for the same disk.
+            std::thread::Builder::new()
+                .name("passthrough-copy".into())
+                .spawn(move || rx.into_iter().for_each(Job::run))
+                .map_err(|e| log::warn!("no passthrough copies: {e}"))
+                .ok()
+                .map(|_| tx)
+        });
+        match copier {
+            Some(tx) => drop(tx.send(job)),
+            None => {
+                if let Some(m) = job.shared.lock().as_mut() {
+                    m.insert((job.d.layer, job.d.offset), State::Done);
+                }
+            }
+        }
+    }
+
+    /// The finished copy of lower data `d`, if there is one.
+    pub(super) fn ready(&self, d: &DataRef) -> Option<Arc<File>> {
+        let states = self.shared.as_ref()?.lock();
+        match states.as_ref()?.get(&(d.layer, d.offset)) {
+            Some(State::Ready(_, f)) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
+    /// For a copy-up of lower data `d`: the work name of its finished copy, which the caller
+    /// now owns. A copy not finished is dropped, and none is made after: readers passed
+    /// through to it could not see the copy-up's writes.
+    pub(super) fn take(&self, d: &DataRef) -> Option<OsString> {
+        let shared = self.shared.as_ref()?;
+        if d.size < PASSTHROUGH_MIN_SIZE {
+            return None;
+        }
+        let mut states = shared.lock();
+        let old = states.as_mut()?.insert((d.layer, d.offset), State::Done);
+        match old {
+            Some(State::Ready(name, _)) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for PrivateCopies {
+    /// The mount ends: copies not taken go, and one being made (its thread may not outlive
+    /// the daemon).
+    fn drop(&mut self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let states = shared.lock().take().unwrap_or_default();
+        for s in states.into_values() {
+            if let State::Ready(name, _) | State::Copying(name) = s {
+                let _ = shared.work.unlink(&name, false);
+            }
+        }
+    }
+}
