@@ -7,6 +7,9 @@
 //! renamed directory, say). A lower hard link is copied whole, once, and linked under every
 //! name the merged view still shows it at.
 //!
+//! A big lower file's passthrough copy, once finished, is that data copy ([`super::private`]):
+//! readers passed through to it then read the upper file.
+//!
 //! A data copy (the one slow part) is staged in the work directory before `ns` is taken
 //! ([`Cow::lock_with_data_up`] for writes, [`Cow::with_data_staged`] for renames and links),
 //! under the inode's copy lock only, so racing writers make one copy and the rest of the
@@ -199,10 +202,16 @@ impl Cow {
                 .is_metacopy()
             {
                 let data = self.lower_data(&i)?;
-                match (data_copy.take(), self.private.take(&data)) {
-                    (Some((d, staged)), _) if d == data => staged.complete(&dir, name),
-                    (_, Some(tmp)) => Staged::adopt(&self.upper, tmp).complete(&dir, name),
-                    _ => complete_data(&self.upper, self.tree(), &dir, name, &data),
+                let staged = match data_copy.take() {
+                    Some((d, staged)) if d == data => Some(staged),
+                    _ => self
+                        .private
+                        .take(&data)
+                        .map(|t| Staged::adopt(&self.upper, t)),
+                };
+                match staged {
+                    Some(staged) => staged.complete(&dir, name),
+                    None => complete_data(&self.upper, self.tree(), &dir, name, &data),
                 }
                 .map_err(errno)?;
             }

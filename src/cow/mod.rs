@@ -5,7 +5,8 @@
 //! name resolves by overlayfs's rule over the upper directory and the lower tree
 //! ([`lookup`]). A lower entry is copied up before its first change ([`copy`]; the on-disk
 //! protocol is `upper::copy_up`). The namespace changes by [`create`], [`remove`] and
-//! [`rename`]; [`attr`], [`io`], [`dir`] and [`xattr`] answer the other requests.
+//! [`rename`]; [`attr`], [`io`], [`dir`] and [`xattr`] answer the other requests; big lower
+//! files are read by the kernel from passthrough copies of the mount's own ([`private`]).
 //!
 //! Locking, in this order (a thread holding one lock only ever takes those below it):
 //! 1. an inode's copy lock (in `copying`, made on first use): held while that inode's data is
@@ -15,8 +16,9 @@
 //!    never race one another; a data copy is made before it is taken, and only renamed into
 //!    place under it;
 //! 3. `inodes`: the inode table, an RwLock held for table updates only, never across I/O;
-//! 4. `handles`, `dir_nlink`, `copying`: open handles, cached link counts and the copy locks'
-//!    table, each held for one lookup or update.
+//! 4. `handles`, `dir_nlink`, `copying`, `private`: open handles, cached link counts, the
+//!    copy locks' table and the passthrough copies' states, each held for one lookup or
+//!    update.
 //!
 //! No lock is held across I/O on file contents, and none while the kernel is told to drop a
 //! cache ([`Cow::invalidate`]): the kernel may wait for requests in flight first.
