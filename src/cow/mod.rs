@@ -301,6 +301,10 @@ impl View for Cow {
         passable.then(|| self.handle_file(fh)).flatten().map(Ok)
     }
 
+    fn passthrough_off(&self) {
+        self.private.stop();
+    }
+
     fn opendir(&self, ino: Ino) -> OpResult<Fh> {
         Cow::opendir(self, ino)
     }

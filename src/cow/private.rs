@@ -8,7 +8,8 @@
 //! takes that copy as the upper file's data ([`crate::upper::copy_up::Staged::adopt`]): the
 //! readers passed through to it keep the same host inode, so they see every later write, as
 //! on kernel overlayfs. A copy-up finding the copy unfinished copies as before and the copy
-//! under way is dropped when done. Copies not taken are removed at unmount. Disk cost: one
+//! under way is dropped when done. Copies not taken are removed at unmount. None are made
+//! once the kernel turns passthrough down. Disk cost: one
 //! copy per big lower file read on a writable mount, while it is mounted.
 //!
 //! Locking: one mutex over the copies' states, held for a lookup or an update, never across
@@ -17,6 +18,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 
 use crate::layer::data::LayerData;
@@ -45,6 +47,8 @@ enum State {
 /// The copies of one writable mount.
 pub(super) struct PrivateCopies {
     shared: Option<Arc<Shared>>,
+    /// Whether new copies are made: not once the kernel turned passthrough down.
+    making: AtomicBool,
     copier: OnceLock<Option<mpsc::Sender<Job>>>,
 }
 
@@ -117,6 +121,7 @@ impl PrivateCopies {
     pub(super) fn off() -> PrivateCopies {
         PrivateCopies {
             shared: None,
+            making: AtomicBool::new(false),
             copier: OnceLock::new(),
         }
     }
@@ -128,6 +133,7 @@ impl PrivateCopies {
                 work,
                 states: Mutex::new(Some(HashMap::new())),
             })),
+            making: AtomicBool::new(true),
             copier: OnceLock::new(),
         }
     }
@@ -135,6 +141,11 @@ impl PrivateCopies {
     /// Whether copies are made at all.
     pub(super) fn on(&self) -> bool {
         self.shared.is_some()
+    }
+
+    /// Makes no new copies: the kernel would not use them.
+    pub(super) fn stop(&self) {
+        self.making.store(false, Ordering::Relaxed);
     }
 
     /// Counts `len` bytes of lower data `d` read through the daemon; past the threshold,
@@ -149,7 +160,7 @@ impl PrivateCopies {
         let (Some(shared), Some(data)) = (&self.shared, data) else {
             return;
         };
-        if d.size < PASSTHROUGH_MIN_SIZE {
+        if d.size < PASSTHROUGH_MIN_SIZE || !self.making.load(Ordering::Relaxed) {
             return;
         }
         let name = {

@@ -5,7 +5,7 @@
 //!
 //! The view names the host file ([`View::backing_file`]); this module decides, keeps the
 //! backing ids and counts the opens. Registering a backing file needs CAP_SYS_ADMIN: the first
-//! refusal turns passthrough off for the rest of the mount.
+//! refusal turns passthrough off for the rest of the mount (and tells the view).
 //! Dependencies: view, fuser.
 
 use std::collections::HashMap;
@@ -85,6 +85,7 @@ impl Backing {
                 Err(e) => {
                     log::info!("kernel passthrough refused ({e}); I/O goes through the daemon");
                     self.enabled.store(false, Ordering::Relaxed);
+                    view.passthrough_off();
                     None
                 }
             },

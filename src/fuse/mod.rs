@@ -127,6 +127,9 @@ impl Filesystem for Fuse {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         self.backing.enable(pt);
+        if !pt {
+            self.view.passthrough_off();
+        }
         if f.kills_privs {
             let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         }

@@ -220,6 +220,10 @@ pub trait View: Send + Sync {
     /// the I/O itself (passthrough); `None` when this open goes through the daemon.
     fn backing_file(&self, ino: Ino, fh: Fh) -> Option<OpResult<Arc<File>>>;
 
+    /// The kernel does no passthrough on this mount (not offered at init, or a backing file
+    /// refused): a view making files for it may stop.
+    fn passthrough_off(&self) {}
+
     /// Opens a directory for listing.
     fn opendir(&self, ino: Ino) -> OpResult<Fh>;
 
