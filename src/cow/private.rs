@@ -250,3 +250,113 @@ impl Drop for PrivateCopies {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::container::BlobLoc;
+
+    /// Copies in a fresh work directory, and a layer of 2 MiB + 3 bytes; its data's ref.
+    fn setup(dir: &std::path::Path) -> (PrivateCopies, LayerData, DataRef, Vec<u8>) {
+        let bytes: Vec<u8> = (0..(2 << 20) + 3).map(|i| (i % 253) as u8).collect();
+        let file = dir.join("layer");
+        std::fs::write(&file, &bytes).unwrap();
+        let len = bytes.len() as u64;
+        let data = LayerData::host(BlobLoc {
+            file,
+            offset: 0,
+            len,
+        });
+        std::fs::create_dir(dir.join("work")).unwrap();
+        let work = DirFd::open_root(&dir.join("work")).unwrap();
+        let d = DataRef {
+            layer: 0,
+            offset: 0,
+            size: len,
+        };
+        (PrivateCopies::new(work), data, d, bytes)
+    }
+
+    /// The copy the thread would make, made here: `count` queued it as `name`.
+    fn copy_now(p: &PrivateCopies, data: &LayerData, d: DataRef, name: &str) {
+        let shared = p.shared.clone().unwrap();
+        let m = shared.lock();
+        assert!(matches!(
+            m.as_ref().unwrap().get(&(0, 0)),
+            Some(State::Copying(_))
+        ));
+        drop(m);
+        let (data, name) = (data.clone(), OsString::from(name));
+        Job {
+            shared,
+            data,
+            d,
+            name,
+        }
+        .run();
+    }
+
+    /// Marks `d` as queued under `name` without a thread: as `count` does past the threshold.
+    fn queued(p: &PrivateCopies, d: &DataRef, name: &str) {
+        let m = &mut *p.shared.as_ref().unwrap().lock();
+        let copying = State::Copying(OsString::from(name));
+        m.as_mut().unwrap().insert((d.layer, d.offset), copying);
+    }
+
+    #[test]
+    fn a_finished_copy_is_taken_by_the_copy_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, data, d, bytes) = setup(dir.path());
+        queued(&p, &d, "#rimgfs.1.1");
+        assert!(p.ready(&d).is_none(), "not before it is finished");
+        copy_now(&p, &data, d, "#rimgfs.1.1");
+        let work = dir.path().join("work");
+        assert_eq!(
+            std::fs::read(work.join("#rimgfs.1.1.ready")).unwrap(),
+            bytes
+        );
+        assert!(p.ready(&d).is_some());
+        assert_eq!(p.take(&d), Some(OsString::from("#rimgfs.1.1.ready")));
+        // The caller owns it now: nothing serves it, nothing removes it.
+        assert!(p.ready(&d).is_none() && p.take(&d).is_none());
+        drop(p);
+        assert!(work.join("#rimgfs.1.1.ready").exists());
+    }
+
+    #[test]
+    fn a_copy_up_before_the_copy_is_finished_drops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, data, d, _) = setup(dir.path());
+        queued(&p, &d, "#rimgfs.1.2");
+        assert_eq!(p.take(&d), None);
+        // The thread finishes after: its copy goes, and no other is made.
+        let shared = p.shared.clone().unwrap();
+        let name = OsString::from("#rimgfs.1.2");
+        Job {
+            shared,
+            data: data.clone(),
+            d,
+            name,
+        }
+        .run();
+        let work = dir.path().join("work");
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+        assert!(p.ready(&d).is_none());
+        p.count(&d, 4 << 20, Some(&data), || OsString::from("#rimgfs.1.3"));
+        assert!(p.ready(&d).is_none() && p.take(&d).is_none());
+    }
+
+    #[test]
+    fn copies_not_taken_go_with_the_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, data, d, _) = setup(dir.path());
+        queued(&p, &d, "#rimgfs.1.4");
+        copy_now(&p, &data, d, "#rimgfs.1.4");
+        let other = DataRef { offset: 1, ..d };
+        queued(&p, &other, "#rimgfs.1.5");
+        let work = dir.path().join("work");
+        std::fs::write(work.join("#rimgfs.1.5"), b"half").unwrap();
+        drop(p);
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    }
+}
