@@ -288,6 +288,12 @@ impl Inodes {
             self.refile(s);
             return &mut self.slots[s as usize].1;
         }
+        let s = self.insert_new(ino, inode);
+        &mut self.slots[s as usize].1
+    }
+
+    /// Puts `inode` at `ino`, which has no slot yet; returns its slot.
+    fn insert_new(&mut self, ino: Ino, inode: Inode) -> u32 {
         let s = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = (ino, inode);
@@ -302,7 +308,7 @@ impl Inodes {
         let (slots, hash) = (&self.slots, &self.hash);
         self.by_ino
             .insert_unique(hash.ino(ino), s, |&s| hash.ino(slots[s as usize].0));
-        &mut self.slots[s as usize].1
+        s
     }
 
     /// Forgets `ino`, freeing its slot.
@@ -365,9 +371,14 @@ impl Inodes {
 
     /// The slot whose own name `(parent, name)` is filed in `at`.
     fn at_find(&self, parent: Ino, name: &OsStr) -> Option<u32> {
+        self.at_find_hashed(self.hash.name(parent, name), parent, name)
+    }
+
+    /// [`Inodes::at_find`] with the name's hash already made.
+    fn at_find_hashed(&self, h: u64, parent: Ino, name: &OsStr) -> Option<u32> {
         let slots = &self.slots;
         self.at
-            .find(self.hash.name(parent, name), |&s| {
+            .find(h, |&s| {
                 let i = &slots[s as usize].1;
                 i.parent == parent && *i.name == *name
             })
@@ -376,13 +387,17 @@ impl Inodes {
 
     /// Files slot `s` in `at` under its inode's own name, which leads nowhere yet.
     fn file(&mut self, s: u32) {
+        let i = &self.slots[s as usize].1;
+        self.file_hashed(s, self.hash.name(i.parent, &i.name));
+    }
+
+    /// [`Inodes::file`] with the name's hash already made.
+    fn file_hashed(&mut self, s: u32, h: u64) {
         let (slots, hash) = (&self.slots, &self.hash);
-        let i = &slots[s as usize].1;
-        self.at
-            .insert_unique(hash.name(i.parent, &i.name), s, |&x| {
-                let i = &slots[x as usize].1;
-                hash.name(i.parent, &i.name)
-            });
+        self.at.insert_unique(h, s, |&x| {
+            let i = &slots[x as usize].1;
+            hash.name(i.parent, &i.name)
+        });
         self.slots[s as usize].1.bound = true;
     }
 
@@ -472,14 +487,22 @@ impl Inodes {
     }
 
     fn extra_get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.extra_get_hashed(self.hash.name(parent, name), parent, name)
+    }
+
+    fn extra_get_hashed(&self, h: u64, parent: Ino, name: &OsStr) -> Option<Ino> {
+        if self.extra.is_empty() {
+            return None;
+        }
         self.extra
-            .find(self.hash.name(parent, name), |b| {
-                b.parent == parent && *b.name == *name
-            })
+            .find(h, |b| b.parent == parent && *b.name == *name)
             .map(|b| b.ino)
     }
 
     fn extra_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        if self.extra.is_empty() {
+            return None;
+        }
         let h = self.hash.name(parent, name);
         let e = self
             .extra
@@ -580,7 +603,12 @@ impl Inodes {
     /// another name; else a fresh number.
     pub fn register(&mut self, parent: Ino, name: &OsStr, c: &Child, count: bool) -> Ino {
         let linked = c.linked;
-        let known = self.at_get(parent, name);
+        // One hash of the name for every look at it: a walk registers a name per entry.
+        let h = self.hash.name(parent, name);
+        let known = match self.at_find_hashed(h, parent, name) {
+            Some(s) => Some(self.slots[s as usize].0),
+            None => self.extra_get_hashed(h, parent, name),
+        };
         let ino = match known {
             Some(ino) => ino,
             None => {
@@ -598,18 +626,26 @@ impl Inodes {
                 }
             }
         };
-        let entry = match self.slot(ino) {
-            Some(s) => &mut self.slots[s as usize].1,
-            None => self.insert(ino, Inode::at(parent, name, c)),
+        let (s, new) = match self.slot(ino) {
+            Some(s) => (s, false),
+            None => (self.insert_new(ino, Inode::at(parent, name, c)), true),
         };
+        let entry = &mut self.slots[s as usize].1;
         entry.upper = c.upper;
         entry.lower = c.lower;
         entry.file_type = c.file_type;
         if count {
             entry.lookups += 1;
         }
-        if known.is_none() {
-            self.bind_name(parent, name, ino);
+        match (known, new) {
+            (Some(_), _) => {}
+            // A new inode at a name that leads nowhere: that is its own name, filed by slot,
+            // what `bind_name` would come to after looking the name up twice more.
+            (None, true) => {
+                entry.names = 1;
+                self.file_hashed(s, h);
+            }
+            (None, false) => self.bind_name(parent, name, ino),
         }
         if let Some(u) = linked {
             self.by_upper.insert(u, ino);
