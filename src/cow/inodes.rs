@@ -109,8 +109,15 @@ impl Hash {
         (m as u64) ^ ((m >> 64) as u64)
     }
 
+    /// A hash as the slot indexes use it: 32 bits, kept with each slot number, so growing
+    /// an index and passing over other names read no slot (each a cache miss on a big
+    /// table). Repeated in the high half, where the table takes its tag bits from.
+    fn wide(h: u32) -> u64 {
+        (u64::from(h) << 32) | u64::from(h)
+    }
+
     fn ino(&self, ino: Ino) -> u64 {
-        Self::mix(self.0, ino.0)
+        Self::wide(Self::mix(self.0, ino.0) as u32)
     }
 
     fn name(&self, parent: Ino, name: &OsStr) -> u64 {
@@ -121,7 +128,28 @@ impl Hash {
             w[..c.len()].copy_from_slice(c);
             h = Self::mix(h.rotate_left(23), u64::from_le_bytes(w));
         }
-        Self::mix(h, b.len() as u64)
+        Self::wide(Self::mix(h, b.len() as u64) as u32)
+    }
+}
+
+/// A slot number in an index, with its key's hash.
+#[derive(Clone, Copy, Debug)]
+struct Filed {
+    slot: u32,
+    hash: u32,
+}
+
+impl Filed {
+    fn new(slot: u32, h: u64) -> Filed {
+        Filed {
+            slot,
+            hash: h as u32,
+        }
+    }
+
+    /// Whether this is filed under hash `h` (most other keys differ there already).
+    fn under(&self, h: u64) -> bool {
+        self.hash == h as u32
     }
 }
 
@@ -211,10 +239,11 @@ pub(super) struct Inodes {
     /// Slots free for reuse.
     free: Vec<u32>,
     /// Inode number → slot.
-    by_ino: HashTable<u32>,
+    by_ino: HashTable<Filed>,
     /// Names: `(parent, name)` → inode. A name that is its inode's own is filed by slot
-    /// number, 4 bytes, with the name read from the slot: that is every name of a walk.
-    at: HashTable<u32>,
+    /// number and hash, 8 bytes, with the name read from the slot: that is every name of a
+    /// walk.
+    at: HashTable<Filed>,
     /// The other names (hard links, a name left bound while its inode moved on).
     extra: HashTable<Binding>,
     hash: Hash,
@@ -257,10 +286,10 @@ impl Inodes {
 
     /// The slot of `ino`.
     fn slot(&self, ino: Ino) -> Option<u32> {
-        let slots = &self.slots;
+        let (slots, h) = (&self.slots, self.hash.ino(ino));
         self.by_ino
-            .find(self.hash.ino(ino), |&s| slots[s as usize].0 == ino)
-            .copied()
+            .find(h, |f| f.under(h) && slots[f.slot as usize].0 == ino)
+            .map(|f| f.slot)
     }
 
     fn get_mut(&mut self, ino: Ino) -> Option<&mut Inode> {
@@ -305,9 +334,9 @@ impl Inodes {
                 (self.slots.len() - 1) as u32
             }
         };
-        let (slots, hash) = (&self.slots, &self.hash);
+        let h = self.hash.ino(ino);
         self.by_ino
-            .insert_unique(hash.ino(ino), s, |&s| hash.ino(slots[s as usize].0));
+            .insert_unique(h, Filed::new(s, h), |f| Hash::wide(f.hash));
         s
     }
 
@@ -315,8 +344,11 @@ impl Inodes {
     fn remove(&mut self, ino: Ino) {
         let h = self.hash.ino(ino);
         let slots = &self.slots;
-        if let Ok(e) = self.by_ino.find_entry(h, |&s| slots[s as usize].0 == ino) {
-            let (s, _) = e.remove();
+        if let Ok(e) = self
+            .by_ino
+            .find_entry(h, |f| f.under(h) && slots[f.slot as usize].0 == ino)
+        {
+            let s = e.remove().0.slot;
             self.unfile(s);
             // Drops what the inode held on the heap now, not when the slot is reused.
             let i = &mut self.slots[s as usize].1;
@@ -337,7 +369,7 @@ impl Inodes {
     #[cfg(test)]
     fn check(&self) {
         let mut filed = 0;
-        for &s in self.at.iter() {
+        for s in self.at.iter().map(|f| f.slot) {
             let (ino, i) = &self.slots[s as usize];
             assert!(i.bound, "slot {s} filed but not bound");
             assert_eq!(self.slot(*ino), Some(s));
@@ -351,7 +383,7 @@ impl Inodes {
         let bound = self
             .by_ino
             .iter()
-            .filter(|&&s| self.slots[s as usize].1.bound)
+            .filter(|f| self.slots[f.slot as usize].1.bound)
             .count();
         assert_eq!(filed, bound);
         for b in self.extra.iter() {
@@ -378,11 +410,11 @@ impl Inodes {
     fn at_find_hashed(&self, h: u64, parent: Ino, name: &OsStr) -> Option<u32> {
         let slots = &self.slots;
         self.at
-            .find(h, |&s| {
-                let i = &slots[s as usize].1;
-                i.parent == parent && *i.name == *name
+            .find(h, |f| {
+                let i = &slots[f.slot as usize].1;
+                f.under(h) && i.parent == parent && *i.name == *name
             })
-            .copied()
+            .map(|f| f.slot)
     }
 
     /// Files slot `s` in `at` under its inode's own name, which leads nowhere yet.
@@ -393,11 +425,8 @@ impl Inodes {
 
     /// [`Inodes::file`] with the name's hash already made.
     fn file_hashed(&mut self, s: u32, h: u64) {
-        let (slots, hash) = (&self.slots, &self.hash);
-        self.at.insert_unique(h, s, |&x| {
-            let i = &slots[x as usize].1;
-            hash.name(i.parent, &i.name)
-        });
+        self.at
+            .insert_unique(h, Filed::new(s, h), |f| Hash::wide(f.hash));
         self.slots[s as usize].1.bound = true;
     }
 
@@ -416,7 +445,7 @@ impl Inodes {
                 ino: self.slots[s as usize].0,
             },
         );
-        if let Ok(e) = self.at.find_entry(h, |&x| x == s) {
+        if let Ok(e) = self.at.find_entry(h, |f| f.slot == s) {
             e.remove();
         }
         self.slots[s as usize].1.bound = false;
@@ -458,7 +487,7 @@ impl Inodes {
         match self.at_find(parent, name) {
             Some(s) => {
                 let h = self.hash.name(parent, name);
-                if let Ok(e) = self.at.find_entry(h, |&x| x == s) {
+                if let Ok(e) = self.at.find_entry(h, |f| f.slot == s) {
                     e.remove();
                 }
                 self.slots[s as usize].1.bound = false;
