@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
 
+use super::inodes::Child;
 use super::{Cow, errno, lock};
 use crate::tree::node::NodeId;
 use crate::view::{Attr, DirListing, Fh, Ino, OpResult};
@@ -159,6 +160,9 @@ impl Cow {
         let path = self
             .path_of(ino)
             .map_err(|e| if e == Errno::ESTALE { Errno::ENOENT } else { e })?;
+        if let Some(l) = i.lower.filter(|_| !i.upper && !i.unlinked) {
+            return self.take_lower_listing(ino, l);
+        }
         let mut items = Vec::new();
         let mut err = None;
         self.merged_listing(ino, |name, _, _| {
@@ -176,6 +180,31 @@ impl Cow {
             Some(e) => Err(e),
             None => Ok(items),
         }
+    }
+
+    /// [`Cow::take_listing`] of a directory with no upper entry (nearly every one of a
+    /// walk): the lower directory's entries, already sorted, registered under one hold of
+    /// the table lock.
+    fn take_lower_listing(&self, ino: Ino, l: NodeId) -> OpResult<Listing> {
+        let tree = self.tree();
+        let kids = tree.children(l);
+        let mut items = Vec::with_capacity(kids.len());
+        let mut t = self.write_inodes()?;
+        for e in kids {
+            let Some(n) = tree.node(e.node) else {
+                continue;
+            };
+            let name = OsStr::from_bytes(tree.name(e));
+            let c = Child {
+                lower: Some(e.node),
+                upper: false,
+                linked: None,
+                file_type: n.kind.file_type_bits(),
+            };
+            let cino = t.register(ino, name, &c, false);
+            items.push((name.to_os_string(), cino, c.file_type));
+        }
+        Ok(items)
     }
 
     /// Lists a directory from `offset` (see [`dir_offset`]).

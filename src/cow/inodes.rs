@@ -109,8 +109,15 @@ impl Hash {
         (m as u64) ^ ((m >> 64) as u64)
     }
 
+    /// A hash as the slot indexes use it: 32 bits, kept with each slot number, so growing
+    /// an index and passing over other names read no slot (each a cache miss on a big
+    /// table). Repeated in the high half, where the table takes its tag bits from.
+    fn wide(h: u32) -> u64 {
+        (u64::from(h) << 32) | u64::from(h)
+    }
+
     fn ino(&self, ino: Ino) -> u64 {
-        Self::mix(self.0, ino.0)
+        Self::wide(Self::mix(self.0, ino.0) as u32)
     }
 
     fn name(&self, parent: Ino, name: &OsStr) -> u64 {
@@ -121,7 +128,28 @@ impl Hash {
             w[..c.len()].copy_from_slice(c);
             h = Self::mix(h.rotate_left(23), u64::from_le_bytes(w));
         }
-        Self::mix(h, b.len() as u64)
+        Self::wide(Self::mix(h, b.len() as u64) as u32)
+    }
+}
+
+/// A slot number in an index, with its key's hash.
+#[derive(Clone, Copy, Debug)]
+struct Filed {
+    slot: u32,
+    hash: u32,
+}
+
+impl Filed {
+    fn new(slot: u32, h: u64) -> Filed {
+        Filed {
+            slot,
+            hash: h as u32,
+        }
+    }
+
+    /// Whether this is filed under hash `h` (most other keys differ there already).
+    fn under(&self, h: u64) -> bool {
+        self.hash == h as u32
     }
 }
 
@@ -211,10 +239,11 @@ pub(super) struct Inodes {
     /// Slots free for reuse.
     free: Vec<u32>,
     /// Inode number → slot.
-    by_ino: HashTable<u32>,
+    by_ino: HashTable<Filed>,
     /// Names: `(parent, name)` → inode. A name that is its inode's own is filed by slot
-    /// number, 4 bytes, with the name read from the slot: that is every name of a walk.
-    at: HashTable<u32>,
+    /// number and hash, 8 bytes, with the name read from the slot: that is every name of a
+    /// walk.
+    at: HashTable<Filed>,
     /// The other names (hard links, a name left bound while its inode moved on).
     extra: HashTable<Binding>,
     hash: Hash,
@@ -257,10 +286,10 @@ impl Inodes {
 
     /// The slot of `ino`.
     fn slot(&self, ino: Ino) -> Option<u32> {
-        let slots = &self.slots;
+        let (slots, h) = (&self.slots, self.hash.ino(ino));
         self.by_ino
-            .find(self.hash.ino(ino), |&s| slots[s as usize].0 == ino)
-            .copied()
+            .find(h, |f| f.under(h) && slots[f.slot as usize].0 == ino)
+            .map(|f| f.slot)
     }
 
     fn get_mut(&mut self, ino: Ino) -> Option<&mut Inode> {
@@ -288,6 +317,12 @@ impl Inodes {
             self.refile(s);
             return &mut self.slots[s as usize].1;
         }
+        let s = self.insert_new(ino, inode);
+        &mut self.slots[s as usize].1
+    }
+
+    /// Puts `inode` at `ino`, which has no slot yet; returns its slot.
+    fn insert_new(&mut self, ino: Ino, inode: Inode) -> u32 {
         let s = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = (ino, inode);
@@ -299,18 +334,21 @@ impl Inodes {
                 (self.slots.len() - 1) as u32
             }
         };
-        let (slots, hash) = (&self.slots, &self.hash);
+        let h = self.hash.ino(ino);
         self.by_ino
-            .insert_unique(hash.ino(ino), s, |&s| hash.ino(slots[s as usize].0));
-        &mut self.slots[s as usize].1
+            .insert_unique(h, Filed::new(s, h), |f| Hash::wide(f.hash));
+        s
     }
 
     /// Forgets `ino`, freeing its slot.
     fn remove(&mut self, ino: Ino) {
         let h = self.hash.ino(ino);
         let slots = &self.slots;
-        if let Ok(e) = self.by_ino.find_entry(h, |&s| slots[s as usize].0 == ino) {
-            let (s, _) = e.remove();
+        if let Ok(e) = self
+            .by_ino
+            .find_entry(h, |f| f.under(h) && slots[f.slot as usize].0 == ino)
+        {
+            let s = e.remove().0.slot;
             self.unfile(s);
             // Drops what the inode held on the heap now, not when the slot is reused.
             let i = &mut self.slots[s as usize].1;
@@ -331,7 +369,7 @@ impl Inodes {
     #[cfg(test)]
     fn check(&self) {
         let mut filed = 0;
-        for &s in self.at.iter() {
+        for s in self.at.iter().map(|f| f.slot) {
             let (ino, i) = &self.slots[s as usize];
             assert!(i.bound, "slot {s} filed but not bound");
             assert_eq!(self.slot(*ino), Some(s));
@@ -345,7 +383,7 @@ impl Inodes {
         let bound = self
             .by_ino
             .iter()
-            .filter(|&&s| self.slots[s as usize].1.bound)
+            .filter(|f| self.slots[f.slot as usize].1.bound)
             .count();
         assert_eq!(filed, bound);
         for b in self.extra.iter() {
@@ -365,24 +403,30 @@ impl Inodes {
 
     /// The slot whose own name `(parent, name)` is filed in `at`.
     fn at_find(&self, parent: Ino, name: &OsStr) -> Option<u32> {
+        self.at_find_hashed(self.hash.name(parent, name), parent, name)
+    }
+
+    /// [`Inodes::at_find`] with the name's hash already made.
+    fn at_find_hashed(&self, h: u64, parent: Ino, name: &OsStr) -> Option<u32> {
         let slots = &self.slots;
         self.at
-            .find(self.hash.name(parent, name), |&s| {
-                let i = &slots[s as usize].1;
-                i.parent == parent && *i.name == *name
+            .find(h, |f| {
+                let i = &slots[f.slot as usize].1;
+                f.under(h) && i.parent == parent && *i.name == *name
             })
-            .copied()
+            .map(|f| f.slot)
     }
 
     /// Files slot `s` in `at` under its inode's own name, which leads nowhere yet.
     fn file(&mut self, s: u32) {
-        let (slots, hash) = (&self.slots, &self.hash);
-        let i = &slots[s as usize].1;
+        let i = &self.slots[s as usize].1;
+        self.file_hashed(s, self.hash.name(i.parent, &i.name));
+    }
+
+    /// [`Inodes::file`] with the name's hash already made.
+    fn file_hashed(&mut self, s: u32, h: u64) {
         self.at
-            .insert_unique(hash.name(i.parent, &i.name), s, |&x| {
-                let i = &slots[x as usize].1;
-                hash.name(i.parent, &i.name)
-            });
+            .insert_unique(h, Filed::new(s, h), |f| Hash::wide(f.hash));
         self.slots[s as usize].1.bound = true;
     }
 
@@ -401,7 +445,7 @@ impl Inodes {
                 ino: self.slots[s as usize].0,
             },
         );
-        if let Ok(e) = self.at.find_entry(h, |&x| x == s) {
+        if let Ok(e) = self.at.find_entry(h, |f| f.slot == s) {
             e.remove();
         }
         self.slots[s as usize].1.bound = false;
@@ -443,7 +487,7 @@ impl Inodes {
         match self.at_find(parent, name) {
             Some(s) => {
                 let h = self.hash.name(parent, name);
-                if let Ok(e) = self.at.find_entry(h, |&x| x == s) {
+                if let Ok(e) = self.at.find_entry(h, |f| f.slot == s) {
                     e.remove();
                 }
                 self.slots[s as usize].1.bound = false;
@@ -472,14 +516,22 @@ impl Inodes {
     }
 
     fn extra_get(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.extra_get_hashed(self.hash.name(parent, name), parent, name)
+    }
+
+    fn extra_get_hashed(&self, h: u64, parent: Ino, name: &OsStr) -> Option<Ino> {
+        if self.extra.is_empty() {
+            return None;
+        }
         self.extra
-            .find(self.hash.name(parent, name), |b| {
-                b.parent == parent && *b.name == *name
-            })
+            .find(h, |b| b.parent == parent && *b.name == *name)
             .map(|b| b.ino)
     }
 
     fn extra_remove(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        if self.extra.is_empty() {
+            return None;
+        }
         let h = self.hash.name(parent, name);
         let e = self
             .extra
@@ -580,7 +632,12 @@ impl Inodes {
     /// another name; else a fresh number.
     pub fn register(&mut self, parent: Ino, name: &OsStr, c: &Child, count: bool) -> Ino {
         let linked = c.linked;
-        let known = self.at_get(parent, name);
+        // One hash of the name for every look at it: a walk registers a name per entry.
+        let h = self.hash.name(parent, name);
+        let known = match self.at_find_hashed(h, parent, name) {
+            Some(s) => Some(self.slots[s as usize].0),
+            None => self.extra_get_hashed(h, parent, name),
+        };
         let ino = match known {
             Some(ino) => ino,
             None => {
@@ -598,18 +655,26 @@ impl Inodes {
                 }
             }
         };
-        let entry = match self.slot(ino) {
-            Some(s) => &mut self.slots[s as usize].1,
-            None => self.insert(ino, Inode::at(parent, name, c)),
+        let (s, new) = match self.slot(ino) {
+            Some(s) => (s, false),
+            None => (self.insert_new(ino, Inode::at(parent, name, c)), true),
         };
+        let entry = &mut self.slots[s as usize].1;
         entry.upper = c.upper;
         entry.lower = c.lower;
         entry.file_type = c.file_type;
         if count {
             entry.lookups += 1;
         }
-        if known.is_none() {
-            self.bind_name(parent, name, ino);
+        match (known, new) {
+            (Some(_), _) => {}
+            // A new inode at a name that leads nowhere: that is its own name, filed by slot,
+            // what `bind_name` would come to after looking the name up twice more.
+            (None, true) => {
+                entry.names = 1;
+                self.file_hashed(s, h);
+            }
+            (None, false) => self.bind_name(parent, name, ino),
         }
         if let Some(u) = linked {
             self.by_upper.insert(u, ino);

@@ -212,6 +212,9 @@ impl Cow {
 
     /// Looks `name` up in `parent`.
     pub(super) fn lookup(&self, parent: Ino, name: &[u8]) -> OpResult<Attr> {
+        if let Some(found) = self.lookup_in_lower(parent, name)? {
+            return Ok(found);
+        }
         let name_os = OsStr::from_bytes(name);
         let c = self.stable(|| {
             let p = self.dir_inode(parent, name)?;
@@ -224,6 +227,41 @@ impl Cow {
             let i = self.inode(ino)?;
             self.attr(ino, &i, &self.upper_path_of(ino, &i)?)
         })
+    }
+
+    /// A lookup in a directory with no upper entry, which the lower tree alone answers
+    /// (nearly every lookup of a walk): no upper path, and one hold of the table lock for
+    /// the parent and the child. `None` for every other directory. The table changes a
+    /// directory's `upper` before anything under it changes in the view, so a directory
+    /// without it still shows its lower children.
+    fn lookup_in_lower(&self, parent: Ino, name: &[u8]) -> OpResult<Option<Attr>> {
+        let mut t = self.write_inodes()?;
+        let Some(p) = t.get(parent) else {
+            return Ok(None);
+        };
+        let Some(pl) = p.lower.filter(|_| !p.upper && !p.unlinked) else {
+            return Ok(None);
+        };
+        if !p.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if name.len() > MAX_NAME_LEN as usize {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let tree = self.tree();
+        let found = tree
+            .lookup(pl, name)
+            .and_then(|id| Some((id, tree.node(id)?.kind.file_type_bits())));
+        let (id, file_type) = found.ok_or(Errno::ENOENT)?;
+        let c = Child {
+            lower: Some(id),
+            upper: false,
+            linked: None,
+            file_type,
+        };
+        let ino = t.register(parent, OsStr::from_bytes(name), &c, true);
+        drop(t);
+        self.lower.lower_attr(id, ino).map(Some)
     }
 
     /// Drops `n` kernel references; a deleted inode with none left is forgotten.
