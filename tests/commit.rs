@@ -451,14 +451,7 @@ fn diff_errors_name_the_upper() {
     let sb = Sandbox::new();
     let image = sb.image(SPEC);
     let missing = sb.path("no-such-upper");
-    let out = rimgfs(&[
-        "diff",
-        image.to_str().unwrap(),
-        "--upper",
-        missing.to_str().unwrap(),
-        "--cache-dir",
-        sb.cache().to_str().unwrap(),
-    ]);
+    let out = common::harness::diff(&image, &missing, &sb.cache());
     assert_eq!(out.code, Some(1));
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("no-such-upper"), "{}", out.stderr);

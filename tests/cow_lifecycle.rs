@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use common::harness::{self, is_mounted, poll_until};
 use common::listing::{Listing, list_xattrs};
 use common::overlay::{OverlayMount, extract_layers};
-use common::{ImageDef, MountGuard, MountOpts, Output, Sandbox, require, rimgfs};
+use common::{ImageDef, MountGuard, MountOpts, Output, Sandbox, require};
 
 fn append(p: &Path, data: &[u8]) {
     let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
@@ -269,15 +269,7 @@ fn cow_unprivileged_writable_mount_uses_fallback_format() {
     );
     assert_eq!(std::fs::read(uh.join("edit")).unwrap(), b"editmore\n");
 
-    let out = rimgfs(&[
-        "diff",
-        image.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-        "--cache-dir",
-        sb.cache().to_str().unwrap(),
-    ])
-    .success();
+    let out = harness::diff(&image, &upper, &sb.cache()).success();
     for line in [
         "A /home/user/new",
         "C /home/user/edit",
@@ -461,15 +453,7 @@ fn cow_unprivileged_upper_reads_the_same_in_a_root_mount_and_in_diff() {
 /// mounted upper): what it deletes is not there, what it adds or changes is.
 #[track_caller]
 fn check_diff(sb: &Sandbox, image: &Path, upper: &Path, tree: &str, want: &[&str]) {
-    let out = rimgfs(&[
-        "diff",
-        image.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-        "--cache-dir",
-        sb.cache().to_str().unwrap(),
-    ])
-    .success();
+    let out = harness::diff(image, upper, &sb.cache()).success();
     let diff: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(diff, want);
     for c in &diff {

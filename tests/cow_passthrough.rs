@@ -136,15 +136,7 @@ fn cow_passthrough_reader_sees_writes_and_the_copy_becomes_the_upper_file() {
         (meta.mode(), meta.uid(), meta.gid()),
         (kmeta.mode(), kmeta.uid(), kmeta.gid())
     );
-    let out = rimgfs(&[
-        "diff",
-        image.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-        "--cache-dir",
-        sb.cache().to_str().unwrap(),
-    ])
-    .success();
+    let out = harness::diff(&image, &upper, &sb.cache()).success();
     let diff: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(diff, ["C /d", "C /d/big"]);
 }

@@ -354,6 +354,29 @@ impl Gate {
         self.state.lock().unwrap().1 = true;
         self.changed.notify_all();
     }
+
+    /// Asserts that the reads begun copied `len` bytes once (8 KiB each, and one at the end).
+    fn assert_read_once(&self, len: usize) {
+        let reads = self.state.lock().unwrap().0;
+        let per_copy = len.div_ceil(8192) as u32;
+        assert!(
+            reads <= per_copy + 1,
+            "{reads} reads for one copy of {per_copy}"
+        );
+    }
+}
+
+/// Runs `op` on a thread of `s` and waits at most [`HUNG`] for its result, so that a test
+/// fails rather than hangs when `op` waits for what a copy holds.
+fn meanwhile<'scope, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    op: impl FnOnce() -> T + Send + 'scope,
+) -> Result<T, std::sync::mpsc::RecvTimeoutError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    s.spawn(move || {
+        let _ = tx.send(op());
+    });
+    rx.recv_timeout(HUNG)
 }
 
 impl crate::layer::data::LayerBytes for Gate {
@@ -405,9 +428,7 @@ fn cow_copy_up_in_progress_leaves_the_rest_usable() {
     std::thread::scope(|s| {
         let writer = s.spawn(|| cow.open(big_ino, libc::O_WRONLY, ROOT));
         gate.wait_reading();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let cow = &cow;
-        s.spawn(move || {
+        let got = meanwhile(s, || {
             let other = cow.lookup(etc, b"other").map(|a| a.size);
             let stat = cow.getattr(etc, None).map(|a| a.mode & libc::S_IFMT);
             let made = cow.create(etc, b"new", 0o644, libc::O_WRONLY, ROOT);
@@ -415,10 +436,8 @@ fn cow_copy_up_in_progress_leaves_the_rest_usable() {
             if let Ok((_, fh)) = &made {
                 cow.release(*fh);
             }
-            let _ = tx.send((other, stat, made.map(|_| ()), dir));
+            (other, stat, made.map(|_| ()), dir)
         });
-        // Fails (rather than hangs) if the copy-up holds what these need.
-        let got = rx.recv_timeout(HUNG);
         gate.open();
         let fh = writer.join().unwrap().unwrap();
         assert_eq!(got, Ok((Ok(5), Ok(libc::S_IFDIR), Ok(()), Ok(()))));
@@ -462,12 +481,7 @@ fn cow_racing_copy_ups_of_one_file_make_one_upper_file() {
     assert!(!cow.is_metacopy(f).unwrap());
     assert_eq!(std::fs::read_dir(t.path().join("work")).unwrap().count(), 0);
     // The data was read once: the second writer waited for the first one's copy.
-    let reads = gate.state.lock().unwrap().0;
-    let per_copy = data.len().div_ceil(8192) as u32;
-    assert!(
-        reads <= per_copy + 1,
-        "{reads} reads for one copy of {per_copy}"
-    );
+    gate.assert_read_once(data.len());
 }
 
 /// An upper file unlinked while open still answers `fstat` (a getattr without a handle) as
@@ -520,17 +534,13 @@ fn cow_rename_of_a_lower_file_racing_a_writer_makes_one_copy() {
         let renamer = s.spawn(|| cow.rename(d, b"f", Ino::ROOT, b"g", 0));
         gate.wait_reading();
         let writer = s.spawn(|| cow.open(f, libc::O_RDWR, ROOT));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let cow = &cow;
-        s.spawn(move || {
+        let made = meanwhile(s, || {
             let made = cow.create(d, b"new", 0o644, libc::O_WRONLY, ROOT);
             if let Ok((_, fh)) = &made {
                 cow.release(*fh);
             }
-            let _ = tx.send(made.map(|_| ()));
+            made.map(|_| ())
         });
-        // Fails (rather than hangs) if the copy holds the namespace lock.
-        let made = rx.recv_timeout(HUNG);
         gate.open();
         assert_eq!(made, Ok(Ok(())));
         assert_eq!(renamer.join().unwrap(), Ok(()));
@@ -546,12 +556,7 @@ fn cow_rename_of_a_lower_file_racing_a_writer_makes_one_copy() {
     assert_eq!(cow.lookup(Ino::ROOT, b"g").unwrap().ino, f);
     assert_eq!(cow.lookup(d, b"f").map(|a| a.ino), Err(Errno::ENOENT));
     assert_eq!(std::fs::read_dir(t.path().join("work")).unwrap().count(), 0);
-    let reads = gate.state.lock().unwrap().0;
-    let per_copy = data.len().div_ceil(8192) as u32;
-    assert!(
-        reads <= per_copy + 1,
-        "{reads} reads for one copy of {per_copy}"
-    );
+    gate.assert_read_once(data.len());
 }
 
 /// A hard link to a lower file copies its data before taking the namespace lock.
@@ -564,12 +569,7 @@ fn cow_link_of_a_lower_file_copies_without_the_namespace_lock() {
     std::thread::scope(|s| {
         let linker = s.spawn(|| cow.link(f, Ino::ROOT, b"h", ROOT));
         gate.wait_reading();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let cow = &cow;
-        s.spawn(move || {
-            let _ = tx.send(cow.mkdir(Ino::ROOT, b"d", 0o755, ROOT).map(|_| ()));
-        });
-        let made = rx.recv_timeout(HUNG);
+        let made = meanwhile(s, || cow.mkdir(Ino::ROOT, b"d", 0o755, ROOT).map(|_| ()));
         gate.open();
         assert_eq!(made, Ok(Ok(())));
         assert_eq!(linker.join().unwrap().map(|a| (a.ino, a.nlink)), Ok((f, 2)));

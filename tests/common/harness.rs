@@ -171,6 +171,19 @@ pub fn rimgfs<S: AsRef<OsStr>>(args: &[S]) -> Output {
     run_command(cmd)
 }
 
+/// Runs `rimgfs diff IMAGE --upper UPPER --cache-dir CACHE`.
+pub fn diff(image: &Path, upper: &Path, cache: &Path) -> Output {
+    let arg = |p: &Path| p.as_os_str().to_os_string();
+    rimgfs(&[
+        OsString::from("diff"),
+        arg(image),
+        OsString::from("--upper"),
+        arg(upper),
+        OsString::from("--cache-dir"),
+        arg(cache),
+    ])
+}
+
 /// How to start a mount.
 #[derive(Clone, Debug, Default)]
 pub struct MountOpts {
