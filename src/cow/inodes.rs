@@ -660,7 +660,10 @@ impl Inodes {
             None => (self.insert_new(ino, Inode::at(parent, name, c)), true),
         };
         let entry = &mut self.slots[s as usize].1;
-        entry.upper = c.upper;
+        // A lookup that resolved before a copy-up of this inode can register after it. The
+        // daemon is the only writer of the upper, so a live inode's upper copy never goes away
+        // and a stale resolution must not mark the inode lower-only again.
+        entry.upper |= c.upper;
         entry.lower = c.lower;
         entry.file_type = c.file_type;
         if count {
@@ -1032,6 +1035,20 @@ mod tests {
         t.linked(key(Ino::ROOT, "z"), x, 40);
         assert_eq!(t.get(x).unwrap().names, 3);
         assert_eq!(t.named(Ino::ROOT, OsStr::new("z")), Some(x));
+    }
+
+    #[test]
+    fn inodes_a_resolution_older_than_a_copy_up_keeps_the_inode_upper() {
+        let mut t = table();
+        let d = t.register(Ino::ROOT, OsStr::new("d"), &lower(9, libc::S_IFDIR), true);
+        t.set_upper(d);
+        // A lookup of `d` that resolved it (lower-only) before the copy-up registers now.
+        let again = t.register(Ino::ROOT, OsStr::new("d"), &lower(9, libc::S_IFDIR), true);
+        assert_eq!(again, d);
+        assert!(
+            t.get(d).unwrap().upper,
+            "a stale resolution made the inode lower-only"
+        );
     }
 
     #[test]
