@@ -46,12 +46,21 @@ fn passthrough_possible() -> bool {
     nix::unistd::geteuid().is_root() && (major, minor) >= (6, 9)
 }
 
-/// Reads `f` whole through the daemon, then waits for its copy in `work`; its inode number.
-fn read_until_copied(f: &Path, work: &Path) -> u64 {
-    assert_eq!(std::fs::read(f).unwrap().len(), SIZE);
+/// Reads `f` whole through the daemon, then waits for its copy in `work`: the data read and
+/// the copy's inode number.
+fn read_until_copied(f: &Path, work: &Path) -> (Vec<u8>, u64) {
+    let data = std::fs::read(f).unwrap();
+    assert_eq!(data.len(), SIZE);
     let made = poll_until(Duration::from_secs(60), || copies(work).len() == 1);
     assert!(made, "no passthrough copy in {}", work.display());
-    std::fs::metadata(&copies(work)[0]).unwrap().ino()
+    (data, std::fs::metadata(&copies(work)[0]).unwrap().ino())
+}
+
+/// Where passthrough runs, the copy-up took the copy: the upper file `up` is that inode.
+fn assert_upper_is_the_copy(up: &Path, copy_ino: u64) {
+    if passthrough_possible() {
+        assert_eq!(std::fs::metadata(up).unwrap().ino(), copy_ino);
+    }
 }
 
 /// What a reader opened before a writer sees, step by step.
@@ -111,15 +120,12 @@ fn cow_passthrough_reader_sees_writes_and_the_copy_becomes_the_upper_file() {
         return;
     };
     let big = m.at("/d/big");
-    let lower = std::fs::read(&big).unwrap();
-    let copy_ino = read_until_copied(&big, &work);
+    let (lower, copy_ino) = read_until_copied(&big, &work);
     let got = steps(&big);
     assert_eq!(got, want, "as on kernel overlayfs");
-    // The copy-up took the copy: the upper file is that inode, and nothing is left in work.
+    // The copy-up took the copy, and nothing is left in work.
     let up = upper.join("d/big");
-    if passthrough_possible() {
-        assert_eq!(std::fs::metadata(&up).unwrap().ino(), copy_ino);
-    }
+    assert_upper_is_the_copy(&up, copy_ino);
     assert!(copies(&work).is_empty(), "a copy left: {:?}", copies(&work));
     m.unmount();
     let mut expect = lower[..100].to_vec();
@@ -150,8 +156,7 @@ fn cow_passthrough_chmod_keeps_the_copy_and_a_write_then_uses_it() {
         return;
     };
     let big = m.at("/d/big");
-    let lower = std::fs::read(&big).unwrap();
-    let copy_ino = read_until_copied(&big, &work);
+    let (lower, copy_ino) = read_until_copied(&big, &work);
     let mut reader = std::fs::File::open(&big).unwrap();
     // A metadata-only copy-up leaves the data (and the copy) alone.
     std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -164,9 +169,7 @@ fn cow_passthrough_chmod_keeps_the_copy_and_a_write_then_uses_it() {
     assert_eq!((all.len(), tail(&all)), (SIZE + 5, "+tail".to_string()));
     drop(reader);
     let up = upper.join("d/big");
-    if passthrough_possible() {
-        assert_eq!(std::fs::metadata(&up).unwrap().ino(), copy_ino);
-    }
+    assert_upper_is_the_copy(&up, copy_ino);
     m.unmount();
     let meta = std::fs::metadata(&up).unwrap();
     assert_eq!(meta.mode() & 0o7777, 0o600);
