@@ -127,14 +127,22 @@ impl Cow {
                 Some(Prepared::Node(id, staged.map_err(errno)?))
             }
             Some((None, Some(data))) => {
-                let staged = match self.private.take(&data) {
-                    Some(tmp) => Staged::adopt(&self.upper, tmp),
+                let staged = match self.private_data(&data) {
+                    Some(staged) => staged,
                     None => stage_data(&self.upper, tree, &data).map_err(errno)?,
                 };
                 Some(Prepared::Data(data, staged))
             }
             _ => None,
         })
+    }
+
+    /// Lower data `data` staged as its passthrough copy, if that is finished (see
+    /// [`super::private`]): no data moves.
+    fn private_data(&self, data: &DataRef) -> Option<Staged<'_>> {
+        self.private
+            .take(data)
+            .map(|tmp| Staged::adopt(&self.upper, tmp))
     }
 
     /// A full copy of lower file `node` staged around its passthrough copy, if that is
@@ -204,10 +212,7 @@ impl Cow {
                 let data = self.lower_data(&i)?;
                 let staged = match data_copy.take() {
                     Some((d, staged)) if d == data => Some(staged),
-                    _ => self
-                        .private
-                        .take(&data)
-                        .map(|t| Staged::adopt(&self.upper, t)),
+                    _ => self.private_data(&data),
                 };
                 match staged {
                     Some(staged) => staged.complete(&dir, name),
