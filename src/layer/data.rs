@@ -100,7 +100,8 @@ impl LayerData {
     /// (`copy_file_range`: a reflink where the filesystem can, else an in-kernel copy), else
     /// they go through a buffer. Writeback of each step starts as the next one is copied, so
     /// a flush after it (every caller makes one) finds little left to write, and the copy
-    /// and the disk work at once instead of one after the other.
+    /// and the disk work at once instead of one after the other. A big copy's blocks are
+    /// allocated before it starts.
     pub fn copy_to(&self, offset: u64, len: u64, out: &mut File) -> io::Result<()> {
         use std::io::{Seek, SeekFrom};
         let pos = out.stream_position()?;
@@ -113,6 +114,11 @@ impl LayerData {
             Some(loc) => len.min(loc.len.saturating_sub(offset)),
             None => len,
         };
+        // One allocation for the whole copy up front: a file the writeback below allocates
+        // 8 MiB at a time copies a quarter slower. Only speed depends on it.
+        if len_in >= COPY_STEP {
+            let _ = crate::sys::fallocate(out, libc::FALLOC_FL_KEEP_SIZE, pos, len_in);
+        }
         let mut kernel = host.is_some();
         let mut buf = Vec::new();
         let mut done = 0u64;
