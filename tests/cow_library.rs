@@ -46,13 +46,13 @@ fn read(v: &dyn View, path: &str) -> Vec<u8> {
     let ino = walk(v, path).unwrap();
     let fh = v.open(ino, libc::O_RDONLY, ROOT).unwrap();
     let data = v.read(ino, fh, 0, 1 << 20).unwrap();
-    v.release(fh);
+    v.release(ino, fh);
     data
 }
 
-fn write(v: &dyn View, fh: Fh, data: &[u8]) {
+fn write(v: &dyn View, ino: Ino, fh: Fh, data: &[u8]) {
     assert_eq!(v.write(fh, 0, data, false, false), Ok(data.len() as u32));
-    v.release(fh);
+    v.release(ino, fh);
 }
 
 fn listing(v: &dyn View, path: &str) -> Vec<String> {
@@ -64,7 +64,7 @@ fn listing(v: &dyn View, path: &str) -> Vec<String> {
         false
     })
     .unwrap();
-    v.release(fh);
+    v.release(ino, fh);
     names
 }
 
@@ -80,11 +80,12 @@ fn cow_view_as_a_library_writes_an_overlayfs_upper() {
     // A write copies the file up; a new directory and file; a rename of a lower directory;
     // a deletion; a chmod (metadata only).
     let hosts = walk(v, "/etc/hosts").unwrap();
-    write(v, v.open(hosts, libc::O_WRONLY, ROOT).unwrap(), b"HOSTS");
+    let fh = v.open(hosts, libc::O_WRONLY, ROOT).unwrap();
+    write(v, hosts, fh, b"HOSTS");
     let etc = walk(v, "/etc").unwrap();
     let d = v.mkdir(etc, b"d", 0o750, ROOT).unwrap().ino;
-    let (_, fh) = v.create(d, b"f", 0o640, libc::O_WRONLY, ROOT).unwrap();
-    write(v, fh, b"new");
+    let (f, fh) = v.create(d, b"f", 0o640, libc::O_WRONLY, ROOT).unwrap();
+    write(v, f.ino, fh, b"new");
     let var = walk(v, "/var").unwrap();
     v.rename(var, b"lib", var, b"lib2", 0).unwrap();
     v.unlink(etc, b"passwd").unwrap();

@@ -86,24 +86,38 @@ impl Cow {
     /// for set-id or capability-carrying files: a writer would join the same backing file
     /// after a copy-up (see [`Cow::may_pass_through`]).
     pub(super) fn lower_backing(&self, ino: Ino) -> Option<OpResult<Arc<File>>> {
-        if !self.private.on() {
-            return None;
-        }
-        let data = self
-            .stable(|| {
-                let i = self.inode(ino)?;
-                if i.file_type != libc::S_IFREG || i.unlinked {
-                    return Ok(None);
-                }
-                let lower = !i.upper || self.is_metacopy(ino)?;
-                lower.then(|| self.lower_data(&i)).transpose()
-            })
-            .ok()??;
+        let data = self.data_still_lower(ino)?;
         let f = self.private.ready(&data)?;
         let attr = self.getattr(ino, None).ok()?;
         let privileged = attr.mode & (libc::S_ISUID | libc::S_ISGID) != 0
             || self.getxattr(ino, CAPABILITY_XATTR).is_ok();
         (!privileged).then_some(Ok(f))
+    }
+
+    /// A handleless open of `ino` was closed: the passthrough copy of its data starts now if
+    /// it was read enough, so that it does not compete with the reads that earned it.
+    pub(super) fn lower_closed(&self, ino: Ino) {
+        if let Some(data) = self.data_still_lower(ino) {
+            let layer = self.tree().data_files.get(usize::from(data.layer));
+            self.private.closed(&data, layer, || self.upper.temp_name());
+        }
+    }
+
+    /// The lower data a handleless open of file `ino` reads, where this mount makes
+    /// passthrough copies.
+    fn data_still_lower(&self, ino: Ino) -> Option<crate::tree::node::DataRef> {
+        if !self.private.on() {
+            return None;
+        }
+        self.stable(|| {
+            let i = self.inode(ino)?;
+            if i.file_type != libc::S_IFREG || i.unlinked {
+                return Ok(None);
+            }
+            let lower = !i.upper || self.is_metacopy(ino)?;
+            lower.then(|| self.lower_data(&i)).transpose()
+        })
+        .ok()?
     }
 
     /// Whether an open handle may be given to the kernel (passthrough): not for set-id or
@@ -188,9 +202,7 @@ impl Cow {
             Err(i) => {
                 let data = self.lower_data(&i)?;
                 let out = self.lower.read_data(&data, offset, size)?;
-                let layer = self.tree().data_files.get(usize::from(data.layer));
-                self.private
-                    .count(&data, out.len() as u64, layer, || self.upper.temp_name());
+                self.private.count(&data, out.len() as u64);
                 Ok(out)
             }
         }

@@ -289,8 +289,11 @@ impl View for Cow {
         Cow::read(self, ino, fh, offset, size)
     }
 
-    fn release(&self, fh: Fh) {
+    fn release(&self, ino: Ino, fh: Fh) {
         Cow::release(self, fh);
+        if fh == Fh::NONE {
+            self.lower_closed(ino);
+        }
     }
 
     fn backing_file(&self, ino: Ino, fh: Fh) -> Option<OpResult<Arc<File>>> {

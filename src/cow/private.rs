@@ -2,7 +2,9 @@
 //! directory, never the cache's shared ones.
 //!
 //! A big lower file is read through the daemon until [`PASSTHROUGH_MIN_SIZE`] bytes of it have
-//! been; then one background thread copies its data into the work directory under one of the
+//! been and the open that read them is closed (a copy made during the reads would compete
+//! with them for the disk); then one background thread copies its data into the work
+//! directory under one of the
 //! upper's temporary names (a crash leaves nothing the next mount keeps), flushed to disk as a
 //! copy-up's data is, and read-only opens after that pass through to it. A copy-up of the file
 //! takes that copy as the upper file's data ([`crate::upper::copy_up::Staged::adopt`]): the
@@ -148,19 +150,33 @@ impl PrivateCopies {
         self.making.store(false, Ordering::Relaxed);
     }
 
-    /// Counts `len` bytes of lower data `d` read through the daemon; past the threshold,
+    /// Counts `len` bytes of lower data `d` read through the daemon.
+    pub(super) fn count(&self, d: &DataRef, len: u64) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if d.size < PASSTHROUGH_MIN_SIZE || !self.making.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(m) = shared.lock().as_mut() {
+            if let State::Read(seen) = m.entry((d.layer, d.offset)).or_insert(State::Read(0)) {
+                *seen = seen.saturating_add(len);
+            }
+        }
+    }
+
+    /// An open that read lower data `d` through the daemon was closed: past the threshold,
     /// queues its copy from `data` under a fresh work name from `name` (once).
-    pub(super) fn count(
+    pub(super) fn closed(
         &self,
         d: &DataRef,
-        len: u64,
         data: Option<&LayerData>,
         name: impl FnOnce() -> OsString,
     ) {
         let (Some(shared), Some(data)) = (&self.shared, data) else {
             return;
         };
-        if d.size < PASSTHROUGH_MIN_SIZE || !self.making.load(Ordering::Relaxed) {
+        if !self.making.load(Ordering::Relaxed) {
             return;
         }
         let name = {
@@ -168,12 +184,10 @@ impl PrivateCopies {
             let Some(m) = states.as_mut() else {
                 return;
             };
-            let s = m.entry((d.layer, d.offset)).or_insert(State::Read(0));
-            let State::Read(seen) = s else {
+            let Some(s) = m.get_mut(&(d.layer, d.offset)) else {
                 return;
             };
-            *seen = seen.saturating_add(len);
-            if *seen < PASSTHROUGH_MIN_SIZE {
+            if !matches!(s, State::Read(seen) if *seen >= PASSTHROUGH_MIN_SIZE) {
                 return;
             }
             let name = name();
@@ -277,7 +291,7 @@ mod tests {
         (PrivateCopies::new(work), data, d, bytes)
     }
 
-    /// The copy the thread would make, made here: `count` queued it as `name`.
+    /// The copy the thread would make, made here: `closed` queued it as `name`.
     fn copy_now(p: &PrivateCopies, data: &LayerData, d: DataRef, name: &str) {
         let shared = p.shared.clone().unwrap();
         let m = shared.lock();
@@ -296,11 +310,29 @@ mod tests {
         .run();
     }
 
-    /// Marks `d` as queued under `name` without a thread: as `count` does past the threshold.
+    /// Marks `d` as queued under `name` without a thread: as `closed` does past the threshold.
     fn queued(p: &PrivateCopies, d: &DataRef, name: &str) {
         let m = &mut *p.shared.as_ref().unwrap().lock();
         let copying = State::Copying(OsString::from(name));
         m.as_mut().unwrap().insert((d.layer, d.offset), copying);
+    }
+
+    #[test]
+    fn the_copy_is_queued_when_an_open_that_read_enough_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, data, d, _) = setup(dir.path());
+        let reading = |p: &PrivateCopies| {
+            let m = p.shared.as_ref().unwrap().lock();
+            matches!(m.as_ref().unwrap().get(&(0, 0)), Some(State::Read(_)))
+        };
+        let name = || OsString::from("#rimgfs.1.6");
+        p.count(&d, 4096);
+        p.closed(&d, Some(&data), name);
+        assert!(reading(&p), "a peek and a close: no copy");
+        p.count(&d, PASSTHROUGH_MIN_SIZE);
+        assert!(reading(&p), "no copy while the reads go on");
+        p.closed(&d, Some(&data), name);
+        assert!(!reading(&p), "queued at the close");
     }
 
     #[test]
@@ -342,7 +374,8 @@ mod tests {
         let work = dir.path().join("work");
         assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
         assert!(p.ready(&d).is_none());
-        p.count(&d, 4 << 20, Some(&data), || OsString::from("#rimgfs.1.3"));
+        p.count(&d, 4 << 20);
+        p.closed(&d, Some(&data), || OsString::from("#rimgfs.1.3"));
         assert!(p.ready(&d).is_none() && p.take(&d).is_none());
     }
 

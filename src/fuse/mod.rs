@@ -354,7 +354,7 @@ impl Filesystem for Fuse {
         let attr = match file_attr(&a) {
             Ok(attr) => attr,
             Err(e) => {
-                self.view.release(fh);
+                self.view.release(a.ino, fh);
                 return reply.error(errno(e));
             }
         };
@@ -382,7 +382,7 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         debug!("release(ino={}, fh={})", i.0, fh.0);
-        self.view.release(Fh(fh.0));
+        self.view.release(ino(i), Fh(fh.0));
         self.backing.release(ino(i));
         reply.ok();
     }
@@ -531,12 +531,12 @@ impl Filesystem for Fuse {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        i: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.view.release(Fh(fh.0));
+        self.view.release(ino(i), Fh(fh.0));
         reply.ok();
     }
 

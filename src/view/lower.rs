@@ -4,7 +4,8 @@
 //! files may be handed to the kernel (passthrough) from a file holding exactly their bytes:
 //! one the layer's source keeps (an engine's extracted layer), else a copy of their own in
 //! the cache. That copy is never made in an open: opens are served by reads through the
-//! daemon until the file has been read for [`PASSTHROUGH_MIN_SIZE`] bytes, then one
+//! daemon until the file has been read for [`PASSTHROUGH_MIN_SIZE`] bytes and that open is
+//! closed (a copy made during the reads would compete with them for the disk), then one
 //! background thread copies it, and opens after it is in place (with no handle of the inode
 //! left open, as the kernel wants one I/O mode per inode) go to the kernel. Which copies are
 //! in place is known in memory (listed at mount, added to as they are made), so opens look
@@ -222,34 +223,44 @@ impl LowerView {
             .then_some(Ok(f))
     }
 
-    /// Counts `len` bytes of a big file read through the daemon; past the threshold, queues
-    /// its passthrough copy (once).
+    /// Counts `len` bytes of a big file read through the daemon.
     fn count_read(&self, id: NodeId, d: &DataRef, len: u64) {
         if self.passthrough.is_none() || d.size < PASSTHROUGH_MIN_SIZE {
             return;
         }
-        let start = {
-            let mut m = self.read_through.lock().unwrap_or_else(|p| p.into_inner());
-            let seen = m.entry(id).or_insert(0);
-            if *seen == u64::MAX {
-                return;
-            }
-            *seen = seen.saturating_add(len);
-            let start = *seen >= PASSTHROUGH_MIN_SIZE;
-            if start {
-                *seen = u64::MAX;
-            }
-            start
-        };
-        if !start {
+        let mut m = self.read_through.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = m.entry(id).or_insert(0);
+        if *seen != u64::MAX {
+            *seen = seen.saturating_add(len).min(u64::MAX - 1);
+        }
+    }
+
+    /// An open of `ino` was closed: past the threshold, queues its passthrough copy (once).
+    fn closed(&self, ino: Ino) {
+        if self.passthrough.is_none() {
             return;
         }
-        let (Ok((dir, path)), Ok(data)) = (self.copy_path(d), self.layer_data(d)) else {
+        let Ok((id, n)) = self.node(ino) else {
+            return;
+        };
+        let Some(d) = n.data() else {
+            return;
+        };
+        {
+            let mut m = self.read_through.lock().unwrap_or_else(|p| p.into_inner());
+            match m.get_mut(&id) {
+                Some(seen) if *seen >= PASSTHROUGH_MIN_SIZE && *seen != u64::MAX => {
+                    *seen = u64::MAX;
+                }
+                _ => return,
+            }
+        }
+        let (Ok((dir, path)), Ok(data)) = (self.copy_path(&d), self.layer_data(&d)) else {
             return;
         };
         let job = CopyJob {
             data: data.clone(),
-            d: *d,
+            d,
             dir,
             path,
             present: self.present.clone(),
@@ -448,6 +459,10 @@ impl View for LowerView {
         LowerView::read(self, ino, offset, size)
     }
 
+    fn release(&self, ino: Ino, _fh: Fh) {
+        self.closed(ino);
+    }
+
     fn backing_file(&self, ino: Ino, _fh: Fh) -> Option<OpResult<Arc<File>>> {
         self.wants_passthrough(ino)
             .then(|| self.passthrough_file(ino))
@@ -642,13 +657,21 @@ mod tests {
         assert_eq!(View::read(&v, b, Fh::NONE, 0, 4096).unwrap(), big[..4096]);
         v.flush_copies();
         assert!(!copy.exists());
-        // Reading on queues the copy; opens after it is done go to the kernel.
+        // Nor is a close after it.
+        View::release(&v, b, Fh::NONE);
+        v.flush_copies();
+        assert!(!copy.exists());
+        // Reading on, then closing, queues the copy (not while the reads go on); opens after
+        // it is done go to the kernel.
         let mut off = 4096;
         while off < PASSTHROUGH_MIN_SIZE {
             let got = View::read(&v, b, Fh::NONE, off, 128 << 10).unwrap();
             assert_eq!(got, big[off as usize..off as usize + got.len()]);
             off += got.len() as u64;
         }
+        v.flush_copies();
+        assert!(!copy.exists());
+        View::release(&v, b, Fh::NONE);
         v.flush_copies();
         assert_eq!(std::fs::read(&copy).unwrap(), big);
         let f = v.backing_file(b, Fh::NONE).unwrap().unwrap();
@@ -657,6 +680,7 @@ mod tests {
         for _ in 0..300 {
             View::read(&v, s, Fh::NONE, 0, 4096).unwrap();
         }
+        View::release(&v, s, Fh::NONE);
         v.flush_copies();
         assert!(v.backing_file(s, Fh::NONE).is_none());
         // A copy of the wrong size (another tree's, a crash's) is not used.

@@ -213,8 +213,8 @@ pub trait View: Send + Sync {
     /// Reads up to `size` bytes at `offset`.
     fn read(&self, ino: Ino, fh: Fh, offset: u64, size: u32) -> OpResult<Vec<u8>>;
 
-    /// Closes a file or directory handle.
-    fn release(&self, _fh: Fh) {}
+    /// Closes a file or directory handle of `ino`.
+    fn release(&self, _ino: Ino, _fh: Fh) {}
 
     /// A host file holding exactly the data of `ino` as opened by `fh`, for the kernel to do
     /// the I/O itself (passthrough); `None` when this open goes through the daemon.
