@@ -28,23 +28,29 @@ pub fn remove_xattr_fd(f: &File, name: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Reads a value of unknown size with a `l*xattr`-style call `f(buf, size)`: first a null
-/// buffer of size 0, which answers the size, then a buffer of that size; again from the start
-/// if the value grew between the two calls (`ERANGE`).
+/// Reads a value of unknown size with a `l*xattr`-style call `f(buf, size)`: first into a
+/// buffer that fits most values and lists (one call where it fits); if it does not
+/// (`ERANGE`), a null buffer of size 0 answers the size, then a buffer of that size, again
+/// if the value grew in between.
 fn read_sized(mut f: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; FIRST_TRY];
     loop {
-        let size = cvt_size(f(std::ptr::null_mut(), 0))?;
-        let mut buf = vec![0u8; size];
         match cvt_size(f(buf.as_mut_ptr().cast(), buf.len())) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
             }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                let size = cvt_size(f(std::ptr::null_mut(), 0))?;
+                buf = vec![0u8; size.max(buf.len() + 1)];
+            }
             Err(e) => return Err(e),
         }
     }
 }
+
+/// Bytes of the first buffer [`read_sized`] tries.
+const FIRST_TRY: usize = 256;
 
 impl DirFd {
     /// The path of an entry through this directory's descriptor, for the calls that have no
@@ -125,7 +131,12 @@ mod tests {
         let mut names = d.list_xattr(f).unwrap();
         names.sort();
         assert_eq!(names, vec![b"user.big".to_vec(), b"user.small".to_vec()]);
+        // Past the first buffer, within it, and empty.
         assert_eq!(d.get_xattr(f, b"user.big").unwrap(), big);
+        assert_eq!(d.get_xattr(f, b"user.small").unwrap(), b"1");
+        d.set_xattr(f, b"user.empty", b"", 0).unwrap();
+        assert_eq!(d.get_xattr(f, b"user.empty").unwrap(), b"");
+        d.remove_xattr(f, b"user.empty").unwrap();
         let e = d.get_xattr(f, b"user.none").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENODATA));
         let e = d
