@@ -321,6 +321,30 @@ fn cow_posix_open_file_outlives_its_last_name() {
                 "{f} fstat after: {:?}",
                 m.map_err(|e| e.raw_os_error())
             ));
+            // Its attributes still change through the descriptor.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&fh);
+            let t = [(1_000_000, 5), (2_000_000, 7)].map(|(s, n)| libc::timespec {
+                tv_sec: s,
+                tv_nsec: n,
+            });
+            // SAFETY: an open descriptor and two timespecs.
+            let changed = unsafe {
+                [
+                    libc::fchmod(fd, 0o600),
+                    libc::ftruncate(fd, 2),
+                    libc::fchown(fd, 1, 2),
+                    libc::futimens(fd, t.as_ptr()),
+                ]
+            };
+            log.push(format!("{f} fchmod ftruncate fchown futimens: {changed:?}"));
+            let m = fh.metadata().map(|m| {
+                let t = (m.mtime(), m.mtime_nsec(), m.atime(), m.atime_nsec());
+                (m.mode(), m.len(), m.uid(), m.gid(), t)
+            });
+            log.push(format!(
+                "{f} fstat changed: {:?}",
+                m.map_err(|e| e.raw_os_error())
+            ));
             log.push(format!("{f} name: {}", p(r, f).exists()));
         }
         log
@@ -334,6 +358,8 @@ fn cow_posix_open_file_outlives_its_last_name() {
         log.contains(&"/w/a/lf read: Ok(10) \"lower+more\"".to_string()),
         "{log:#?}"
     );
+    let changed = "/w/a/lf fstat changed: Ok((33152, 2, 1, 2, (2000000, 7, 1000000, 5)))";
+    assert!(log.contains(&changed.to_string()), "{log:#?}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use super::lookup::meta_attr;
 use super::{Cow, errno, lock, stat_attr};
 use crate::sys::DirFd;
 use crate::upper::copy_up::CopyMode;
@@ -27,6 +28,13 @@ impl Cow {
         fh: Option<Fh>,
         who: Caller,
     ) -> OpResult<Attr> {
+        if let Some(f) = self.unlinked_file(ino, fh)? {
+            let _ns = lock(&self.ns)?;
+            let owner = (set.uid, set.gid);
+            crate::sys::set_file_attrs(&f, owner, set.mode, set.size, set.times.as_ref())
+                .map_err(errno)?;
+            return Ok(meta_attr(ino, &f.metadata().map_err(errno)?));
+        }
         // A truncate copies the data up first, without the namespace lock.
         let _ns = match set.size {
             Some(_) => self.lock_with_data_up(ino)?.0,
@@ -67,6 +75,23 @@ impl Cow {
         }
         let st = dir.stat(Some(name)).map_err(errno)?;
         Ok(stat_attr(ino, &st))
+    }
+
+    /// The upper file of `ino` if it has no name left, which a change of its attributes
+    /// goes through (`fchmod`, `ftruncate` and the like after an unlink work, as on kernel
+    /// overlayfs): the handle `fh`, another open handle, or the descriptor kept at the
+    /// unlink. `ESTALE` for a lower file, which can no longer be copied up.
+    fn unlinked_file(&self, ino: Ino, fh: Option<Fh>) -> OpResult<Option<Arc<File>>> {
+        let i = self.inode(ino)?;
+        if !i.unlinked {
+            return Ok(None);
+        }
+        let kept = || i.last.as_ref().and_then(|l| l.file.clone());
+        fh.and_then(|h| self.handle_file(h))
+            .or_else(|| self.open_file_of(ino))
+            .or_else(kept)
+            .map(Some)
+            .ok_or(Errno::ESTALE)
     }
 
     /// Sets the size of `dir/name`, through its open handle `fh` if it has one.

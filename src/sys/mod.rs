@@ -22,7 +22,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 
 pub use dirfd::{DirFd, FileStat};
-pub use file::{copy_file_range, fallocate, start_writeback};
+pub use file::{copy_file_range, fallocate, set_file_attrs, start_writeback};
 pub use fusermount::{FUSERMOUNT, fuse_unmount, fusermount};
 pub use process::{
     Forked, edit_own_args, fork_single_threaded, redirect_fd, thread_count, tune_allocator,
