@@ -176,7 +176,7 @@ impl PrivateCopies {
         let (Some(shared), Some(data)) = (&self.shared, data) else {
             return;
         };
-        if !self.making.load(Ordering::Relaxed) {
+        if d.size < PASSTHROUGH_MIN_SIZE || !self.making.load(Ordering::Relaxed) {
             return;
         }
         let name = {
