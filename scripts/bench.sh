@@ -19,7 +19,8 @@
 #             and `ls -lR`, the big file read sequentially, 4 KiB random reads (fio, or a Python
 #             reader without it), every small file read once, the small files read by 1, 2 and
 #             4 parallel workers, daemon memory.
-#   write     on a fresh upper each run: copy-up of the 1 GiB file (append a byte), chmod of it,
+#   write     on a fresh upper each run, the filesystems taking turns run by run: copy-up of
+#             the 1 GiB file (append a byte), chmod of it,
 #             `rm -rf` of a 1,000-file lower tree, create and delete 10,000 files, sequential
 #             write + fsync, and the latency of creates and stats while the big file is copied
 #             up.
@@ -208,6 +209,22 @@ bench() {
   done
   hf "$name" "${opts[@]}" "${args[@]}"
 }
+# rounds NAME CMD FS...: times CMD (%m: the mount point, run by this shell) on each FS in
+# turn, RUNS rounds, each run after $prep's output for its FS. Filesystems alternate within a
+# round, so a drift of the disk (writeback left by an earlier run, say) falls on all of them
+# alike instead of on the ones measured last.
+rounds() {
+  local name=$1 cmd=$2 fs t0 i
+  shift 2
+  for ((i = 0; i < runs; i++)); do
+    for fs in "$@"; do
+      eval "$($prep "$fs")" > /dev/null
+      t0=$(now)
+      eval "${cmd//%m/$(printf %q "$mnt/$fs")}"
+      metric "$name" "$fs" "$(since "$t0")"
+    done
+  done
+}
 listing() { (cd "$1" && find . \( -type f -printf '%y %m %U:%G %s %p\n' \) -o \
   \( -type l -printf '%y %U:%G %p -> %l\n' \) -o -printf '%y %m %U:%G %p\n' | LC_ALL=C sort); }
 # Each mount in "$@" must show overlayfs's tree (without link counts: overlayfs reports a lower
@@ -335,25 +352,23 @@ if has write; then
   cat "$image" "$layers/4/$big" > /dev/null
   prep=reset_cmd
   echo "==> write: copy-up of the 1 GiB file (append 1 byte)"
-  bench w-copyup --runs "$runs" -- "printf x >> %m/$big" "${wall[@]}"
+  rounds w-copyup "printf x >> %m/$big" "${wall[@]}"
   echo "==> write: chmod of the 1 GiB file"
-  bench w-chmod --runs "$runs" -- "chmod 600 %m/$big" "${wall[@]}"
+  rounds w-chmod "chmod 600 %m/$big" "${wall[@]}"
   echo "==> write: rm -rf of a 1,000-file lower tree"
-  bench w-rmrf --runs "$runs" -- "rm -rf %m/var/lib/bulk" "${wall[@]}"
+  rounds w-rmrf "rm -rf %m/var/lib/bulk" "${wall[@]}"
   echo "==> write: create $nfiles files in a new directory, then delete them"
-  bench w-create --runs "$runs" -- "$(q python3 scripts/bench-probe.py files)%m/new $nfiles create" \
-    "${wall[@]}"
+  rounds w-create "$(q python3 scripts/bench-probe.py files)%m/new $nfiles create" "${wall[@]}"
   create_prep() {
     echo "$(reset_cmd "$1") && $(q python3 scripts/bench-probe.py files "$mnt/$1/new" "$nfiles" \
       create)"
   }
   prep=create_prep
-  bench w-delete --runs "$runs" -- "$(q python3 scripts/bench-probe.py files)%m/new $nfiles delete" \
-    "${wall[@]}"
+  rounds w-delete "$(q python3 scripts/bench-probe.py files)%m/new $nfiles delete" "${wall[@]}"
   prep=reset_cmd
   echo "==> write: $seq_mib MiB sequential write + fsync"
-  bench w-seq-fsync --runs "$runs" -- \
-    "dd if=/dev/zero of=%m/new.bin bs=1M count=$seq_mib conv=fsync status=none" "${wall[@]}"
+  rounds w-seq-fsync "dd if=/dev/zero of=%m/new.bin bs=1M count=$seq_mib conv=fsync status=none" \
+    "${wall[@]}"
   metric wseq_bytes - $((seq_mib << 20))
   prep=
   echo "==> write: creates and stats elsewhere during the copy-up of the 1 GiB file"
