@@ -209,7 +209,7 @@ bench() {
   done
   hf "$name" "${opts[@]}" "${args[@]}"
 }
-# rounds NAME CMD FS...: times CMD (%m: the mount point, run by this shell) on each FS in
+# rounds NAME CMD FS...: times CMD (%m: the mount point, run in a subshell) on each FS in
 # turn, RUNS rounds, each run after $prep's output for its FS. Filesystems alternate within a
 # round, so a drift of the disk (writeback left by an earlier run, say) falls on all of them
 # alike instead of on the ones measured last.
@@ -220,7 +220,7 @@ rounds() {
     for fs in "$@"; do
       eval "$($prep "$fs")" > /dev/null
       t0=$(now)
-      eval "${cmd//%m/$(printf %q "$mnt/$fs")}"
+      (eval "${cmd//%m/$(printf %q "$mnt/$fs")}")
       metric "$name" "$fs" "$(since "$t0")"
     done
   done
@@ -302,13 +302,19 @@ if has read; then
   metric rand_bytes - $((nrand * 4096))
 
   walk="find %m -printf '%i %n %m %U %G %s %T@ %p\n' > /dev/null"
+  # Cold runs take turns between the filesystems, as the write figures do (see rounds).
+  cold_prep() { echo "$drop"; }
   echo "==> read: find walk, cold and warm"
-  bench walk-cold --runs "$runs" --prepare "$drop" -- "$walk" "${all[@]}"
+  prep=cold_prep
+  rounds walk-cold "$walk" "${all[@]}"
+  prep=
   bench walk-warm --runs "$runs" --warmup 1 -- "$walk" "${all[@]}"
   echo "==> read: ls -lR, warm"
   bench lslr-warm --runs "$runs" --warmup 1 -- "ls -lR %m > /dev/null" "${all[@]}" "${gz[@]}"
   echo "==> read: the 1 GiB file sequentially, cold and warm"
-  bench seq-cold --runs "$runs" --prepare "$drop" -- "cat %m/$big > /dev/null" "${all[@]}"
+  prep=cold_prep
+  rounds seq-cold "cat %m/$big > /dev/null" "${all[@]}"
+  prep=
   bench seq-warm --runs "$runs" --warmup 1 -- "cat %m/$big > /dev/null" "${all[@]}"
   echo "==> read: $nrand random 4 KiB reads of the 1 GiB file, cold and warm"
   # The time spent in the reads, as the reader measures it (a process's start would
@@ -334,12 +340,16 @@ if has read; then
   done
   echo "==> read: every small file once, cold and warm"
   small="cd %m && xargs -0 cat -- < $(q "$out/small-files") > /dev/null"
-  bench small-cold --runs "$runs" --prepare "$drop" -- "$small" "${all[@]}"
+  prep=cold_prep
+  rounds small-cold "$small" "${all[@]}"
+  prep=
   bench small-warm --runs "$runs" --warmup 1 -- "$small" "${all[@]}"
   for w in 1 2 4; do
     echo "==> read: the small files split between $w parallel reader(s), cold and warm"
     par="cd %m && xargs -0 -P $w -n 64 cat -- < $(q "$out/small-files") > /dev/null"
-    bench "par$w-cold" --runs "$runs" --prepare "$drop" -- "$par" "${all[@]}"
+    prep=cold_prep
+    rounds "par$w-cold" "$par" "${all[@]}"
+    prep=
     bench "par$w-warm" --runs "$runs" --warmup 1 -- "$par" "${all[@]}"
   done
   for fs in fuse-overlayfs "${rw[@]}" "${ro[@]}"; do rss rss-read "$fs"; done
