@@ -192,9 +192,9 @@ rss() {
   pid=$(daemon_pid "$mnt/$2")
   metric "$1" "$2" "$(awk '$1 == "VmRSS:" { print $2 * 1024 }' "/proc/$pid/status")"
 }
-# bench NAME OPTIONS... -- CMD FS...: one hyperfine call timing CMD (%m: the mount point) on
-# each FS, with hyperfine OPTIONS and, if $prep names a function, its output for FS as FS's
-# --prepare.
+# bench NAME OPTIONS... -- CMD FS...: one hyperfine call timing CMD on each FS (its first %m:
+# the mount point; a later one, such as find's mode, stays), with hyperfine OPTIONS and, if
+# $prep names a function, its output for FS as FS's --prepare.
 prep=
 bench() {
   local name=$1 opts=() cmd fs m args=()
@@ -205,12 +205,12 @@ bench() {
   for fs in "$@"; do
     m=$(printf %q "$mnt/$fs")
     [ -n "$prep" ] && args+=(--prepare "$($prep "$fs")")
-    args+=(-n "$fs" "${cmd//%m/"$m"}")
+    args+=(-n "$fs" "${cmd/\%m/"$m"}")
   done
   hf "$name" "${opts[@]}" "${args[@]}"
 }
-# rounds NAME CMD FS...: times CMD (%m: the mount point, run in a subshell) on each FS in
-# turn, RUNS rounds, each run after $prep's output for its FS. Filesystems alternate within a
+# rounds NAME CMD FS...: times CMD (run in a subshell; %m as for bench) on each FS in turn,
+# RUNS rounds, each run after $prep's output for its FS. Filesystems alternate within a
 # round, so a drift of the disk (writeback left by an earlier run, say) falls on all of them
 # alike instead of on the ones measured last.
 rounds() {
@@ -220,7 +220,7 @@ rounds() {
     for fs in "$@"; do
       eval "$($prep "$fs")" > /dev/null
       t0=$(now)
-      (eval "${cmd//%m/$(printf %q "$mnt/$fs")}")
+      (eval "${cmd/\%m/$(printf %q "$mnt/$fs")}")
       metric "$name" "$fs" "$(since "$t0")"
     done
   done
