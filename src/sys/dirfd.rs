@@ -6,7 +6,7 @@
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::{c_bytes, cstr, cvt};
+use super::{cstr, cvt};
 
 /// A directory held open by descriptor, through which every operation on the upper tree goes.
 ///
@@ -264,9 +264,7 @@ impl DirFd {
         if unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        let p = c_bytes(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
-        // SAFETY: valid C string naming the pinned inode.
-        cvt(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) }).map(drop)
+        super::file::chmod_fd(&fd, mode)
     }
 
     /// Sets access and modification times of an entry, not following a symlink.

@@ -59,16 +59,15 @@ pub fn set_file_attrs(
     size: Option<u64>,
     times: Option<&[libc::timespec; 2]>,
 ) -> io::Result<()> {
-    let p = super::c_bytes(format!("/proc/self/fd/{}", f.as_raw_fd()).as_bytes())?;
+    let p = super::c_bytes(super::fd_path(f).as_bytes())?;
     if owner.0.is_some() || owner.1.is_some() {
-        let empty = super::c_bytes(b"")?;
         // -1 leaves an id as it is.
         let id = |v: Option<u32>| v.unwrap_or(u32::MAX);
         // SAFETY: a valid descriptor and C string; fchownat takes no other pointers.
         cvt(unsafe {
             libc::fchownat(
                 f.as_raw_fd(),
-                empty.as_ptr(),
+                c"".as_ptr(),
                 id(owner.0),
                 id(owner.1),
                 libc::AT_EMPTY_PATH,
@@ -76,8 +75,7 @@ pub fn set_file_attrs(
         })?;
     }
     if let Some(m) = mode {
-        // SAFETY: a valid C string naming the descriptor's file.
-        cvt(unsafe { libc::chmod(p.as_ptr(), m & 0o7777) })?;
+        chmod_fd(f, m)?;
     }
     if let Some(size) = size {
         let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
@@ -89,6 +87,14 @@ pub fn set_file_attrs(
         cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), t.as_ptr(), 0) })?;
     }
     Ok(())
+}
+
+/// Sets the permission bits of the file `fd` is open on, any kind of descriptor (an `O_PATH`
+/// one too), through its `/proc/self/fd` link.
+pub(super) fn chmod_fd(fd: &impl AsRawFd, mode: u32) -> io::Result<()> {
+    let p = super::c_bytes(super::fd_path(fd).as_bytes())?;
+    // SAFETY: a valid C string naming the descriptor's file.
+    cvt(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) }).map(drop)
 }
 
 #[cfg(test)]

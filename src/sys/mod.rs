@@ -34,6 +34,12 @@ fn c_bytes(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// `/proc/self/fd/N`: the file descriptor `fd` is open on, for calls that take only a path;
+/// the kernel follows that link to the descriptor's own file, named or not.
+fn fd_path(fd: &impl std::os::fd::AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
 fn cstr(name: &OsStr) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     c_bytes(name.as_bytes())

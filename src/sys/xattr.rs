@@ -58,7 +58,8 @@ impl DirFd {
     /// the `l*` calls do not follow the final component.
     fn proc_path(&self, name: &OsStr) -> io::Result<CString> {
         use std::os::unix::ffi::OsStrExt;
-        let mut p = format!("/proc/self/fd/{}/", self.0.as_raw_fd()).into_bytes();
+        let mut p = super::fd_path(&self.0).into_bytes();
+        p.push(b'/');
         p.extend_from_slice(one_component(name)?.as_bytes());
         c_bytes(&p)
     }
