@@ -1,6 +1,7 @@
 //! POSIX behaviours of the writable mount that callers rely on, run as root and as an
 //! unprivileged user, with kernel overlayfs over the same layers as the oracle: the modes new
-//! entries get under the caller's umask, `utimensat` with `UTIME_OMIT`/`UTIME_NOW` and
+//! entries get under the caller's umask, their owner and group (setgid directories too) and
+//! the owner a hard link keeps, `utimensat` with `UTIME_OMIT`/`UTIME_NOW` and
 //! nanoseconds, I/O through a file whose last name is gone, set-id bits dropped by another
 //! user's write, renames by a user and the sticky-directory rules, ctime after operations
 //! that fail and that succeed, relative paths below a directory deeper than `PATH_MAX`, a
@@ -189,6 +190,79 @@ fn cow_posix_new_entries_get_exactly_the_mode_the_caller_asked_for() {
         "/w/p604-0 10604",
         "/w/a/f666-27 100640",
         "/w/d751-27 40750",
+    ] {
+        assert!(log.iter().any(|l| l == want), "{want} not in {log:#?}");
+    }
+}
+
+fn owner_of(path: &Path) -> String {
+    match lstat(path) {
+        Ok(st) => format!("{}:{} {:o}", st.st_uid, st.st_gid, st.st_mode),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn cow_posix_new_entries_belong_to_their_maker_and_links_keep_their_owner() {
+    let log = both(SPEC, |r| {
+        let mut log = Log::new();
+        // A setgid directory of another group, made in the mount (an upper directory), and
+        // the image's own writable directory (a lower one, copied up by the first entry).
+        let sg = p(r, "/w/sg");
+        std::fs::create_dir(&sg).unwrap();
+        std::os::unix::fs::chown(&sg, Some(0), Some(7)).unwrap();
+        std::fs::set_permissions(&sg, std::os::unix::fs::PermissionsExt::from_mode(0o2777))
+            .unwrap();
+        let names = [
+            "/w/sg/f", "/w/sg/d", "/w/sg/p", "/w/sg/l", "/w/a/f", "/w/a/d", "/w/b/l",
+        ];
+        let paths: Vec<CString> = names.iter().map(|n| cs(&p(r, n))).collect();
+        let target = CString::new("nowhere").unwrap();
+        let code = child(Some(USER), Some(0o022), || {
+            // SAFETY: valid C strings.
+            unsafe {
+                let fd = libc::open(paths[0].as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o666);
+                if fd < 0 || libc::close(fd) != 0 {
+                    return last_errno();
+                }
+                for (i, rc) in [
+                    libc::mkdir(paths[1].as_ptr(), 0o777),
+                    libc::mknod(paths[2].as_ptr(), libc::S_IFIFO | 0o666, 0),
+                    libc::symlink(target.as_ptr(), paths[3].as_ptr()),
+                    libc::close(libc::creat(paths[4].as_ptr(), 0o640)),
+                    libc::mkdir(paths[5].as_ptr(), 0o3775),
+                    libc::symlink(target.as_ptr(), paths[6].as_ptr()),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if rc != 0 {
+                        return 100 + i as i32;
+                    }
+                }
+            }
+            0
+        });
+        log.push(format!("made as {USER:?}: {}", outcome(code)));
+        for n in names {
+            log.push(format!("{n} {}", owner_of(&p(r, n))));
+        }
+        // A hard link made by root leaves the inode's owner alone: an upper file, a lower one.
+        for (src, dst) in [("/w/sg/f", "/w/sg/f2"), ("/s/theirs", "/w/theirs2")] {
+            let linked = std::fs::hard_link(p(r, src), p(r, dst));
+            log.push(format!("link {src} {dst}: {linked:?}"));
+            log.push(format!("{src} {}", owner_of(&p(r, src))));
+            log.push(format!("{dst} {}", owner_of(&p(r, dst))));
+        }
+        log
+    });
+    let Some(log) = log else { return };
+    for want in [
+        "/w/sg/f 65534:7 100644",
+        "/w/sg/d 65534:7 42755",
+        "/w/a/f 65534:65534 100640",
+        "/s/theirs 1:0 100644",
+        "/w/theirs2 1:0 100644",
     ] {
         assert!(log.iter().any(|l| l == want), "{want} not in {log:#?}");
     }

@@ -1,9 +1,10 @@
 //! New names in the writable view: files, directories, nodes, symlinks and hard links.
 //!
-//! Each new entry is built in the work directory with its owner, then renamed into place
-//! (over a whiteout of its name if there is one), so the name never shows a half-made entry.
-//! A directory made where a deleted lower entry was is opaque, so nothing of the lower
-//! layers shows through it.
+//! The name never shows a half-made entry: a new entry is made in place as its caller, born
+//! with its owner and mode, or, where that cannot be done (a whiteout of its name to
+//! replace, an opaque directory, no privileges), built in the work directory and renamed
+//! into place. A directory made where a deleted lower entry was is opaque, so nothing of
+//! the lower layers shows through it.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -16,7 +17,7 @@ use nix::errno::Errno;
 use super::copy::Prepared;
 use super::io::Handle;
 use super::{Cow, errno, stat_attr};
-use crate::sys::DirFd;
+use crate::sys::{DirFd, creds};
 use crate::upper::copy_up::CopyMode;
 use crate::upper::format::name_is_free;
 use crate::upper::{Flag, Format, UpperEntry, remove_tree};
@@ -66,26 +67,69 @@ impl Cow {
         Ok((who.uid, if sgid { st.st_gid } else { who.gid }, sgid))
     }
 
-    /// Builds a new entry in the work directory with `make`, owns it, gives it permission
-    /// bits `mode` (none for a symlink or a link), and moves it to `dir/name` (over a
-    /// whiteout if there is one; `hides_lower`: a lower entry of the name is whited out).
-    /// `make` may hand back the file it made open, which is then returned.
+    /// Makes the new entry `dir/name` with `make` (given a directory and a name), owned by
+    /// `who` (`None`: a hard link, whose inode keeps its owner), with permission bits `mode`
+    /// (none for a symlink or a link); `hides_lower`: a lower entry of the name is whited
+    /// out. `make` may hand back the file it made open, which is then returned.
+    ///
+    /// Where nothing stands in the way, the entry is made in place, born with its owner and
+    /// mode in one call, as kernel overlayfs makes it. Otherwise (a whiteout to replace, an
+    /// opaque directory, the fallback format, no privileges, or a parent with a default ACL,
+    /// which would change the mode asked for) it is built in the work directory and moved.
     #[allow(clippy::too_many_arguments)]
     fn install(
         &self,
         dir: &DirFd,
         name: &OsStr,
-        who: Caller,
+        who: Option<Caller>,
         opaque: bool,
         mode: Option<u32>,
         hides_lower: bool,
-        make: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
+        make: impl Fn(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
+    ) -> OpResult<Option<File>> {
+        if !hides_lower
+            && !opaque
+            && self.upper.format == Format::Kernel
+            && !dir.has_own_xattr(b"system.posix_acl_default")
+        {
+            let made = match who {
+                Some(w) => creds::as_caller(w.uid, w.gid, || make(dir, name)),
+                None => Some(make(dir, name)),
+            };
+            match made {
+                // A kernel-format whiteout left at the name: the full way deals with it.
+                Some(Err(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Some(r) => return r.map_err(errno),
+                None => {}
+            }
+        }
+        self.install_through_work(dir, name, who, opaque, mode, hides_lower, make)
+    }
+
+    /// [`Cow::install`] by way of the work directory: the entry is built there under a
+    /// temporary name, owned, given its mode and flags, then renamed into place.
+    #[allow(clippy::too_many_arguments)]
+    fn install_through_work(
+        &self,
+        dir: &DirFd,
+        name: &OsStr,
+        who: Option<Caller>,
+        opaque: bool,
+        mode: Option<u32>,
+        hides_lower: bool,
+        make: impl Fn(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
     ) -> OpResult<Option<File>> {
         let work = self.upper.work();
         let tmp = self.upper.temp_name();
-        let (uid, gid, sgid) = self.new_owner(dir, who)?;
+        let owner = match who {
+            Some(w) => Some(self.new_owner(dir, w)?),
+            None => None,
+        };
         let built = (|| {
             let file = make(work, &tmp)?;
+            let Some((uid, gid, sgid)) = owner else {
+                return Ok(file);
+            };
             if let Some(f) = &file {
                 // Through the open file: no path to resolve again.
                 std::os::unix::fs::fchown(f, Some(uid), Some(gid))?;
@@ -161,12 +205,20 @@ impl Cow {
         who: Caller,
         file_type: u32,
         mode: Option<u32>,
-        build: impl FnOnce(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
+        build: impl Fn(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
     ) -> OpResult<(Attr, Option<File>)> {
         let at = self.prepare_new(parent, name)?;
         let dir = file_type == libc::S_IFDIR;
         let opaque = dir && at.hides_lower;
-        let file = self.install(&at.dir, name, who, opaque, mode, at.hides_lower, build)?;
+        let file = self.install(
+            &at.dir,
+            name,
+            Some(who),
+            opaque,
+            mode,
+            at.hides_lower,
+            build,
+        )?;
         if dir {
             self.dirs_changed(parent);
         }
@@ -237,18 +289,10 @@ impl Cow {
     }
 
     /// Makes a hard link to `ino` (copied up first) as `newparent/newname`.
-    pub(super) fn link(
-        &self,
-        ino: Ino,
-        newparent: Ino,
-        newname: &[u8],
-        who: Caller,
-    ) -> OpResult<Attr> {
+    pub(super) fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> OpResult<Attr> {
         let newname = OsStr::from_bytes(newname);
         // A lower file is copied up whole, its data staged before `ns` is taken.
-        self.with_data_staged(ino, |staged| {
-            self.link_now(ino, newparent, newname, who, staged)
-        })
+        self.with_data_staged(ino, |staged| self.link_now(ino, newparent, newname, staged))
     }
 
     fn link_now(
@@ -256,7 +300,6 @@ impl Cow {
         ino: Ino,
         newparent: Ino,
         newname: &OsStr,
-        who: Caller,
         staged: Option<Prepared<'_>>,
     ) -> OpResult<Attr> {
         let _change = self.change_names()?;
@@ -272,7 +315,7 @@ impl Cow {
         self.install(
             &at.dir,
             newname,
-            who,
+            None,
             false,
             None,
             at.hides_lower,

@@ -371,8 +371,8 @@ impl View for Cow {
         Cow::rename(self, p, name, np, newname, flags)
     }
 
-    fn link(&self, ino: Ino, newparent: Ino, newname: &[u8], who: Caller) -> OpResult<Attr> {
-        Cow::link(self, ino, newparent, newname, who)
+    fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> OpResult<Attr> {
+        Cow::link(self, ino, newparent, newname)
     }
 
     fn create(

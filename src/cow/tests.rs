@@ -567,7 +567,7 @@ fn cow_link_of_a_lower_file_copies_without_the_namespace_lock() {
     let (cow, gate) = gated_view(t.path(), &[("f", Some(&data))]);
     let f = cow.lookup(Ino::ROOT, b"f").unwrap().ino;
     std::thread::scope(|s| {
-        let linker = s.spawn(|| cow.link(f, Ino::ROOT, b"h", ROOT));
+        let linker = s.spawn(|| cow.link(f, Ino::ROOT, b"h"));
         gate.wait_reading();
         let made = meanwhile(s, || cow.mkdir(Ino::ROOT, b"d", 0o755, ROOT).map(|_| ()));
         gate.open();

@@ -288,7 +288,7 @@ impl Filesystem for Fuse {
 
     fn link(
         &self,
-        req: &Request,
+        _req: &Request,
         i: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
@@ -300,9 +300,7 @@ impl Filesystem for Fuse {
             newparent.0,
             show(newname)
         );
-        let r = self
-            .view
-            .link(ino(i), ino(newparent), newname.as_bytes(), caller(req));
+        let r = self.view.link(ino(i), ino(newparent), newname.as_bytes());
         reply_entry(r, reply);
     }
 

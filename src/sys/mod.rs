@@ -1,8 +1,8 @@
 //! Every `unsafe` host call of rimgfs, behind safe wrappers, grouped by what they touch:
 //! [`dirfd`] the upper tree through directory descriptors, [`xattr`] extended attributes,
-//! [`mod@file`] open files, [`process`] the process itself (fork, descriptors, allocator),
-//! [`mod@fusermount`] the setuid mount helper, [`zlib`] inflate with block stops and bit
-//! priming (gzip checkpoints).
+//! [`creds`] acting as a request's caller, [`mod@file`] open files, [`process`] the process
+//! itself (fork, descriptors, allocator), [`mod@fusermount`] the setuid mount helper,
+//! [`zlib`] inflate with block stops and bit priming (gzip checkpoints).
 //!
 //! SAFETY (module-wide): each wrapper documents the condition its unsafe call needs; callers
 //! get a safe function whose contract is stated in its doc comment. No module outside `sys`
@@ -10,6 +10,7 @@
 //! Dependencies: libc, nix.
 #![allow(unsafe_code)]
 
+pub mod creds;
 pub mod dirfd;
 pub mod file;
 pub mod fusermount;

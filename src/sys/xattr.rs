@@ -64,6 +64,15 @@ impl DirFd {
         c_bytes(&p)
     }
 
+    /// Whether the directory itself has the extended attribute `attr` (errors count as no).
+    pub fn has_own_xattr(&self, attr: &[u8]) -> bool {
+        let Ok(a) = c_bytes(attr) else {
+            return false;
+        };
+        // SAFETY: valid descriptor and C string; a null buffer of size 0 asks for the size.
+        unsafe { libc::fgetxattr(self.0.as_raw_fd(), a.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+    }
+
     /// Reads an extended attribute of an entry, not following a symlink.
     pub fn get_xattr(&self, name: &OsStr, attr: &[u8]) -> io::Result<Vec<u8>> {
         let p = self.proc_path(name)?;

@@ -345,28 +345,33 @@ impl Upper {
         Ok(())
     }
 
-    /// Marks `name` in `dir` deleted: replaces whatever upper entry it has by a whiteout,
-    /// built in the work directory and renamed into place (exchanging with a directory, which
-    /// is then removed, so the name is never briefly absent).
+    /// Marks `name` in `dir` deleted: a name without an upper entry gets its whiteout in
+    /// place, in one call; whatever upper entry a name has is replaced by a whiteout built in
+    /// the work directory and renamed over it (exchanged with a directory, which is then
+    /// removed).
     pub fn whiteout(&self, dir: &DirFd, name: &OsStr) -> io::Result<()> {
         match self.format {
             Format::Kernel => {
+                match dir.mknod(name, libc::S_IFCHR, 0) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    r => return r,
+                }
                 let tmp = self.temp_name();
                 self.work.mknod(&tmp, libc::S_IFCHR, 0)?;
-                let r = self.work.rename(&tmp, dir, name, 0);
-                if let Err(e) = r {
-                    let _ = self.work.unlink(&tmp, false);
-                    if e.raw_os_error() != Some(libc::EISDIR)
-                        && e.raw_os_error() != Some(libc::ENOTEMPTY)
-                    {
-                        return Err(e);
+                let mut e = match self.work.rename(&tmp, dir, name, 0) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                };
+                if matches!(e.raw_os_error(), Some(libc::EISDIR | libc::ENOTEMPTY)) {
+                    // A directory is in the way: exchanged for the whiteout, then removed
+                    // from the work directory, so the name never shows the lower entry.
+                    match self.work.rename(&tmp, dir, name, libc::RENAME_EXCHANGE) {
+                        Ok(()) => return remove_tree(&self.work, &tmp),
+                        Err(x) => e = x,
                     }
-                    // A directory is in the way: remove it first (its content is the caller's).
-                    remove_tree(dir, name)?;
-                    self.work.mknod(&tmp, libc::S_IFCHR, 0)?;
-                    self.work.rename(&tmp, dir, name, 0)?;
                 }
-                Ok(())
+                let _ = self.work.unlink(&tmp, false);
+                Err(e)
             }
             Format::User => {
                 if dir.stat(Some(name)).is_ok() {
@@ -520,11 +525,28 @@ mod tests {
             u.classify(&root, n("d")).unwrap(),
             UpperEntry::Whiteout { beside }
         );
+        // A name without an upper entry gets one too.
+        u.whiteout(&root, n("g")).unwrap();
+        assert_eq!(
+            u.classify(&root, n("g")).unwrap(),
+            UpperEntry::Whiteout { beside }
+        );
+        let left = u.work().list().unwrap();
+        assert!(
+            !left
+                .iter()
+                .any(|w| w.as_bytes().starts_with(WORK_TEMP_PREFIX.as_bytes())),
+            "left in the work directory: {left:?}"
+        );
         let mut listed = u.list(&root).unwrap();
         listed.sort();
         assert_eq!(
             listed,
-            [(OsString::from("d"), true), (OsString::from("f"), true)]
+            [
+                (OsString::from("d"), true),
+                (OsString::from("f"), true),
+                (OsString::from("g"), true)
+            ]
         );
         u.clear_whiteout(&root, n("f"), beside).unwrap();
         assert_eq!(u.classify(&root, n("f")).unwrap(), UpperEntry::Absent);

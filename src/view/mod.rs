@@ -295,7 +295,7 @@ pub trait View: Send + Sync {
     }
 
     /// Makes a hard link to `ino` as `newparent/newname`.
-    fn link(&self, _ino: Ino, _newparent: Ino, _newname: &[u8], _who: Caller) -> OpResult<Attr> {
+    fn link(&self, _ino: Ino, _newparent: Ino, _newname: &[u8]) -> OpResult<Attr> {
         Err(Errno::EROFS)
     }
 
