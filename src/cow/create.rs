@@ -30,6 +30,16 @@ struct Place {
     hides_lower: bool,
 }
 
+/// What a new entry is: its name, its owner (`None`: a hard link, whose inode keeps its
+/// owner), its permission bits (none for a symlink or a link), and whether it is a directory
+/// that must be opaque.
+struct NewEntry<'a> {
+    name: &'a OsStr,
+    who: Option<Caller>,
+    mode: Option<u32>,
+    opaque: bool,
+}
+
 impl Cow {
     /// Prepares `parent` for a new entry `name`: the parent copied up, the name free in the
     /// merged view (`EEXIST` otherwise) and not one the upper's format reserves (`EINVAL`,
@@ -67,34 +77,28 @@ impl Cow {
         Ok((who.uid, if sgid { st.st_gid } else { who.gid }, sgid))
     }
 
-    /// Makes the new entry `dir/name` with `make` (given a directory and a name), owned by
-    /// `who` (`None`: a hard link, whose inode keeps its owner), with permission bits `mode`
-    /// (none for a symlink or a link); `hides_lower`: a lower entry of the name is whited
-    /// out. `make` may hand back the file it made open, which is then returned.
+    /// Makes the new entry `e` in its place `at` with `make` (given a directory and a name).
+    /// `make` may hand back the file it made open, which is then returned.
     ///
     /// Where nothing stands in the way, the entry is made in place, born with its owner and
     /// mode in one call, as kernel overlayfs makes it. Otherwise (a whiteout to replace, an
     /// opaque directory, the fallback format, no privileges, or a parent with a default ACL,
     /// which would change the mode asked for) it is built in the work directory and moved.
-    #[allow(clippy::too_many_arguments)]
     fn install(
         &self,
-        dir: &DirFd,
-        name: &OsStr,
-        who: Option<Caller>,
-        opaque: bool,
-        mode: Option<u32>,
-        hides_lower: bool,
+        at: &Place,
+        e: &NewEntry<'_>,
         make: impl Fn(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
     ) -> OpResult<Option<File>> {
-        if !hides_lower
-            && !opaque
+        let dir = &at.dir;
+        // (An opaque directory always hides a lower entry.)
+        if !at.hides_lower
             && self.upper.format == Format::Kernel
             && !dir.has_own_xattr(b"system.posix_acl_default")
         {
-            let made = match who {
-                Some(w) => creds::as_caller(w.uid, w.gid, || make(dir, name)),
-                None => Some(make(dir, name)),
+            let made = match e.who {
+                Some(w) => creds::as_caller(w.uid, w.gid, || make(dir, e.name)),
+                None => Some(make(dir, e.name)),
             };
             match made {
                 // A kernel-format whiteout left at the name: the full way deals with it.
@@ -103,25 +107,22 @@ impl Cow {
                 None => {}
             }
         }
-        self.install_through_work(dir, name, who, opaque, mode, hides_lower, make)
+        self.install_through_work(at, e, make)
     }
 
     /// [`Cow::install`] by way of the work directory: the entry is built there under a
-    /// temporary name, owned, given its mode and flags, then renamed into place.
-    #[allow(clippy::too_many_arguments)]
+    /// temporary name, owned, given its mode and flags, then renamed into place (over a
+    /// whiteout if there is one).
     fn install_through_work(
         &self,
-        dir: &DirFd,
-        name: &OsStr,
-        who: Option<Caller>,
-        opaque: bool,
-        mode: Option<u32>,
-        hides_lower: bool,
+        at: &Place,
+        e: &NewEntry<'_>,
         make: impl Fn(&DirFd, &OsStr) -> std::io::Result<Option<File>>,
     ) -> OpResult<Option<File>> {
+        let (dir, name, mode) = (&at.dir, e.name, e.mode);
         let work = self.upper.work();
         let tmp = self.upper.temp_name();
-        let owner = match who {
+        let owner = match e.who {
             Some(w) => Some(self.new_owner(dir, w)?),
             None => None,
         };
@@ -148,7 +149,7 @@ impl Cow {
                     work.chmod(&tmp, (mode & 0o7777) | inherit)?;
                 }
             }
-            if opaque {
+            if e.opaque {
                 self.upper.set_flag(work, &tmp, Flag::Opaque, b"y")?;
             }
             Ok(file)
@@ -158,7 +159,7 @@ impl Cow {
             // Kernel-format whiteouts stand at the name itself, so one left there anyway
             // makes the rename fail and is dealt with below; the fallback format's stand
             // beside it and are always looked for.
-            if !hides_lower && self.upper.format == Format::Kernel {
+            if !at.hides_lower && self.upper.format == Format::Kernel {
                 match work.rename(&tmp, dir, name, libc::RENAME_NOREPLACE) {
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                     r => return r.map(|()| file),
@@ -195,9 +196,8 @@ impl Cow {
     }
 
     /// Makes the entry `name` of `file_type` and permission bits `mode` in `parent` with
-    /// `build` (given the work
-    /// directory and a temporary name) and registers it; the caller is changing names. Returns
-    /// its attributes and the directory it is in.
+    /// `build` (given a directory and a name) and registers it; the caller is changing names.
+    /// Returns its attributes and the file `build` made open, if any.
     fn make(
         &self,
         parent: Ino,
@@ -209,16 +209,13 @@ impl Cow {
     ) -> OpResult<(Attr, Option<File>)> {
         let at = self.prepare_new(parent, name)?;
         let dir = file_type == libc::S_IFDIR;
-        let opaque = dir && at.hides_lower;
-        let file = self.install(
-            &at.dir,
+        let e = NewEntry {
             name,
-            Some(who),
-            opaque,
+            who: Some(who),
             mode,
-            at.hides_lower,
-            build,
-        )?;
+            opaque: dir && at.hides_lower,
+        };
+        let file = self.install(&at, &e, build)?;
         if dir {
             self.dirs_changed(parent);
         }
@@ -312,15 +309,13 @@ impl Cow {
         let (sdir, sname) = self.split(&src_path)?;
         let sname = sname.ok_or(Errno::EPERM)?.to_os_string();
         let at = self.prepare_new(newparent, newname)?;
-        self.install(
-            &at.dir,
-            newname,
-            None,
-            false,
-            None,
-            at.hides_lower,
-            |w, tmp| w.link(&sdir, &sname, tmp).map(|()| None),
-        )?;
+        let e = NewEntry {
+            name: newname,
+            who: None,
+            mode: None,
+            opaque: false,
+        };
+        self.install(&at, &e, |w, tmp| w.link(&sdir, &sname, tmp).map(|()| None))?;
         let ust = at.dir.stat(Some(newname)).map_err(errno)?;
         let key = (newparent, newname.to_os_string());
         self.write_inodes()?.linked(key, ino, ust.st_ino);

@@ -95,30 +95,45 @@ pub fn as_caller<T>(
     }
     let caps = capget().ok()?;
     let (old_uid, old_gid) = set_fs_ids(uid, gid)?;
+    // From here on the thread is restored however `make` ends, a panic included.
+    let mut guard = Restore {
+        uid: old_uid,
+        gid: old_gid,
+        caps,
+        umask: None,
+    };
     // A file-system uid other than 0 drops the file capabilities from the effective set
     // (capabilities(7)); the entry is made with the daemon's, as overlayfs makes it with
     // the mounter's.
-    if capset(&caps).is_err() {
-        restore(old_uid, old_gid, &caps);
-        return None;
-    }
+    capset(&guard.caps).ok()?;
     // SAFETY: this thread's own umask (see `own_umask`).
-    let old_mask = unsafe { libc::umask(0) };
+    guard.umask = Some(unsafe { libc::umask(0) });
     let r = make();
-    // SAFETY: as above.
-    unsafe { libc::umask(old_mask) };
-    restore(old_uid, old_gid, &caps);
+    drop(guard);
     Some(r)
 }
 
-fn restore(uid: u32, gid: u32, caps: &Caps) {
-    // SAFETY: plain calls on the calling thread's credentials.
-    unsafe {
-        libc::setfsuid(uid);
-        libc::setfsgid(gid);
+/// What a thread had before [`as_caller`], given back when dropped.
+struct Restore {
+    uid: u32,
+    gid: u32,
+    caps: Caps,
+    umask: Option<libc::mode_t>,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        // SAFETY: plain calls on the calling thread's own umask and credentials.
+        unsafe {
+            if let Some(m) = self.umask {
+                libc::umask(m);
+            }
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+        // Back to exactly what the thread had: going back to uid 0 raises what was dropped.
+        let _ = capset(&self.caps);
     }
-    // Back to exactly what the thread had: going back to uid 0 raises what was dropped.
-    let _ = capset(caps);
 }
 
 #[cfg(test)]
