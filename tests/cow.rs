@@ -246,6 +246,71 @@ fn cow_files_create_write_truncate() {
     });
 }
 
+/// Names looked up while absent (the kernel keeps them as absent) show once they are made
+/// in any way, and are absent again once removed or renamed away.
+#[test]
+fn cow_absent_names_appear_once_made() {
+    scenario("absent names", |r| {
+        let mut log = Log::new();
+        let stat = |log: &mut Log, rel: &str| {
+            let m = std::fs::symlink_metadata(p(r, rel));
+            let kind = m.as_ref().map(|m| format!("{:?}", m.file_type()));
+            log.push(format!(
+                "stat {rel}: {:?}",
+                kind.map_err(|e| e.raw_os_error())
+            ));
+        };
+        let names = [
+            "/etc/f", "/etc/d", "/etc/l", "/etc/h", "/etc/p", "/etc/r", "/gone",
+        ];
+        for _ in 0..2 {
+            for n in names {
+                stat(&mut log, n);
+            }
+        }
+        rec(&mut log, "create", std::fs::write(p(r, "/etc/f"), "f"));
+        rec(&mut log, "mkdir", std::fs::create_dir(p(r, "/etc/d")));
+        rec(
+            &mut log,
+            "symlink",
+            std::os::unix::fs::symlink("f", p(r, "/etc/l")),
+        );
+        rec(
+            &mut log,
+            "link",
+            std::fs::hard_link(p(r, "/etc/hosts"), p(r, "/etc/h")),
+        );
+        let fifo = CString::new(p(r, "/etc/p").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        let made = unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) };
+        log.push(format!("mknod: {made}"));
+        rec(
+            &mut log,
+            "rename",
+            std::fs::rename(p(r, "/etc/motd"), p(r, "/etc/r")),
+        );
+        rec(
+            &mut log,
+            "recreate deleted",
+            std::fs::write(p(r, "/gone"), "back"),
+        );
+        for n in names.iter().chain(&["/etc/motd"]) {
+            stat(&mut log, n);
+        }
+        rec(&mut log, "unlink", std::fs::remove_file(p(r, "/etc/f")));
+        rec(&mut log, "rmdir", std::fs::remove_dir(p(r, "/etc/d")));
+        rec(
+            &mut log,
+            "rename back",
+            std::fs::rename(p(r, "/etc/r"), p(r, "/etc/motd")),
+        );
+        for n in ["/etc/f", "/etc/d", "/etc/r", "/etc/motd"] {
+            stat(&mut log, n);
+        }
+        log
+    });
+}
+
 #[test]
 fn cow_remove_files_and_directories() {
     scenario("remove", |r| {

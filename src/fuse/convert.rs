@@ -177,6 +177,30 @@ pub fn reply_entry(r: OpResult<Attr>, reply: ReplyEntry) {
     }
 }
 
+/// Replies to a lookup of a name that is not there with a negative entry (inode 0) the
+/// kernel may keep as long as a positive one: only this mount adds names to the tree, and
+/// the kernel turns the entry positive itself when it does.
+pub fn reply_absent(reply: ReplyEntry) {
+    let none = FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    };
+    reply.entry(&TTL, &none, Generation(0));
+}
+
 /// Replies with attributes (getattr, setattr).
 pub fn reply_attr(r: OpResult<Attr>, reply: ReplyAttr) {
     match r.and_then(|a| file_attr(&a)) {

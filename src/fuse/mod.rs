@@ -29,8 +29,8 @@ use crate::view::{
 };
 use backing::Backing;
 use convert::{
-    TTL, caller, decode_dev, errno, file_attr, file_type, ino, listed_file_attr, reply_attr,
-    reply_data, reply_empty, reply_entry, reply_xattr, show, timespec,
+    TTL, caller, decode_dev, errno, file_attr, file_type, ino, listed_file_attr, reply_absent,
+    reply_attr, reply_data, reply_empty, reply_entry, reply_xattr, show, timespec,
 };
 
 /// Largest read the kernel is asked to send at once (with `FUSE_MAX_PAGES`).
@@ -150,7 +150,10 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!("lookup(parent={}, name={:?})", parent.0, show(name));
-        reply_entry(self.view.lookup(ino(parent), name.as_bytes()), reply);
+        match self.view.lookup(ino(parent), name.as_bytes()) {
+            Err(nix::errno::Errno::ENOENT) => reply_absent(reply),
+            r => reply_entry(r, reply),
+        }
     }
 
     fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
