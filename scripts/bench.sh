@@ -209,15 +209,24 @@ bench() {
   done
   hf "$name" "${opts[@]}" "${args[@]}"
 }
+# turn I FS...: the filesystems in round I's order, starting I places further on.
+turn() {
+  local i=$1 j
+  shift
+  local fss=("$@")
+  for ((j = 0; j < ${#fss[@]}; j++)); do echo "${fss[(i + j) % ${#fss[@]}]}"; done
+}
 # rounds NAME CMD FS...: times CMD (run in a subshell; %m as for bench) on each FS in turn,
 # RUNS rounds, each run after $prep's output for its FS. Filesystems alternate within a
 # round, so a drift of the disk (writeback left by an earlier run, say) falls on all of them
-# alike instead of on the ones measured last.
+# alike instead of on the ones measured last; and each round starts one filesystem further
+# on, so no filesystem always runs in the same place of a round (with RUNS a multiple of the
+# number of filesystems, each has every place equally often).
 rounds() {
   local name=$1 cmd=$2 fs t0 i
   shift 2
   for ((i = 0; i < runs; i++)); do
-    for fs in "$@"; do
+    for fs in $(turn "$i" "$@"); do
       eval "$($prep "$fs")" > /dev/null
       t0=$(now)
       (eval "${cmd/\%m/$(printf %q "$mnt/$fs")}")
@@ -388,7 +397,7 @@ if has write; then
     (cd "$layers/2" && find srv -type f) && (cd "$layers/3" && find var -type f); fi \
     > "$out/stat-names"
   for ((i = 0; i < runs; i++)); do
-    for fs in "${wall[@]}"; do
+    for fs in $(turn "$i" "${wall[@]}"); do
       fresh "$fs"
       probe copyup-busy "$mnt/$fs" "$big" "$out/stat-names" > "$out/busy"
       while read -r k v; do metric "busy-$k" "$fs" "$v"; done < "$out/busy"
