@@ -20,10 +20,9 @@
 #             reader without it), every small file read once, the small files read by 1, 2 and
 #             4 parallel workers, daemon memory.
 #   write     on a fresh upper each run, the filesystems taking turns run by run: copy-up of
-#             the 1 GiB file (append a byte), chmod of it,
-#             `rm -rf` of a 1,000-file lower tree, create and delete 10,000 files, sequential
-#             write + fsync, and the latency of creates and stats while the big file is copied
-#             up.
+#             the 1 GiB file (append a byte), chmod of it, `rm -rf` of a 1,000-file lower
+#             tree, create and delete 10,000 files, sequential write + fsync, and the latency
+#             of creates and stats while the big file is copied up.
 #   scale     generated images of 100,000 and 1,000,000 files and of 500 layers: first and warm
 #             mount, daemon RSS after mounting and after a walk (bytes per entry), the walk.
 #   registry  a local docker-registry started here, filled with skopeo: mount docker://… and
@@ -313,17 +312,14 @@ if has read; then
   walk="find %m -printf '%i %n %m %U %G %s %T@ %p\n' > /dev/null"
   # Cold runs take turns between the filesystems, as the write figures do (see rounds).
   cold_prep() { echo "$drop"; }
+  cold_rounds() { local prep=cold_prep; rounds "$@"; }
   echo "==> read: find walk, cold and warm"
-  prep=cold_prep
-  rounds walk-cold "$walk" "${all[@]}"
-  prep=
+  cold_rounds walk-cold "$walk" "${all[@]}"
   bench walk-warm --runs "$runs" --warmup 1 -- "$walk" "${all[@]}"
   echo "==> read: ls -lR, warm"
   bench lslr-warm --runs "$runs" --warmup 1 -- "ls -lR %m > /dev/null" "${all[@]}" "${gz[@]}"
   echo "==> read: the 1 GiB file sequentially, cold and warm"
-  prep=cold_prep
-  rounds seq-cold "cat %m/$big > /dev/null" "${all[@]}"
-  prep=
+  cold_rounds seq-cold "cat %m/$big > /dev/null" "${all[@]}"
   bench seq-warm --runs "$runs" --warmup 1 -- "cat %m/$big > /dev/null" "${all[@]}"
   echo "==> read: $nrand random 4 KiB reads of the 1 GiB file, cold and warm"
   # The time spent in the reads, as the reader measures it (a process's start would
@@ -349,16 +345,12 @@ if has read; then
   done
   echo "==> read: every small file once, cold and warm"
   small="cd %m && xargs -0 cat -- < $(q "$out/small-files") > /dev/null"
-  prep=cold_prep
-  rounds small-cold "$small" "${all[@]}"
-  prep=
+  cold_rounds small-cold "$small" "${all[@]}"
   bench small-warm --runs "$runs" --warmup 1 -- "$small" "${all[@]}"
   for w in 1 2 4; do
     echo "==> read: the small files split between $w parallel reader(s), cold and warm"
     par="cd %m && xargs -0 -P $w -n 64 cat -- < $(q "$out/small-files") > /dev/null"
-    prep=cold_prep
-    rounds "par$w-cold" "$par" "${all[@]}"
-    prep=
+    cold_rounds "par$w-cold" "$par" "${all[@]}"
     bench "par$w-warm" --runs "$runs" --warmup 1 -- "$par" "${all[@]}"
   done
   for fs in fuse-overlayfs "${rw[@]}" "${ro[@]}"; do rss rss-read "$fs"; done

@@ -9,8 +9,8 @@ use std::os::fd::AsRawFd;
 use super::dirfd::{DirFd, one_component};
 use super::{c_bytes, cvt, cvt_size};
 
-/// Whether an open file has the extended attribute `name` (errors count as no).
-pub fn has_xattr(f: &File, name: &[u8]) -> bool {
+/// Whether an open file or directory has the extended attribute `name` (errors count as no).
+pub fn has_xattr(f: &impl AsRawFd, name: &[u8]) -> bool {
     let Ok(n) = CString::new(name) else {
         return false;
     };
@@ -66,11 +66,7 @@ impl DirFd {
 
     /// Whether the directory itself has the extended attribute `attr` (errors count as no).
     pub fn has_own_xattr(&self, attr: &[u8]) -> bool {
-        let Ok(a) = c_bytes(attr) else {
-            return false;
-        };
-        // SAFETY: valid descriptor and C string; a null buffer of size 0 asks for the size.
-        unsafe { libc::fgetxattr(self.0.as_raw_fd(), a.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+        has_xattr(&self.0, attr)
     }
 
     /// Reads an extended attribute of an entry, not following a symlink.
