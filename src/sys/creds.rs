@@ -82,6 +82,14 @@ fn own_umask() -> bool {
     })
 }
 
+/// The daemon's effective uid and gid, which a thread's file-system ids follow outside
+/// [`as_caller`]; read once, since the daemon never changes them.
+fn daemon_ids() -> (u32, u32) {
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    // SAFETY: reading this process's effective ids.
+    *IDS.get_or_init(|| unsafe { (libc::geteuid(), libc::getegid()) })
+}
+
 /// Runs `make` as the caller `uid`:`gid` with no umask and the daemon's capabilities;
 /// `None` (and `make` not run) where the thread cannot take those credentials, as without
 /// privileges: the caller then makes the entry another way.
@@ -93,19 +101,23 @@ pub fn as_caller<T>(
     if !own_umask() {
         return None;
     }
-    let caps = capget().ok()?;
-    let (old_uid, old_gid) = set_fs_ids(uid, gid)?;
     // From here on the thread is restored however `make` ends, a panic included.
     let mut guard = Restore {
-        uid: old_uid,
-        gid: old_gid,
-        caps,
+        ids: None,
         umask: None,
     };
-    // A file-system uid other than 0 drops the file capabilities from the effective set
-    // (capabilities(7)); the entry is made with the daemon's, as overlayfs makes it with
-    // the mounter's.
-    capset(&guard.caps).ok()?;
+    let own = (uid, gid) == daemon_ids();
+    // The daemon's own ids (root making an entry as root) are kept as they are: seven
+    // credential calls fewer on each such create.
+    if !own {
+        let caps = capget().ok()?;
+        let (old_uid, old_gid) = set_fs_ids(uid, gid)?;
+        guard.ids = Some((old_uid, old_gid, caps));
+        // A file-system uid other than 0 drops the file capabilities from the effective set
+        // (capabilities(7)); the entry is made with the daemon's, as overlayfs makes it
+        // with the mounter's.
+        capset(&caps).ok()?;
+    }
     // SAFETY: this thread's own umask (see `own_umask`).
     guard.umask = Some(unsafe { libc::umask(0) });
     let r = make();
@@ -113,26 +125,29 @@ pub fn as_caller<T>(
     Some(r)
 }
 
-/// What a thread had before [`as_caller`], given back when dropped.
+/// What a thread had before [`as_caller`], given back when dropped: its umask, and the
+/// file-system ids and capabilities it changed, if it changed them.
 struct Restore {
-    uid: u32,
-    gid: u32,
-    caps: Caps,
+    ids: Option<(u32, u32, Caps)>,
     umask: Option<libc::mode_t>,
 }
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        // SAFETY: plain calls on the calling thread's own umask and credentials.
-        unsafe {
-            if let Some(m) = self.umask {
-                libc::umask(m);
-            }
-            libc::setfsuid(self.uid);
-            libc::setfsgid(self.gid);
+        if let Some(m) = self.umask {
+            // SAFETY: the calling thread's own umask.
+            unsafe { libc::umask(m) };
         }
-        // Back to exactly what the thread had: going back to uid 0 raises what was dropped.
-        let _ = capset(&self.caps);
+        if let Some((uid, gid, caps)) = &self.ids {
+            // SAFETY: plain calls on the calling thread's own credentials.
+            unsafe {
+                libc::setfsuid(*uid);
+                libc::setfsgid(*gid);
+            }
+            // Back to exactly what the thread had: going back to uid 0 raises what was
+            // dropped.
+            let _ = capset(caps);
+        }
     }
 }
 
@@ -151,30 +166,34 @@ mod tests {
             m
         };
         let mask = umask();
-        let f = t.path().join("f");
-        let r = as_caller(4321, 8765, || {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o666)
-                .open(&f)
-        });
-        let Some(r) = r else {
-            // Without privileges nothing is made, and the caller takes its other way.
-            assert!(!f.exists());
-            return;
-        };
-        r.unwrap();
-        let m = std::fs::metadata(&f).unwrap();
-        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (4321, 8765, 0o666));
-        // The thread is itself again: its own ids and umask.
-        let g = t.path().join("g");
-        std::fs::write(&g, "").unwrap();
-        let m = std::fs::metadata(&g).unwrap();
         // SAFETY: reading the ids of this process.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        assert_eq!((m.uid(), m.gid()), (uid, gid));
-        assert_eq!(umask(), mask);
+        let own = unsafe { (libc::geteuid(), libc::getegid()) };
+        // Another caller's ids, then the daemon's own (which are not switched at all).
+        for (i, (uid, gid)) in [(4321, 8765), own].into_iter().enumerate() {
+            let f = t.path().join(format!("f{i}"));
+            let r = as_caller(uid, gid, || {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o666)
+                    .open(&f)
+            });
+            let Some(r) = r else {
+                // Without privileges nothing is made, and the caller takes its other way.
+                assert!(!f.exists());
+                assert_ne!((uid, gid), own, "the daemon's own ids need no privileges");
+                continue;
+            };
+            r.unwrap();
+            let m = std::fs::metadata(&f).unwrap();
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (uid, gid, 0o666));
+            // The thread is itself again: its own ids and umask.
+            let g = t.path().join(format!("g{i}"));
+            std::fs::write(&g, "").unwrap();
+            let m = std::fs::metadata(&g).unwrap();
+            assert_eq!((m.uid(), m.gid()), own);
+            assert_eq!(umask(), mask);
+        }
     }
 }
