@@ -296,9 +296,10 @@ impl Cow {
         for ino in chain.into_iter().rev() {
             self.copy_inode_in(ino, &pdir, CopyMode::Full)?;
             let name = self.inode(ino)?.name;
-            pdir = pdir
-                .open_beneath(std::path::Path::new(&name))
-                .map_err(errno)?;
+            pdir = Arc::new(
+                pdir.open_beneath(std::path::Path::new(&name))
+                    .map_err(errno)?,
+            );
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ use crate::view::{Attr, Caller, Fh, Ino, OpResult};
 /// Where a new entry goes: its parent's upper directory, and whether a lower entry of its
 /// name is hidden there by a whiteout.
 struct Place {
-    dir: DirFd,
+    dir: Arc<DirFd>,
     hides_lower: bool,
 }
 
@@ -54,7 +54,7 @@ impl Cow {
             true => Some(self.upper_dir(&ppath)?),
             false => None,
         };
-        if self.resolve_child_in(&p, dir.as_ref(), name)?.is_some() {
+        if self.resolve_child_in(&p, dir.as_deref(), name)?.is_some() {
             return Err(Errno::EEXIST);
         }
         let dir = match dir {

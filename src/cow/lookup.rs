@@ -7,6 +7,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
@@ -34,12 +35,12 @@ impl Cow {
     }
 
     /// The upper directory at a merged path.
-    pub(super) fn upper_dir(&self, path: &[u8]) -> OpResult<DirFd> {
+    pub(super) fn upper_dir(&self, path: &[u8]) -> OpResult<Arc<DirFd>> {
         self.upper.dir(path).map_err(errno)
     }
 
     /// The upper directory holding `path`'s entry, and the entry's name (`None` for the root).
-    pub(super) fn split<'p>(&self, path: &'p [u8]) -> OpResult<(DirFd, Option<&'p OsStr>)> {
+    pub(super) fn split<'p>(&self, path: &'p [u8]) -> OpResult<(Arc<DirFd>, Option<&'p OsStr>)> {
         match path.iter().rposition(|&b| b == b'/') {
             _ if path.is_empty() => Ok((self.upper_dir(b"")?, None)),
             Some(i) => Ok((
@@ -96,7 +97,7 @@ impl Cow {
             true => Some(self.upper_dir(ppath)?),
             false => None,
         };
-        self.resolve_child_in(parent, dir.as_ref(), name)
+        self.resolve_child_in(parent, dir.as_deref(), name)
     }
 
     /// [`Cow::resolve_child`] with the parent's upper directory already open (`None` when

@@ -16,9 +16,9 @@
 //!    never race one another; a data copy is made before it is taken, and only renamed into
 //!    place under it;
 //! 3. `inodes`: the inode table, an RwLock held for table updates only, never across I/O;
-//! 4. `handles`, `dir_nlink`, `copying`, `private`: open handles, cached link counts, the
-//!    copy locks' table and the passthrough copies' states, each held for one lookup or
-//!    update.
+//! 4. `handles`, `dir_nlink`, `copying`, `private`, and the upper's open directories: open
+//!    handles, cached link counts, the copy locks' table, the passthrough copies' states and
+//!    the upper directories kept open, each held for one lookup or update.
 //!
 //! No lock is held across I/O on file contents, and none while the kernel is told to drop a
 //! cache ([`Cow::invalidate`]): the kernel may wait for requests in flight first.

@@ -48,7 +48,7 @@ impl Cow {
             false => None,
         };
         let c = self
-            .resolve_child_in(&p, dir.as_ref(), name)?
+            .resolve_child_in(&p, dir.as_deref(), name)?
             .ok_or(Errno::ENOENT)?;
         let is_dir = c.file_type == libc::S_IFDIR;
         if want_dir && !is_dir {
@@ -80,14 +80,22 @@ impl Cow {
         };
         // What it answers once unlinked, for open files: taken while its entry is there.
         let last = self.last_attr(ino, Some(&dir), &join(&ppath, name));
-        if self.lower_child(&p, name).is_some() {
-            self.upper.whiteout(&dir, name).map_err(errno)?;
+        let removed = if self.lower_child(&p, name).is_some() {
+            self.upper.whiteout(&dir, name)
         } else if c.upper && is_dir {
             // Only whiteouts can be left in an empty merged directory's upper copy.
-            remove_tree(&dir, name).map_err(errno)?;
+            remove_tree(&dir, name)
         } else if c.upper {
-            dir.unlink(name, false).map_err(errno)?;
+            dir.unlink(name, false)
+        } else {
+            Ok(())
+        };
+        if is_dir {
+            // The upper directories held open by path may include the one gone (or half
+            // gone, on an error).
+            self.upper.forget_dirs();
         }
+        removed.map_err(errno)?;
         if is_dir {
             self.dirs_changed(parent);
         }

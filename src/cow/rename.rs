@@ -98,6 +98,14 @@ struct Rename<'a> {
     dst: Option<(Child, Ino)>,
 }
 
+impl Rename<'_> {
+    /// Whether a directory moves or is replaced: upper paths then name other directories.
+    fn moves_dir(&self) -> bool {
+        self.src.0.file_type == libc::S_IFDIR
+            || self.dst.is_some_and(|(d, _)| d.file_type == libc::S_IFDIR)
+    }
+}
+
 impl Cow {
     /// Renames `parent/name` to `newparent/newname`.
     pub(super) fn rename(
@@ -234,8 +242,9 @@ impl Cow {
         let lower_at_src = self.lower_child(p, name).is_some();
         let lower_at_dst = self.lower_child(np, newname).is_some();
         if r.how == How::Exchange {
-            sdir.rename(name, &ddir, newname, libc::RENAME_EXCHANGE)
-                .map_err(errno)?;
+            let moved = sdir.rename(name, &ddir, newname, libc::RENAME_EXCHANGE);
+            self.moved_on_disk(r);
+            moved.map_err(errno)?;
             // Directories now stand where the other's lower entry is: keep each merged with
             // its own lower directory (redirect) or cut off from the new place's (opaque).
             self.fix_moved_dir(&ddir, newname, &src, lower_at_dst)?;
@@ -247,7 +256,9 @@ impl Cow {
         if let Some((d, _)) = &r.dst {
             if d.upper && d.file_type == libc::S_IFDIR {
                 // An empty merged directory's upper copy holds only whiteouts.
-                remove_tree(&ddir, newname).map_err(errno)?;
+                let removed = remove_tree(&ddir, newname);
+                self.moved_on_disk(r);
+                removed.map_err(errno)?;
             }
         }
         let whiteout = match self.upper.classify(&ddir, newname).map_err(errno)? {
@@ -260,7 +271,9 @@ impl Cow {
                 .clear_whiteout(&ddir, newname, false)
                 .map_err(errno)?;
         }
-        sdir.rename(name, &ddir, newname, 0).map_err(errno)?;
+        let moved = sdir.rename(name, &ddir, newname, 0);
+        self.moved_on_disk(r);
+        moved.map_err(errno)?;
         if whiteout == Some(true) {
             self.upper
                 .clear_whiteout(&ddir, newname, true)
@@ -273,6 +286,14 @@ impl Cow {
         Ok(())
     }
 
+    /// Right after a step on disk that may have moved or removed a directory, before any
+    /// other: the upper directories held open by path may not be at those paths any more.
+    fn moved_on_disk(&self, r: &Rename<'_>) {
+        if r.moves_dir() {
+            self.upper.forget_dirs();
+        }
+    }
+
     /// Records the move in the inode table.
     fn rename_rebind(&self, r: &Rename<'_>) -> OpResult<()> {
         let key = |(ino, name): (Ino, &OsStr)| (ino, OsString::from(name));
@@ -282,9 +303,7 @@ impl Cow {
         };
         self.write_inodes()?
             .moved(key(r.from), key(r.to), r.src.1, exchanged);
-        let dir_moved = r.src.0.file_type == libc::S_IFDIR
-            || r.dst.is_some_and(|(d, _)| d.file_type == libc::S_IFDIR);
-        if dir_moved {
+        if r.moves_dir() {
             self.dirs_changed(r.from.0);
             self.dirs_changed(r.to.0);
         }

@@ -628,3 +628,66 @@ fn cow_listings_read_in_pieces_go_on_in_their_snapshot() {
     assert!(cow.listings.lock().unwrap().map.is_empty());
     assert_eq!(names(&cow, d), [".", "..", "a", "b"]);
 }
+
+/// Upper directories are kept open by path; after a directory moves, is exchanged or goes,
+/// each path reaches the directory now at it, never one kept from before.
+#[test]
+fn cow_entries_go_where_their_directory_is_now() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = tree_with_data(t.path(), &[("d", None), ("d/low", Some(b"l"))]);
+    let cow = view(t.path(), tree, |_| {});
+    let up = t.path().join("upper");
+    let touch = |dir: Ino, name: &[u8]| {
+        let (_, fh) = cow.create(dir, name, 0o644, libc::O_WRONLY, ROOT).unwrap();
+        cow.release(fh);
+    };
+    let mkdir = |name: &[u8]| cow.mkdir(Ino::ROOT, name, 0o755, ROOT).unwrap().ino;
+    let on_disk = |dir: &str| {
+        let mut n: Vec<String> = std::fs::read_dir(up.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+
+    // Moved: the old path is a new directory.
+    let a = mkdir(b"a");
+    touch(a, b"f1");
+    cow.rename(Ino::ROOT, b"a", Ino::ROOT, b"b", 0).unwrap();
+    let a2 = mkdir(b"a");
+    touch(a2, b"f2");
+    touch(a, b"f1b");
+    assert_eq!(
+        (on_disk("a"), on_disk("b")),
+        (vec!["f2".into()], vec!["f1".to_string(), "f1b".into()])
+    );
+
+    // Exchanged: each name's entries follow its directory.
+    cow.rename(Ino::ROOT, b"a", Ino::ROOT, b"b", libc::RENAME_EXCHANGE)
+        .unwrap();
+    touch(a2, b"f3");
+    assert_eq!(on_disk("b"), ["f2", "f3"]);
+    assert_eq!(on_disk("a"), ["f1", "f1b"]);
+
+    // Removed and made again.
+    for f in [b"f2".as_slice(), b"f3"] {
+        cow.unlink(a2, f).unwrap();
+    }
+    cow.rmdir(Ino::ROOT, b"b").unwrap();
+    let b = mkdir(b"b");
+    touch(b, b"f4");
+    assert_eq!(on_disk("b"), ["f4"]);
+
+    // A lower directory copied up, deleted (a whiteout over its upper copy), made again.
+    let d = cow.lookup(Ino::ROOT, b"d").unwrap().ino;
+    touch(d, b"x");
+    for f in [b"x".as_slice(), b"low"] {
+        cow.unlink(d, f).unwrap();
+    }
+    cow.rmdir(Ino::ROOT, b"d").unwrap();
+    let d2 = mkdir(b"d");
+    touch(d2, b"y");
+    assert_eq!(on_disk("d"), ["y"]);
+    assert_eq!(names(&cow, d2), [".", "..", "y"]);
+}

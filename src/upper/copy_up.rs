@@ -13,6 +13,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use super::format::{escape_xattr, is_bookkeeping};
 use super::{Flag, OVERRIDE_STAT, Role, Upper, UpperEntry};
@@ -38,7 +39,7 @@ pub fn copy_up(
     tree: &LowerTree,
     path: &[u8],
     mode: CopyMode,
-) -> io::Result<(DirFd, std::ffi::OsString)> {
+) -> io::Result<(Arc<DirFd>, std::ffi::OsString)> {
     let comps: Vec<&[u8]> = path
         .split(|&b| b == b'/')
         .filter(|c| !c.is_empty())
@@ -69,7 +70,7 @@ pub fn copy_up(
             // A merged path never runs through a whiteout or a non-directory.
             _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
         }
-        dir = dir.open_beneath(std::path::Path::new(name))?;
+        dir = Arc::new(dir.open_beneath(std::path::Path::new(name))?);
     }
     push_comp(&mut lower_path, last);
     let name = OsStr::from_bytes(last);

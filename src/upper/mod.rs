@@ -13,7 +13,8 @@
 //!
 //! Every operation goes through [`DirFd`]s opened beneath the upper root with
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, so nothing planted in the upper directory can make
-//! the daemon (root) touch a file outside it. New entries are built in the work directory and
+//! the daemon (root) touch a file outside it; the directories last used stay open, and are
+//! all let go whenever one moves or goes. New entries are built in the work directory and
 //! renamed into place, so a crash never leaves a partial entry in the upper; stray work files
 //! are removed when the upper is opened. Copy-up is [`copy_up`]'s.
 //! Dependencies: sys (DirFd), layer (entry, whiteout names).
@@ -27,6 +28,7 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::layer::entry::Xattr;
 use crate::layer::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
@@ -73,14 +75,31 @@ impl UpperEntry {
 /// An opened upper layer: its root and work directories.
 #[derive(Debug)]
 pub struct Upper {
-    root: DirFd,
+    root: Arc<DirFd>,
     work: DirFd,
+    /// Upper directories recently opened, by path (see [`Upper::dir`]).
+    dirs: Mutex<OpenDirs>,
     /// The upper directory's path, for messages.
     pub path: PathBuf,
     /// The conventions in use.
     pub format: Format,
     temp_counter: AtomicU64,
 }
+
+/// Upper directories held open by path, so that a request on a directory's entries opens
+/// nothing: each open beneath the root (`openat2`) walks the whole path again.
+/// The daemon is the upper's only writer, so a path names another directory only after it
+/// moved or removed one, and then it forgets them all ([`Upper::forget_dirs`]).
+#[derive(Debug)]
+struct OpenDirs {
+    /// Moves on at each forget: a directory opened before one is not kept.
+    generation: u64,
+    open: lru::LruCache<Vec<u8>, Arc<DirFd>>,
+}
+
+/// How many upper directories stay open: a working set of directories, well within any
+/// descriptor limit.
+const OPEN_DIRS: usize = 256;
 
 /// Name prefix of the entries being built in the work directory.
 const WORK_TEMP_PREFIX: &str = "#rimgfs.";
@@ -103,8 +122,14 @@ impl Upper {
         let root = DirFd::open_root(upper)?;
         let work_fd = DirFd::open_root(work)?;
         let mut u = Upper {
-            root,
+            root: Arc::new(root),
             work: work_fd,
+            dirs: Mutex::new(OpenDirs {
+                generation: 0,
+                open: lru::LruCache::new(
+                    std::num::NonZeroUsize::new(OPEN_DIRS).unwrap_or(std::num::NonZeroUsize::MIN),
+                ),
+            }),
             path: upper.to_path_buf(),
             format: Format::Kernel,
             temp_counter: AtomicU64::new(0),
@@ -148,9 +173,41 @@ impl Upper {
         &self.work
     }
 
-    /// Opens the upper directory at `path` (components relative to the root; empty = root).
-    pub fn dir(&self, path: &[u8]) -> io::Result<DirFd> {
-        self.root.open_beneath(Path::new(OsStr::from_bytes(path)))
+    /// The upper directory at `path` (components relative to the root; empty = root), held
+    /// open: one opened since the last [`Upper::forget_dirs`] is used again.
+    pub fn dir(&self, path: &[u8]) -> io::Result<Arc<DirFd>> {
+        if path.is_empty() {
+            return Ok(self.root.clone());
+        }
+        let generation = {
+            let mut d = self.open_dirs()?;
+            if let Some(dir) = d.open.get(path) {
+                return Ok(dir.clone());
+            }
+            d.generation
+        };
+        let dir = Arc::new(self.root.open_beneath(Path::new(OsStr::from_bytes(path)))?);
+        let mut d = self.open_dirs()?;
+        // Opened before a move or removal finished: it may be another directory by now.
+        if d.generation == generation {
+            d.open.put(path.to_vec(), dir.clone());
+        }
+        Ok(dir)
+    }
+
+    /// Forgets the directories held open: called right after a directory moved or went
+    /// away, before anything else looks one up.
+    pub fn forget_dirs(&self) {
+        if let Ok(mut d) = self.open_dirs() {
+            d.generation += 1;
+            d.open.clear();
+        }
+    }
+
+    fn open_dirs(&self) -> io::Result<std::sync::MutexGuard<'_, OpenDirs>> {
+        self.dirs
+            .lock()
+            .map_err(|_| io::Error::other("upper directory table poisoned"))
     }
 
     /// Gives a fresh, empty upper root the image root's owner, mode, times and xattrs. An
