@@ -52,6 +52,52 @@ fn read_sized(mut f: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t) -> i
 /// Bytes of the first buffer [`read_sized`] tries.
 const FIRST_TRY: usize = 256;
 
+/// The `*xattrat` calls (Linux 6.13; the same numbers on every architecture): an entry's
+/// attributes by directory descriptor and name, with no path to resolve through `/proc`,
+/// which costs as much again as the call itself.
+mod at {
+    pub const SET: libc::c_long = 463;
+    pub const GET: libc::c_long = 464;
+    pub const LIST: libc::c_long = 465;
+    pub const REMOVE: libc::c_long = 466;
+
+    /// `struct xattr_args`.
+    #[repr(C)]
+    pub struct Args {
+        pub value: u64,
+        pub size: u32,
+        pub flags: u32,
+    }
+}
+
+/// Whether the kernel has the `*xattrat` calls: until one answers `ENOSYS`.
+static XATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// How an entry's attributes are reached.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    /// The `*xattrat` calls.
+    At,
+    /// The `l*xattr` calls on `/proc/self/fd/N/name`.
+    Proc,
+}
+
+impl Via {
+    fn best() -> Via {
+        match XATTRAT.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Via::At,
+            false => Via::Proc,
+        }
+    }
+}
+
+/// What one attribute call is given: the directory's descriptor and the entry's name (for
+/// [`Via::At`]), or the entry's `/proc` path.
+enum Entry<'a> {
+    At(libc::c_int, &'a CString),
+    Proc(&'a CString),
+}
+
 impl DirFd {
     /// The path of an entry through this directory's descriptor, for the calls that have no
     /// `*at()` form (`l*xattr`): `/proc/self/fd/N/name` resolves the descriptor itself, and
@@ -64,6 +110,27 @@ impl DirFd {
         c_bytes(&p)
     }
 
+    /// Runs an attribute call on the entry `name` (one component, never followed if a
+    /// symlink) the way `via` says; a kernel without the `*xattrat` calls is remembered and
+    /// the call made through `/proc`.
+    fn on_entry<T>(
+        &self,
+        via: Via,
+        name: &OsStr,
+        call: impl Fn(Entry<'_>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        if via == Via::At {
+            let n = super::cstr(one_component(name)?)?;
+            match call(Entry::At(self.0.as_raw_fd(), &n)) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    XATTRAT.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                r => return r,
+            }
+        }
+        call(Entry::Proc(&self.proc_path(name)?))
+    }
+
     /// Whether the directory itself has the extended attribute `attr` (errors count as no).
     pub fn has_own_xattr(&self, attr: &[u8]) -> bool {
         has_xattr(&self.0, attr)
@@ -71,45 +138,133 @@ impl DirFd {
 
     /// Reads an extended attribute of an entry, not following a symlink.
     pub fn get_xattr(&self, name: &OsStr, attr: &[u8]) -> io::Result<Vec<u8>> {
-        let p = self.proc_path(name)?;
+        self.get_xattr_via(Via::best(), name, attr)
+    }
+
+    fn get_xattr_via(&self, via: Via, name: &OsStr, attr: &[u8]) -> io::Result<Vec<u8>> {
         let a = c_bytes(attr)?;
-        // SAFETY: valid C strings; `read_sized` passes a buffer writable for `size` bytes (or
-        // null with size 0, which asks for the size only).
-        read_sized(|buf, size| unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf, size) })
+        self.on_entry(via, name, |e| {
+            // SAFETY: valid descriptor and C strings; `read_sized` passes a buffer writable
+            // for `size` bytes (or null with size 0, which asks for the size only).
+            read_sized(|buf, size| unsafe {
+                match e {
+                    Entry::At(fd, n) => {
+                        let args = at::Args {
+                            value: buf as u64,
+                            size: size as u32,
+                            flags: 0,
+                        };
+                        libc::syscall(
+                            at::GET,
+                            fd,
+                            n.as_ptr(),
+                            libc::AT_SYMLINK_NOFOLLOW,
+                            a.as_ptr(),
+                            &args,
+                            std::mem::size_of::<at::Args>(),
+                        ) as libc::ssize_t
+                    }
+                    Entry::Proc(p) => libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf, size),
+                }
+            })
+        })
     }
 
     /// Sets an extended attribute of an entry (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`).
     pub fn set_xattr(&self, name: &OsStr, attr: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
-        let p = self.proc_path(name)?;
+        self.set_xattr_via(Via::best(), name, attr, value, flags)
+    }
+
+    fn set_xattr_via(
+        &self,
+        via: Via,
+        name: &OsStr,
+        attr: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
         let a = c_bytes(attr)?;
-        // SAFETY: valid C strings; `value` is readable for its length.
-        cvt(unsafe {
-            libc::lsetxattr(
-                p.as_ptr(),
-                a.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            )
+        self.on_entry(via, name, |e| {
+            // SAFETY: valid descriptor and C strings; `value` is readable for its length.
+            let r = unsafe {
+                match e {
+                    Entry::At(fd, n) => {
+                        let args = at::Args {
+                            value: value.as_ptr() as u64,
+                            size: value.len() as u32,
+                            flags: flags as u32,
+                        };
+                        libc::syscall(
+                            at::SET,
+                            fd,
+                            n.as_ptr(),
+                            libc::AT_SYMLINK_NOFOLLOW,
+                            a.as_ptr(),
+                            &args,
+                            std::mem::size_of::<at::Args>(),
+                        ) as libc::c_int
+                    }
+                    Entry::Proc(p) => libc::lsetxattr(
+                        p.as_ptr(),
+                        a.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        flags,
+                    ),
+                }
+            };
+            cvt(r).map(drop)
         })
-        .map(drop)
     }
 
     /// Removes an extended attribute of an entry.
     pub fn remove_xattr(&self, name: &OsStr, attr: &[u8]) -> io::Result<()> {
-        let p = self.proc_path(name)?;
+        self.remove_xattr_via(Via::best(), name, attr)
+    }
+
+    fn remove_xattr_via(&self, via: Via, name: &OsStr, attr: &[u8]) -> io::Result<()> {
         let a = c_bytes(attr)?;
-        // SAFETY: valid C strings.
-        cvt(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+        self.on_entry(via, name, |e| {
+            // SAFETY: valid descriptor and C strings.
+            let r = unsafe {
+                match e {
+                    Entry::At(fd, n) => libc::syscall(
+                        at::REMOVE,
+                        fd,
+                        n.as_ptr(),
+                        libc::AT_SYMLINK_NOFOLLOW,
+                        a.as_ptr(),
+                    ) as libc::c_int,
+                    Entry::Proc(p) => libc::lremovexattr(p.as_ptr(), a.as_ptr()),
+                }
+            };
+            cvt(r).map(drop)
+        })
     }
 
     /// Lists the extended attribute names of an entry.
     pub fn list_xattr(&self, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
-        let p = self.proc_path(name)?;
-        // SAFETY: valid C string; `read_sized` passes a buffer writable for `size` bytes (or
-        // null with size 0, which asks for the size only).
-        let buf =
-            read_sized(|buf, size| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), size) })?;
+        self.list_xattr_via(Via::best(), name)
+    }
+
+    fn list_xattr_via(&self, via: Via, name: &OsStr) -> io::Result<Vec<Vec<u8>>> {
+        let buf = self.on_entry(via, name, |e| {
+            // SAFETY: valid descriptor and C strings; `read_sized` passes a buffer writable
+            // for `size` bytes (or null with size 0, which asks for the size only).
+            read_sized(|buf, size| unsafe {
+                match e {
+                    Entry::At(fd, n) => libc::syscall(
+                        at::LIST,
+                        fd,
+                        n.as_ptr(),
+                        libc::AT_SYMLINK_NOFOLLOW,
+                        buf,
+                        size,
+                    ) as libc::ssize_t,
+                    Entry::Proc(p) => libc::llistxattr(p.as_ptr(), buf.cast(), size),
+                }
+            })
+        })?;
         // The kernel's list is NUL-terminated names, one after the other.
         Ok(buf
             .split(|&b| b == 0)
@@ -127,42 +282,68 @@ mod tests {
 
     #[test]
     fn xattr_calls_round_trip_on_entries_and_open_files() {
-        let t = tempfile::tempdir().unwrap();
-        let d = DirFd::open_root(t.path()).unwrap();
-        std::fs::write(t.path().join("f"), "x").unwrap();
-        let f = OsStr::new("f");
-        let big = vec![b'v'; 1000];
-        d.set_xattr(f, b"user.small", b"1", 0).unwrap();
-        d.set_xattr(f, b"user.big", &big, 0).unwrap();
-        let mut names = d.list_xattr(f).unwrap();
-        names.sort();
-        assert_eq!(names, vec![b"user.big".to_vec(), b"user.small".to_vec()]);
-        // Past the first buffer, within it, and empty.
-        assert_eq!(d.get_xattr(f, b"user.big").unwrap(), big);
-        assert_eq!(d.get_xattr(f, b"user.small").unwrap(), b"1");
-        d.set_xattr(f, b"user.empty", b"", 0).unwrap();
-        assert_eq!(d.get_xattr(f, b"user.empty").unwrap(), b"");
-        d.remove_xattr(f, b"user.empty").unwrap();
-        let e = d.get_xattr(f, b"user.none").unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENODATA));
-        let e = d
-            .set_xattr(f, b"user.small", b"2", libc::XATTR_CREATE)
-            .unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
-        assert_eq!(
-            d.set_xattr(f, b"user.\0", b"", 0)
-                .unwrap_err()
-                .raw_os_error(),
-            Some(libc::EINVAL)
-        );
+        // Both ways, each on its own (a kernel without `*xattrat` takes the second).
+        for via in [Via::At, Via::Proc] {
+            let t = tempfile::tempdir().unwrap();
+            let d = DirFd::open_root(t.path()).unwrap();
+            std::fs::write(t.path().join("f"), "x").unwrap();
+            let f = OsStr::new("f");
+            let big = vec![b'v'; 1000];
+            d.set_xattr_via(via, f, b"user.small", b"1", 0).unwrap();
+            d.set_xattr_via(via, f, b"user.big", &big, 0).unwrap();
+            let mut names = d.list_xattr_via(via, f).unwrap();
+            names.sort();
+            assert_eq!(names, vec![b"user.big".to_vec(), b"user.small".to_vec()]);
+            // Past the first buffer, within it, and empty.
+            assert_eq!(d.get_xattr_via(via, f, b"user.big").unwrap(), big);
+            assert_eq!(d.get_xattr_via(via, f, b"user.small").unwrap(), b"1");
+            d.set_xattr_via(via, f, b"user.empty", b"", 0).unwrap();
+            assert_eq!(d.get_xattr_via(via, f, b"user.empty").unwrap(), b"");
+            d.remove_xattr_via(via, f, b"user.empty").unwrap();
+            let e = d.get_xattr_via(via, f, b"user.none").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENODATA));
+            let e = d
+                .set_xattr_via(via, f, b"user.small", b"2", libc::XATTR_CREATE)
+                .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+            assert_eq!(
+                d.set_xattr_via(via, f, b"user.\0", b"", 0)
+                    .unwrap_err()
+                    .raw_os_error(),
+                Some(libc::EINVAL)
+            );
+            // A name of more than one component is refused before any call.
+            let e = d.get_xattr_via(via, OsStr::new("../f"), b"user.small");
+            assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::EINVAL));
 
-        let open = File::open(t.path().join("f")).unwrap();
-        assert!(has_xattr(&open, b"user.small"));
-        remove_xattr_fd(&open, b"user.small").unwrap();
-        assert!(!has_xattr(&open, b"user.small"));
-        // Removing what is not there is not an error.
-        remove_xattr_fd(&open, b"user.small").unwrap();
-        d.remove_xattr(f, b"user.big").unwrap();
-        assert!(d.list_xattr(f).unwrap().is_empty());
+            let open = File::open(t.path().join("f")).unwrap();
+            assert!(has_xattr(&open, b"user.small"));
+            remove_xattr_fd(&open, b"user.small").unwrap();
+            assert!(!has_xattr(&open, b"user.small"));
+            // Removing what is not there is not an error.
+            remove_xattr_fd(&open, b"user.small").unwrap();
+            d.remove_xattr_via(via, f, b"user.big").unwrap();
+            assert!(d.list_xattr_via(via, f).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn xattr_calls_never_follow_a_symlink() {
+        for via in [Via::At, Via::Proc] {
+            let t = tempfile::tempdir().unwrap();
+            let d = DirFd::open_root(t.path()).unwrap();
+            std::fs::write(t.path().join("target"), "x").unwrap();
+            std::os::unix::fs::symlink("target", t.path().join("link")).unwrap();
+            let link = OsStr::new("link");
+            // user.* attributes are not permitted on a symlink itself; the target keeps none.
+            assert!(d.set_xattr_via(via, link, b"user.a", b"1", 0).is_err());
+            assert!(
+                d.list_xattr_via(via, OsStr::new("target"))
+                    .unwrap()
+                    .is_empty()
+            );
+            let e = d.get_xattr_via(via, link, b"user.a").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENODATA));
+        }
     }
 }
