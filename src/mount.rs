@@ -239,6 +239,7 @@ fn serve(
     }
     let _ = sigs.thread_block();
     crate::sys::tune_allocator();
+    crate::sys::raise_fd_limit();
     let report = |ready: Option<OwnedFd>, msg: &[u8]| {
         if let Some(fd) = ready {
             let _ = std::fs::File::from(fd).write_all(msg);

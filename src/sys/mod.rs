@@ -26,7 +26,8 @@ pub use dirfd::{DirFd, FileStat};
 pub use file::{copy_file_range, fallocate, set_file_attrs, start_writeback};
 pub use fusermount::{FUSERMOUNT, fuse_unmount, fusermount};
 pub use process::{
-    Forked, edit_own_args, fork_single_threaded, redirect_fd, thread_count, tune_allocator,
+    Forked, edit_own_args, fork_single_threaded, raise_fd_limit, redirect_fd, thread_count,
+    tune_allocator,
 };
 pub use xattr::{has_xattr, remove_xattr_fd};
 

@@ -64,6 +64,36 @@ pub fn tune_allocator() {
     }
 }
 
+/// Raises this process's open-file limit to its hard limit: the daemon holds a descriptor
+/// per open file and per upper directory in use, and the usual soft limit (1,024) is a
+/// default for programs that use few, not a ceiling the system needs (as Go and systemd
+/// services do), though never past 2^20, which leaves a huge hard limit to what needs it.
+/// Returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    const MOST: libc::rlim_t = 1 << 20;
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reading and setting this process's own limit through a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return 0;
+        }
+        let want = l.rlim_max.min(MOST);
+        if l.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                l = raised;
+            }
+        }
+    }
+    l.rlim_cur
+}
+
 /// Rewrites this process's argument strings in place, as `/proc/PID/cmdline` (and so `ps`)
 /// shows them to every user: `edit` gets the NUL-separated area and returns whether it
 /// changed it; a changed area is written back with the same length.
@@ -100,4 +130,26 @@ pub fn edit_own_args(edit: impl FnOnce(&mut [u8]) -> bool) -> io::Result<()> {
         mem.write_all_at(&area, start)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    fn fd_limit() -> libc::rlimit {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: reading this process's limit into a valid struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+        l
+    }
+
+    #[test]
+    fn the_fd_limit_rises_to_the_hard_limit_within_bounds() {
+        let before = fd_limit();
+        let now = super::raise_fd_limit();
+        assert_eq!(now, before.rlim_cur.max(before.rlim_max.min(1 << 20)));
+        let after = fd_limit();
+        assert_eq!((after.rlim_cur, after.rlim_max), (now, before.rlim_max));
+    }
 }
