@@ -11,6 +11,8 @@
 #   SECTIONS=scale SCALE="100000:4 20000:500" scripts/bench.sh   # FILES:LAYERS images
 #   RIMGFS_BIN=path scripts/bench.sh         # that binary (no cargo build)
 #   RIMGFS_BIN="old=path1 new=path2" ...     # both binaries side by side, in the same run
+#   UPPERS=/dev/shm scripts/bench.sh         # every upper in DIR/rimgfs-bench (on tmpfs: the
+#                                            # write figures without the disk's own delays)
 #
 # Sections (SECTIONS, default "read write scale registry"):
 #   read      image file → mounted (an uncompressed docker-archive and a gzip oci-archive of
@@ -66,7 +68,8 @@ fi
 
 started=$EPOCHREALTIME
 work=$PWD/target/bench
-out=$work/out mnt=$work/mnt up=$work/up caches=$work/cache layers=$work/layers
+out=$work/out mnt=$work/mnt up=${UPPERS:+$UPPERS/rimgfs-bench} caches=$work/cache
+up=${up:-$work/up} layers=$work/layers
 image=$work/image.tar gzimage=$work/image-gzip.tar
 if [ "$quick" = 1 ]; then
   big_mib=64 seq_mib=64 nfiles=2000 nrand=2048 image=$work/image-quick.tar
@@ -87,6 +90,8 @@ cleanup() {
     wait "$registry_pid" 2>/dev/null || true
     registry_pid=
   fi
+  # Uppers elsewhere (UPPERS) hold gigabytes; on tmpfs, of memory.
+  if [ -n "${UPPERS:-}" ]; then rm -rf "$up"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
