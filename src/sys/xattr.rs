@@ -63,10 +63,44 @@ mod at {
 
     /// `struct xattr_args`.
     #[repr(C)]
-    pub struct Args {
-        pub value: u64,
-        pub size: u32,
-        pub flags: u32,
+    struct Args {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+
+    /// `getxattrat`/`setxattrat` (`call`) of attribute `attr` of the entry `name` of the
+    /// directory `fd`, never following a symlink, with the value buffer at `value`.
+    ///
+    /// # Safety
+    /// `value` must be valid for `size` bytes (written by GET, read by SET), or null with
+    /// size 0.
+    pub unsafe fn with_value(
+        call: libc::c_long,
+        fd: libc::c_int,
+        name: &std::ffi::CStr,
+        attr: &std::ffi::CStr,
+        value: u64,
+        size: usize,
+        flags: u32,
+    ) -> libc::ssize_t {
+        let args = Args {
+            value,
+            size: size as u32,
+            flags,
+        };
+        // SAFETY: valid C strings and struct; the caller vouches for the buffer.
+        unsafe {
+            libc::syscall(
+                call,
+                fd,
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                attr.as_ptr(),
+                &args,
+                std::mem::size_of::<Args>(),
+            ) as libc::ssize_t
+        }
     }
 }
 
@@ -148,22 +182,7 @@ impl DirFd {
             // for `size` bytes (or null with size 0, which asks for the size only).
             read_sized(|buf, size| unsafe {
                 match e {
-                    Entry::At(fd, n) => {
-                        let args = at::Args {
-                            value: buf as u64,
-                            size: size as u32,
-                            flags: 0,
-                        };
-                        libc::syscall(
-                            at::GET,
-                            fd,
-                            n.as_ptr(),
-                            libc::AT_SYMLINK_NOFOLLOW,
-                            a.as_ptr(),
-                            &args,
-                            std::mem::size_of::<at::Args>(),
-                        ) as libc::ssize_t
-                    }
+                    Entry::At(fd, n) => at::with_value(at::GET, fd, n, &a, buf as u64, size, 0),
                     Entry::Proc(p) => libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf, size),
                 }
             })
@@ -189,20 +208,9 @@ impl DirFd {
             let r = unsafe {
                 match e {
                     Entry::At(fd, n) => {
-                        let args = at::Args {
-                            value: value.as_ptr() as u64,
-                            size: value.len() as u32,
-                            flags: flags as u32,
-                        };
-                        libc::syscall(
-                            at::SET,
-                            fd,
-                            n.as_ptr(),
-                            libc::AT_SYMLINK_NOFOLLOW,
-                            a.as_ptr(),
-                            &args,
-                            std::mem::size_of::<at::Args>(),
-                        ) as libc::c_int
+                        let v = value.as_ptr() as u64;
+                        at::with_value(at::SET, fd, n, &a, v, value.len(), flags as u32)
+                            as libc::c_int
                     }
                     Entry::Proc(p) => libc::lsetxattr(
                         p.as_ptr(),
