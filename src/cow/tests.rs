@@ -642,6 +642,13 @@ fn cow_entries_go_where_their_directory_is_now() {
         cow.release(fh);
     };
     let mkdir = |name: &[u8]| cow.mkdir(Ino::ROOT, name, 0o755, ROOT).unwrap().ino;
+    // Empties the directory (its entries are `files`), then removes it.
+    let rmdir = |name: &[u8], dir: Ino, files: &[&[u8]]| {
+        for f in files {
+            cow.unlink(dir, f).unwrap();
+        }
+        cow.rmdir(Ino::ROOT, name).unwrap();
+    };
     let on_disk = |dir: &str| {
         let mut n: Vec<String> = std::fs::read_dir(up.join(dir))
             .unwrap()
@@ -671,10 +678,7 @@ fn cow_entries_go_where_their_directory_is_now() {
     assert_eq!(on_disk("a"), ["f1", "f1b"]);
 
     // Removed and made again.
-    for f in [b"f2".as_slice(), b"f3"] {
-        cow.unlink(a2, f).unwrap();
-    }
-    cow.rmdir(Ino::ROOT, b"b").unwrap();
+    rmdir(b"b", a2, &[b"f2", b"f3"]);
     let b = mkdir(b"b");
     touch(b, b"f4");
     assert_eq!(on_disk("b"), ["f4"]);
@@ -682,10 +686,7 @@ fn cow_entries_go_where_their_directory_is_now() {
     // A lower directory copied up, deleted (a whiteout over its upper copy), made again.
     let d = cow.lookup(Ino::ROOT, b"d").unwrap().ino;
     touch(d, b"x");
-    for f in [b"x".as_slice(), b"low"] {
-        cow.unlink(d, f).unwrap();
-    }
-    cow.rmdir(Ino::ROOT, b"d").unwrap();
+    rmdir(b"d", d, &[b"x", b"low"]);
     let d2 = mkdir(b"d");
     touch(d2, b"y");
     assert_eq!(on_disk("d"), ["y"]);
